@@ -1,0 +1,42 @@
+"""A LiteRT interpreter with HybridSparseConv2D available (through our delegate plugin)."""
+
+from __future__ import annotations
+
+import os
+import pathlib
+
+from ai_edge_litert import interpreter as litert
+
+_DELEGATE_ENV = "HYBRID_PRUNING_DELEGATE"
+_LIBRARY = "libhybrid_sparse_delegate.so"
+
+
+def delegate_path() -> str:
+    """The plugin: $HYBRID_PRUNING_DELEGATE, else the one Bazel built beside this package."""
+    env = os.environ.get(_DELEGATE_ENV)
+    if env:
+        return env
+    here = pathlib.Path(__file__).resolve().parent
+    candidates = [
+        pathlib.Path(__file__).parent.parent.parent / "tflite_ops" / _LIBRARY,  # runfiles tree
+        here.parent.parent / "bazel-bin" / "tflite_ops" / _LIBRARY,  # source tree after a build
+    ]
+    for c in candidates:
+        if c.exists():
+            return str(c)
+    raise FileNotFoundError(
+        f"{_LIBRARY} not found (looked in {', '.join(map(str, candidates))}); build it with "
+        f"'./bazelw build //tflite_ops:{_LIBRARY}' or set ${_DELEGATE_ENV}")
+
+
+def make_interpreter(
+    model_path: str | None = None, model_content: bytes | None = None, num_threads: int = 1,
+    with_ops: bool = True,
+) -> litert.Interpreter:
+    """An interpreter on a model file or bytes; with_ops=False gives the stock one (XNNPACK)."""
+    delegates = []
+    if with_ops:
+        delegates.append(litert.load_delegate(delegate_path(), {"num_threads": str(num_threads)}))
+    return litert.Interpreter(
+        model_path=model_path, model_content=model_content, num_threads=num_threads,
+        experimental_delegates=delegates)

@@ -1,0 +1,221 @@
+"""Reading, editing and building TFLite flatbuffers through the schema's object API.
+
+Also builds one-op models (builtin CONV_2D or our op from the same weights): the
+SingleOpModel-style harness that the op tests and benchmarks share.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from tensorflow.lite.python import schema_py_generated as schema
+from tensorflow.lite.tools import flatbuffer_utils
+
+from hybrid_pruning import op_format
+
+BuiltinOperator = schema.BuiltinOperator
+TensorType = schema.TensorType
+
+_NUMPY_TYPES = {
+    TensorType.FLOAT32: np.float32,
+    TensorType.INT32: np.int32,
+    TensorType.INT16: np.int16,
+    TensorType.INT8: np.int8,
+    TensorType.UINT8: np.uint8,
+    TensorType.INT64: np.int64,
+}
+_FUSED_ACTIVATIONS = {
+    schema.ActivationFunctionType.NONE: "NONE",
+    schema.ActivationFunctionType.RELU: "RELU",
+    schema.ActivationFunctionType.RELU6: "RELU6",
+}
+_PADDINGS = {schema.Padding.SAME: "SAME", schema.Padding.VALID: "VALID"}
+
+
+def read(model_bytes: bytes) -> schema.ModelT:
+    return flatbuffer_utils.convert_bytearray_to_object(bytearray(model_bytes))
+
+
+def write(model: schema.ModelT) -> bytes:
+    return bytes(flatbuffer_utils.convert_object_to_bytearray(model))
+
+
+def opcode_index(model: schema.ModelT, builtin: int, custom: str | None = None) -> int:
+    """Index of the operator code, added to the model if missing."""
+    for i, code in enumerate(model.operatorCodes):
+        code_value = max(code.builtinCode, code.deprecatedBuiltinCode)
+        name = code.customCode.decode() if isinstance(code.customCode, bytes) else code.customCode
+        if code_value == builtin and (custom is None or name == custom):
+            return i
+    code = schema.OperatorCodeT()
+    code.builtinCode = builtin
+    code.deprecatedBuiltinCode = min(builtin, 127)  # field is int8 in old schema versions
+    code.version = 1
+    if custom is not None:
+        code.customCode = custom
+    model.operatorCodes.append(code)
+    return len(model.operatorCodes) - 1
+
+
+def builtin_code(model: schema.ModelT, op: schema.OperatorT) -> int:
+    code = model.operatorCodes[op.opcodeIndex]
+    return max(code.builtinCode, code.deprecatedBuiltinCode)
+
+
+def custom_code(model: schema.ModelT, op: schema.OperatorT) -> str | None:
+    name = model.operatorCodes[op.opcodeIndex].customCode
+    return name.decode() if isinstance(name, bytes) else name
+
+
+def add_buffer(model: schema.ModelT, data: np.ndarray | None) -> int:
+    buf = schema.BufferT()
+    if data is not None:
+        buf.data = np.frombuffer(np.ascontiguousarray(data).tobytes(), np.uint8)
+    model.buffers.append(buf)
+    return len(model.buffers) - 1
+
+
+def add_tensor(
+    model: schema.ModelT, subgraph: schema.SubGraphT, name: str, shape, tensor_type: int,
+    data: np.ndarray | None = None, shape_signature=None,
+) -> int:
+    t = schema.TensorT()
+    t.name = name
+    t.shape = np.asarray(shape, np.int32)
+    if shape_signature is not None:
+        t.shapeSignature = np.asarray(shape_signature, np.int32)
+    t.type = tensor_type
+    t.buffer = add_buffer(model, data)
+    subgraph.tensors.append(t)
+    return len(subgraph.tensors) - 1
+
+
+def constant(model: schema.ModelT, subgraph: schema.SubGraphT, index: int) -> np.ndarray | None:
+    """The data of a constant tensor, or None if it has no buffer data."""
+    if index < 0:
+        return None
+    t = subgraph.tensors[index]
+    buf = model.buffers[t.buffer]
+    if buf.data is None or len(buf.data) == 0 or t.type not in _NUMPY_TYPES:
+        return None
+    data = np.frombuffer(np.asarray(buf.data, np.uint8).tobytes(), _NUMPY_TYPES[t.type])
+    return data.reshape(t.shape)
+
+
+def conv_geometry(op: schema.OperatorT, filter_shape) -> op_format.ConvGeometry | None:
+    """Our geometry for a builtin CONV_2D, or None when the op has options we do not run."""
+    opts = op.builtinOptions
+    if not isinstance(opts, schema.Conv2DOptionsT):
+        return None
+    if opts.fusedActivationFunction not in _FUSED_ACTIVATIONS or opts.padding not in _PADDINGS:
+        return None
+    out_c, kh, kw, in_c = (int(d) for d in filter_shape)
+    return op_format.ConvGeometry(
+        kh, kw, in_c, out_c, opts.strideH, opts.strideW, opts.dilationHFactor,
+        opts.dilationWFactor, _PADDINGS[opts.padding], _FUSED_ACTIVATIONS[opts.fusedActivationFunction])
+
+
+def make_hybrid_op(
+    model: schema.ModelT, subgraph: schema.SubGraphT, name: str, input_index: int,
+    output_index: int, geometry: op_format.ConvGeometry, filter_ohwi: np.ndarray,
+    bias: np.ndarray | None, block_size: int = 1, thresholds: np.ndarray | None = None,
+) -> schema.OperatorT:
+    """A HybridSparseConv2D operator with its packed weights added as constant tensors."""
+    packed = op_format.pack_filter(filter_ohwi, block_size)
+    values = add_tensor(model, subgraph, f"{name}/hsc_values", [packed.values.size],
+                        TensorType.FLOAT32, packed.values)
+    col_ptr = add_tensor(model, subgraph, f"{name}/hsc_col_ptr", [packed.col_ptr.size],
+                         TensorType.INT32, packed.col_ptr)
+    row_block = add_tensor(model, subgraph, f"{name}/hsc_row_block", [packed.row_block.size],
+                           TensorType.INT16, packed.row_block)
+    bias_index = -1
+    if bias is not None:
+        bias_index = add_tensor(model, subgraph, f"{name}/hsc_bias", [geometry.out_channels],
+                                TensorType.FLOAT32, np.asarray(bias, np.float32))
+    op = schema.OperatorT()
+    op.opcodeIndex = opcode_index(model, BuiltinOperator.CUSTOM, op_format.OP_NAME)
+    op.inputs = np.asarray([input_index, values, col_ptr, row_block, bias_index], np.int32)
+    op.outputs = np.asarray([output_index], np.int32)
+    op.customOptions = np.frombuffer(
+        op_format.encode_options(geometry, block_size, thresholds), np.uint8)
+    op.customOptionsFormat = schema.CustomOptionsFormat.FLEXBUFFERS  # the schema's only value
+    return op
+
+
+def remove_unused_tensors(model: schema.ModelT) -> None:
+    """Drops tensors no operator or signature uses, and buffers no tensor uses."""
+    used_buffers = {0}  # buffer 0 is the schema's empty sentinel
+    for sg_index, sg in enumerate(model.subgraphs):
+        used = set(int(i) for i in sg.inputs) | set(int(i) for i in sg.outputs)
+        for op in sg.operators:
+            used.update(int(i) for i in op.inputs if i >= 0)
+            used.update(int(i) for i in op.outputs if i >= 0)
+            if op.intermediates is not None:
+                used.update(int(i) for i in op.intermediates if i >= 0)
+        keep = sorted(used)
+        remap = {old: new for new, old in enumerate(keep)}
+
+        def _map(indices):
+            return np.asarray([remap[int(i)] if i >= 0 else -1 for i in indices], np.int32)
+
+        sg.tensors = [sg.tensors[i] for i in keep]
+        sg.inputs, sg.outputs = _map(sg.inputs), _map(sg.outputs)
+        for op in sg.operators:
+            op.inputs, op.outputs = _map(op.inputs), _map(op.outputs)
+            if op.intermediates is not None:
+                op.intermediates = _map(op.intermediates)
+        for sig in model.signatureDefs or []:
+            if sig.subgraphIndex == sg_index:
+                for io in list(sig.inputs or []) + list(sig.outputs or []):
+                    io.tensorIndex = remap[int(io.tensorIndex)]
+        used_buffers.update(t.buffer for t in sg.tensors)
+    buffer_remap = {old: new for new, old in enumerate(sorted(used_buffers))}
+    model.buffers = [model.buffers[i] for i in sorted(used_buffers)]
+    for sg in model.subgraphs:
+        for t in sg.tensors:
+            t.buffer = buffer_remap[t.buffer]
+
+
+def single_conv_model(
+    input_shape, filter_ohwi: np.ndarray, bias: np.ndarray | None,
+    geometry: op_format.ConvGeometry, op: str = "builtin", block_size: int = 1,
+    thresholds: np.ndarray | None = None,
+) -> bytes:
+    """A one-operator model: builtin CONV_2D, or HybridSparseConv2D ("hybrid") on the same weights."""
+    g = geometry
+    model = schema.ModelT()
+    model.version = 3
+    model.operatorCodes, model.buffers, model.subgraphs = [], [], []
+    add_buffer(model, None)
+    sg = schema.SubGraphT()
+    sg.tensors, sg.operators = [], []
+    sg.name = "main"
+    batch, in_h, in_w, in_c = input_shape
+    x = add_tensor(model, sg, "input", [batch, in_h, in_w, in_c], TensorType.FLOAT32)
+    # The output shape is recomputed by the kernels' Prepare; a placeholder suffices.
+    y = add_tensor(model, sg, "output", [batch, 1, 1, g.out_channels], TensorType.FLOAT32)
+    if op == "builtin":
+        conv = schema.OperatorT()
+        conv.opcodeIndex = opcode_index(model, BuiltinOperator.CONV_2D)
+        w = add_tensor(model, sg, "filter", filter_ohwi.shape, TensorType.FLOAT32,
+                       np.asarray(filter_ohwi, np.float32))
+        b = add_tensor(model, sg, "bias", [g.out_channels], TensorType.FLOAT32,
+                       np.zeros(g.out_channels, np.float32) if bias is None
+                       else np.asarray(bias, np.float32))
+        conv.inputs = np.asarray([x, w, b], np.int32)
+        conv.outputs = np.asarray([y], np.int32)
+        opts = schema.Conv2DOptionsT()
+        opts.padding = {v: k for k, v in _PADDINGS.items()}[g.padding]
+        opts.strideH, opts.strideW = g.stride_h, g.stride_w
+        opts.dilationHFactor, opts.dilationWFactor = g.dilation_h, g.dilation_w
+        opts.fusedActivationFunction = {v: k for k, v in _FUSED_ACTIVATIONS.items()}[g.activation]
+        conv.builtinOptionsType = schema.BuiltinOptions.Conv2DOptions
+        conv.builtinOptions = opts
+    elif op == "hybrid":
+        conv = make_hybrid_op(model, sg, "conv", x, y, g, filter_ohwi, bias, block_size, thresholds)
+    else:
+        raise ValueError(f"op must be 'builtin' or 'hybrid', got {op!r}")
+    sg.operators.append(conv)
+    sg.inputs = np.asarray([x], np.int32)
+    sg.outputs = np.asarray([y], np.int32)
+    model.subgraphs.append(sg)
+    return write(model)
