@@ -1,0 +1,77 @@
+"""Prunes a trained Keras CNN without data and writes a LiteRT model that runs our ops.
+
+    ./bazelw run //python:prune -- --model=demo --output=/tmp/demo_pruned.tflite
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+from absl import app, flags, logging
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("model", None, "Keras model (.keras or .h5), or 'demo' for the built-in one.")
+flags.DEFINE_string("output", None, "Where to write the pruned .tflite (never the input).")
+flags.DEFINE_string("report", None, "Optional path for a JSON report.")
+flags.DEFINE_float("weight_error_budget", 0.15,
+                   "Per layer: the largest relative change of the layer's output on probe "
+                   "inputs that weight pruning may cause.", lower_bound=0.0)
+flags.DEFINE_float("max_sparsity", 0.99, "Upper bound of any layer's weight sparsity.",
+                   lower_bound=0.0, upper_bound=1.0)
+flags.DEFINE_integer("block_size", 1, "Prune blocks of this many consecutive output channels "
+                     "(1 = unstructured).", lower_bound=1, upper_bound=64)
+flags.DEFINE_enum("probe", "bn", ["bn", "random"], "Data-free probe inputs: 'bn' matches the "
+                  "BatchNorm statistics stored in the model, 'random' is uniform noise.")
+flags.DEFINE_integer("probe_count", 128, "Number of probe inputs.", lower_bound=1)
+flags.DEFINE_list("input_range", ["0", "1"], "Min,max of the model's inputs (for probes).")
+flags.DEFINE_integer("seed", 0, "Seed of the probe inputs.")
+flags.DEFINE_integer("num_threads", 1, "Threads for checking the result in the interpreter.",
+                     lower_bound=1)
+flags.DEFINE_bool("quiet", False, "No progress bar and no summary.")
+flags.mark_flags_as_required(["model", "output"])
+
+
+def _input_range() -> tuple[float, float]:
+    from hybrid_pruning.io import UserError
+
+    try:
+        lo, hi = (float(v) for v in FLAGS.input_range)
+    except ValueError as e:
+        raise UserError(f"--input_range={','.join(FLAGS.input_range)}: expected two numbers "
+                        "min,max") from e
+    if not lo < hi:
+        raise UserError(f"--input_range={lo},{hi}: min must be below max")
+    return lo, hi
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    from hybrid_pruning import io, pipeline, report as report_lib
+
+    try:
+        model_path = io.model_path(FLAGS.model)
+        output = io.check_output(FLAGS.output, model_path)
+        report_path = io.check_output(FLAGS.report, model_path, output) if FLAGS.report else None
+        config = pipeline.PruneConfig(
+            weight_error_budget=FLAGS.weight_error_budget, max_sparsity=FLAGS.max_sparsity,
+            block_size=FLAGS.block_size, probe=FLAGS.probe, probe_count=FLAGS.probe_count,
+            input_range=_input_range(), seed=FLAGS.seed, num_threads=FLAGS.num_threads,
+            quiet=FLAGS.quiet)
+        model = io.load_keras_model(model_path)
+        result = pipeline.compress(model, config)
+    except io.UserError as e:
+        sys.exit(f"prune: error: {e}")
+    result.report["model"] = model_path
+    result.report["output"] = output
+    io.write_bytes_atomic(output, result.tflite)
+    if report_path:
+        io.write_bytes_atomic(report_path, (json.dumps(result.report, indent=2) + "\n").encode())
+    if not FLAGS.quiet:
+        print(report_lib.summary(result.report))
+    logging.info("wrote %s", output)
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,152 @@
+"""The one place that knows Keras: which layers can be pruned, and their BatchNorm folding.
+
+Everything after this module works on numpy arrays in TFLite's layouts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+from hybrid_pruning.io import UserError
+
+
+@dataclasses.dataclass
+class PrunableLayer:
+    """A Conv2D or Dense layer, with the BatchNormalization that directly follows it (if any)
+    folded into an effective kernel and bias: what the TFLite converter will emit."""
+
+    name: str
+    kind: str  # "conv2d" | "dense"
+    layer: object
+    batch_norm: object | None
+    scale: np.ndarray  # per output channel, from the folded BatchNorm (1 without one)
+    shift: np.ndarray  # per output channel: folded bias = bias * scale + shift
+    strides: tuple[int, int] = (1, 1)
+    dilations: tuple[int, int] = (1, 1)
+    padding: str = "VALID"
+
+    @property
+    def kernel(self) -> np.ndarray:
+        """The layer's own kernel (HWIO for conv, IO for dense)."""
+        return np.asarray(self.layer.get_weights()[0], np.float32)
+
+    @property
+    def folded_kernel(self) -> np.ndarray:
+        return self.kernel * self.scale
+
+    @property
+    def folded_bias(self) -> np.ndarray:
+        weights = self.layer.get_weights()
+        bias = weights[1] if len(weights) > 1 else np.zeros(self.scale.shape, np.float32)
+        return (bias * self.scale + self.shift).astype(np.float32)
+
+    @property
+    def can_shift_bias(self) -> bool:
+        """Whether the folded bias can be changed: the layer has a bias or a folded BatchNorm."""
+        if self.batch_norm is not None:
+            return any(v.path.split("/")[-1] == "beta" for v in self.batch_norm.weights)
+        return len(self.layer.get_weights()) > 1
+
+    def set_kernel(self, kernel: np.ndarray) -> None:
+        weights = self.layer.get_weights()
+        weights[0] = kernel.astype(weights[0].dtype)
+        self.layer.set_weights(weights)
+
+    def set_folded(self, folded_kernel: np.ndarray, bias_delta: np.ndarray | None = None) -> None:
+        """Writes a folded kernel back through the BatchNorm scale, and adds `bias_delta` to the
+        folded bias (through the BatchNorm's beta, or the layer's own bias)."""
+        safe = np.where(np.abs(self.scale) > 1e-12, self.scale, 1.0)
+        kernel = np.where(np.abs(self.scale) > 1e-12, folded_kernel / safe, 0.0)
+        weights = self.layer.get_weights()
+        weights[0] = kernel.astype(weights[0].dtype)
+        if bias_delta is not None and self.batch_norm is None:
+            weights[1] = (weights[1] + bias_delta).astype(weights[1].dtype)
+        self.layer.set_weights(weights)
+        if bias_delta is not None and self.batch_norm is not None:
+            self.shift = (self.shift + bias_delta).astype(np.float32)
+            for v in self.batch_norm.weights:
+                if v.path.split("/")[-1] == "beta":
+                    v.assign(np.asarray(v.numpy()) + bias_delta.astype(np.float32))
+                    break
+            else:
+                raise ValueError(f"{self.batch_norm.name}: BatchNormalization without beta "
+                                 "(center=False) cannot take a bias correction")
+
+
+def _producer(tensor):
+    history = getattr(tensor, "_keras_history", None)
+    return history[0] if history is not None else None
+
+
+def _batch_norm_fold(bn) -> tuple[np.ndarray, np.ndarray]:
+    cfg = bn.get_config()
+    weights = {w.path.split("/")[-1]: np.asarray(w.numpy(), np.float32) for w in bn.weights}
+    var = weights["moving_variance"]
+    gamma = weights.get("gamma", np.ones_like(var))
+    beta = weights.get("beta", np.zeros_like(var))
+    scale = gamma / np.sqrt(var + cfg["epsilon"])
+    return scale.astype(np.float32), (beta - weights["moving_mean"] * scale).astype(np.float32)
+
+
+def prunable_layers(model) -> tuple[list[PrunableLayer], dict[str, str]]:
+    """The prunable layers in model order, and {layer name: reason} for layers left alone."""
+    import keras
+
+    skipped: dict[str, str] = {}
+    # A BatchNorm folds into its producer when it is that producer's only consumer.
+    folds: dict[int, object] = {}
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            cfg = layer.get_config()
+            axis = cfg["axis"] if isinstance(cfg["axis"], int) else cfg["axis"][0]
+            producer = _producer(layer.input)
+            if (producer is not None and axis in (-1, len(layer.input.shape) - 1)
+                    and len(producer._outbound_nodes) == 1):
+                folds[id(producer)] = layer
+    result = []
+    for layer in model.layers:
+        is_conv = isinstance(layer, keras.layers.Conv2D) and type(layer).__name__ == "Conv2D"
+        is_dense = type(layer).__name__ == "Dense"
+        if not (is_conv or is_dense):
+            if layer.weights and not isinstance(layer, keras.layers.BatchNormalization):
+                skipped[layer.name] = f"{type(layer).__name__} is not pruned"
+            continue
+        if len(layer._inbound_nodes) != 1:
+            skipped[layer.name] = "shared layer (called more than once)"
+            continue
+        cfg = layer.get_config()
+        if is_conv and (cfg.get("groups", 1) != 1 or cfg.get("data_format") == "channels_first"):
+            skipped[layer.name] = "grouped or channels_first Conv2D"
+            continue
+        if is_dense and len(layer.input.shape) != 2:
+            skipped[layer.name] = "Dense on a tensor of rank > 2"
+            continue
+        out_c = int(layer.get_weights()[0].shape[-1])
+        bn = folds.get(id(layer))
+        if bn is not None:
+            scale, shift = _batch_norm_fold(bn)
+        else:
+            scale, shift = np.ones(out_c, np.float32), np.zeros(out_c, np.float32)
+        pl = PrunableLayer(layer.name, "conv2d" if is_conv else "dense", layer, bn, scale, shift)
+        if is_conv:
+            pl.strides = tuple(int(s) for s in cfg["strides"])
+            pl.dilations = tuple(int(d) for d in cfg["dilation_rate"])
+            pl.padding = cfg["padding"].upper()
+        result.append(pl)
+    if not result:
+        raise UserError(f"model '{model.name}' has no Conv2D or Dense layer to prune")
+    return result, skipped
+
+
+def layer_inputs(model, layers: list[PrunableLayer], probes: np.ndarray, batch_size: int = 64
+                 ) -> list[np.ndarray]:
+    """Each prunable layer's input activations on the probe inputs."""
+    import keras
+
+    tap = keras.Model(model.inputs, [pl.layer.input for pl in layers])
+    outs = tap.predict(probes, batch_size=batch_size, verbose=0)
+    if not isinstance(outs, (list, tuple)):
+        outs = [outs]
+    return [np.asarray(o, np.float32) for o in outs]

@@ -1,0 +1,93 @@
+"""Loading and validating user models, and writing outputs atomically."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import pathlib
+import tempfile
+
+DEMO_MODEL = pathlib.Path(__file__).resolve().parent.parent / "demo" / "digits_cnn.keras"
+
+
+class UserError(Exception):
+    """Bad input from the user: the message names the file, layer or flag at fault."""
+
+
+def user_path(path: str) -> str:
+    """Resolves a path the user typed, relative to where they ran ./bazelw (bazel run changes
+    the working directory to the runfiles tree)."""
+    if os.path.isabs(path):
+        return path
+    base = (os.environ.get("BUILD_WORKING_DIRECTORY") or os.environ.get("HYBRID_PRUNING_USER_CWD")
+            or os.getcwd())
+    return os.path.normpath(os.path.join(base, path))
+
+
+def model_path(flag_value: str) -> str:
+    """--model=demo means the committed demo model; anything else is a user path."""
+    if flag_value == "demo":
+        return str(DEMO_MODEL)
+    return user_path(flag_value)
+
+
+def load_keras_model(path: str):
+    """Loads a .keras or .h5 file (Keras 3), naming the file in every error."""
+    p = pathlib.Path(path)
+    if not p.exists():
+        raise UserError(f"--model={path}: no such file or directory")
+    if p.is_dir():
+        if (p / "saved_model.pb").exists():
+            raise UserError(
+                f"--model={path}: a SavedModel directory without Keras layers cannot be pruned "
+                "layer by layer by Keras 3; re-save the model with model.save('model.keras')")
+        raise UserError(f"--model={path}: is a directory, not a .keras/.h5 model")
+    if p.suffix not in (".keras", ".h5", ".hdf5"):
+        raise UserError(f"--model={path}: expected a .keras or .h5 file, got '{p.suffix or p.name}'")
+    import keras
+
+    try:
+        model = keras.saving.load_model(path, compile=False)
+    except Exception as e:  # noqa: BLE001 - Keras raises many types for a bad file
+        raise UserError(f"--model={path}: cannot load as a Keras model: {e}") from e
+    if not isinstance(model, keras.Model):
+        raise UserError(f"--model={path}: holds a {type(model).__name__}, not a Keras model")
+    return model
+
+
+def check_output(output: str, *inputs: str) -> str:
+    """The resolved output path; refuses to overwrite an input or write into a missing dir."""
+    out = pathlib.Path(user_path(output))
+    if not out.parent.is_dir():
+        raise UserError(f"--output={output}: directory {out.parent} does not exist")
+    if out.is_dir():
+        raise UserError(f"--output={output}: is a directory")
+    for i in inputs:
+        if os.path.realpath(i) == os.path.realpath(out):
+            raise UserError(f"--output={output}: would overwrite the input model {i}")
+    return str(out)
+
+
+@contextlib.contextmanager
+def atomic_path(path: str):
+    """Yields a temporary path beside `path`, renamed onto it only if the block succeeds."""
+    directory = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=os.path.basename(path), dir=directory)
+    os.close(fd)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def write_bytes_atomic(path: str, data: bytes) -> None:
+    with atomic_path(path) as tmp:
+        pathlib.Path(tmp).write_bytes(data)
+
+
+def save_keras_atomic(model, path: str) -> None:
+    # Keras insists on the .keras suffix, so the temporary file ends with the final name.
+    with atomic_path(path) as tmp:
+        model.save(tmp)

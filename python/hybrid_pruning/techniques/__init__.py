@@ -1,0 +1,1 @@
+"""One module per reduction technique, each with one public entry."""
