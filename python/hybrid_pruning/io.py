@@ -7,7 +7,8 @@ import os
 import pathlib
 import tempfile
 
-DEMO_MODEL = pathlib.Path(__file__).resolve().parent.parent / "demo" / "digits_cnn.keras"
+# Not resolved: under Bazel the demo model is a runfile beside this package.
+DEMO_MODEL = pathlib.Path(__file__).parent.parent / "demo" / "digits_cnn.keras"
 
 
 class UserError(Exception):

@@ -1,0 +1,114 @@
+"""The prune and evaluate command lines: bad input gives a clear error naming the problem, a
+non-zero exit and no output file; a good run writes the model and report and leaves the input
+untouched."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import pathlib
+import subprocess
+import tempfile
+
+from absl.testing import absltest
+
+_RUNFILES = pathlib.Path(__file__).parent.parent
+PRUNE = _RUNFILES / "python" / "prune"
+EVALUATE = _RUNFILES / "python" / "evaluate"
+DEMO = _RUNFILES / "python" / "demo" / "digits_cnn.keras"
+
+
+def _run(binary: pathlib.Path, *args: str, cwd: str) -> subprocess.CompletedProcess:
+    env = dict(os.environ, HYBRID_PRUNING_USER_CWD=cwd)
+    env.pop("BUILD_WORKING_DIRECTORY", None)
+    return subprocess.run([str(binary), *args], capture_output=True, text=True, env=env,
+                          cwd=cwd, timeout=600, stdin=subprocess.DEVNULL)
+
+
+class PruneCliErrorsTest(absltest.TestCase):
+
+    def setUp(self):
+        self.dir = tempfile.mkdtemp(dir=os.environ.get("TEST_TMPDIR"))
+        self.out = os.path.join(self.dir, "out.tflite")
+
+    def assertFails(self, args, *expected):
+        proc = _run(PRUNE, *args, cwd=self.dir)
+        self.assertNotEqual(proc.returncode, 0, proc.stderr)
+        for text in expected:
+            self.assertIn(text, proc.stderr)
+        self.assertEqual(sorted(os.listdir(self.dir)),
+                         sorted(p for p in os.listdir(self.dir) if not p.startswith(".tmp-")))
+        self.assertFalse(os.path.exists(self.out), "partial output written")
+        return proc
+
+    def test_missing_model(self):
+        self.assertFails(["--model=nope.keras", f"--output={self.out}"],
+                         "--model=", "nope.keras", "no such file")
+
+    def test_not_a_model(self):
+        bad = os.path.join(self.dir, "garbage.keras")
+        pathlib.Path(bad).write_bytes(b"not a zip")
+        self.assertFails([f"--model={bad}", f"--output={self.out}"], "garbage.keras",
+                         "cannot load")
+
+    def test_wrong_extension(self):
+        bad = os.path.join(self.dir, "model.onnx")
+        pathlib.Path(bad).write_bytes(b"x")
+        self.assertFails([f"--model={bad}", f"--output={self.out}"], "model.onnx", ".keras")
+
+    def test_output_dir_missing(self):
+        self.out = os.path.join(self.dir, "missing", "out.tflite")
+        self.assertFails(["--model=demo", f"--output={self.out}"], "--output=", "does not exist")
+
+    def test_refuses_to_overwrite_input(self):
+        copy = os.path.join(self.dir, "model.keras")
+        pathlib.Path(copy).write_bytes(DEMO.read_bytes())
+        before = hashlib.sha256(pathlib.Path(copy).read_bytes()).hexdigest()
+        proc = _run(PRUNE, f"--model={copy}", f"--output={copy}", cwd=self.dir)
+        self.assertNotEqual(proc.returncode, 0)
+        self.assertIn("would overwrite the input", proc.stderr)
+        self.assertEqual(hashlib.sha256(pathlib.Path(copy).read_bytes()).hexdigest(), before)
+
+    def test_bad_flag_values(self):
+        self.assertFails(["--model=demo", f"--output={self.out}", "--input_range=1,0"],
+                         "--input_range")
+        self.assertFails(["--model=demo", f"--output={self.out}", "--input_range=a,b"],
+                         "--input_range")
+        self.assertFails(["--model=demo", f"--output={self.out}", "--weight_error_budget=-1"],
+                         "weight_error_budget")
+        self.assertFails(["--model=demo", f"--output={self.out}", "--probe=imagenet"], "probe")
+        self.assertFails(["--model=demo"], "output")
+
+
+class PruneCliRunTest(absltest.TestCase):
+
+    def test_prune_then_evaluate(self):
+        work = tempfile.mkdtemp(dir=os.environ.get("TEST_TMPDIR"))
+        before = hashlib.sha256(DEMO.read_bytes()).hexdigest()
+        # Relative paths resolve against the user's directory, not Bazel's runfiles.
+        proc = _run(PRUNE, "--model=demo", "--output=pruned.tflite", "--report=report.json",
+                    "--quiet", cwd=work)
+        self.assertEqual(proc.returncode, 0, proc.stderr[-3000:])
+        self.assertEqual(hashlib.sha256(DEMO.read_bytes()).hexdigest(), before)
+        self.assertEqual(sorted(os.listdir(work)), ["pruned.tflite", "report.json"])
+        report = json.loads(pathlib.Path(work, "report.json").read_text())
+        self.assertGreaterEqual(report["totals"]["weight_sparsity"], 0.5)
+        proc = _run(EVALUATE, "--model=pruned.tflite", cwd=work)
+        self.assertEqual(proc.returncode, 0, proc.stderr[-3000:])
+        result = json.loads(proc.stdout.strip().splitlines()[-1])
+        self.assertEqual(result["samples"], 450)
+        self.assertGreater(result["top1_accuracy"], 0.97)
+
+    def test_evaluate_rejects_bad_data(self):
+        work = tempfile.mkdtemp(dir=os.environ.get("TEST_TMPDIR"))
+        import numpy as np
+
+        np.savez(os.path.join(work, "d.npz"), x=np.zeros((3, 16, 16, 1), np.float32))
+        proc = _run(EVALUATE, "--model=demo", "--data=d.npz", cwd=work)
+        self.assertNotEqual(proc.returncode, 0)
+        self.assertIn("missing array", proc.stderr)
+
+
+if __name__ == "__main__":
+    absltest.main()

@@ -1,0 +1,143 @@
+"""Weight pruning on small hand-built Keras models where the right answer is known."""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+from absl.testing import absltest, parameterized
+
+from tensorflow.lite.python import schema_py_generated as schema
+
+from hybrid_pruning import convert, graph, op_format, runtime, tflite_model, tflite_rewrite
+from hybrid_pruning.techniques import weight_pruning
+
+
+def _conv_model(strides=1, dilation=1, padding="same", batch_norm=True, use_bias=False,
+                activation=None, seed=0):
+    keras.utils.set_random_seed(seed)
+    inputs = keras.Input((11, 9, 6))
+    x = keras.layers.Conv2D(12, 3, strides=strides, dilation_rate=dilation, padding=padding,
+                            use_bias=use_bias, activation=activation)(inputs)
+    if batch_norm:
+        bn = keras.layers.BatchNormalization()
+        x = bn(x)
+        rng = np.random.default_rng(seed)
+        bn.set_weights([rng.uniform(0.5, 2, 12), rng.normal(0, 1, 12), rng.normal(0, 1, 12),
+                        rng.uniform(0.5, 2, 12)])
+    x = keras.layers.ReLU()(x)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    outputs = keras.layers.Dense(5)(x)
+    return keras.Model(inputs, outputs)
+
+
+def _x(n=16, seed=1):
+    return np.random.default_rng(seed).normal(0, 1, (n, 11, 9, 6)).astype(np.float32)
+
+
+class FoldingAndErrorTest(parameterized.TestCase):
+
+    @parameterized.parameters(
+        dict(strides=1, dilation=1, padding="same"),
+        dict(strides=2, dilation=1, padding="same"),
+        dict(strides=1, dilation=2, padding="valid"),
+        dict(strides=2, dilation=1, padding="valid", batch_norm=False, use_bias=True),
+    )
+    def test_predicted_error_equals_measured_error(self, **kw):
+        model = _conv_model(**kw)
+        x = _x()
+        layers, _ = graph.prunable_layers(model)
+        conv = layers[0]
+        self.assertEqual(conv.batch_norm is not None, kw.get("batch_norm", True))
+        target = conv.batch_norm.output if conv.batch_norm is not None else conv.layer.output
+        tap = keras.Model(model.inputs, target)
+        before = tap.predict(x, verbose=0)
+        # Folding: the folded kernel and bias reproduce conv + BatchNorm.
+        p = weight_pruning.patches(conv, x)
+        folded = (p @ conv.folded_kernel.reshape(-1, 12) + conv.folded_bias).reshape(before.shape)
+        np.testing.assert_allclose(folded, before, rtol=1e-4, atol=1e-4)
+        inputs = graph.layer_inputs(model, layers, x)
+        result = weight_pruning.prune_layer(conv, inputs[0], error_budget=0.3)
+        self.assertGreater(result.sparsity, 0.05)
+        conv.set_folded(result.kernel, result.bias_delta)
+        after = tap.predict(x, verbose=0)
+        measured = np.linalg.norm(after - before) / np.linalg.norm(before)
+        self.assertAlmostEqual(measured, result.relative_error, delta=0.02 + 0.05 * measured)
+        self.assertLessEqual(measured, 0.3 + 0.02)
+        # The kernel itself carries the zeros that the rewrite will pack.
+        self.assertAlmostEqual(float(np.mean(conv.kernel == 0)), result.sparsity, places=6)
+
+    def test_zero_budget_is_the_identity(self):
+        model = _conv_model()
+        layers, _ = graph.prunable_layers(model)
+        before = [pl.kernel.copy() for pl in layers]
+        results = weight_pruning.prune_weights(layers, graph.layer_inputs(model, layers, _x()), 0.0)
+        for pl, r, w in zip(layers, results, before):
+            self.assertEqual(r.sparsity, 0.0)
+            np.testing.assert_allclose(pl.kernel, w, rtol=1e-6)
+
+    def test_refit_beats_plain_magnitude(self):
+        model = _conv_model()
+        layers, _ = graph.prunable_layers(model)
+        # Correlated channels: the kept weights can stand in for the pruned ones.
+        rng = np.random.default_rng(4)
+        z = rng.normal(0, 1, (64, 11, 9, 2)) @ rng.normal(0, 1, (2, 6))
+        z += 0.05 * rng.normal(0, 1, z.shape)
+        x = graph.layer_inputs(model, layers, z.astype(np.float32))[0]
+        plain = weight_pruning.prune_layer(layers[0], x, 0.2, reconstruct=False)
+        refit = weight_pruning.prune_layer(layers[0], x, 0.2, reconstruct=True)
+        self.assertGreater(refit.sparsity, plain.sparsity)
+
+    def test_block_structure(self):
+        model = _conv_model()
+        layers, _ = graph.prunable_layers(model)
+        x = graph.layer_inputs(model, layers, _x())[0]
+        r = weight_pruning.prune_layer(layers[0], x, 0.3, block_size=4)
+        blocks = (r.kernel.reshape(-1, 3, 4) != 0)  # [K, 3 blocks, 4 channels]
+        self.assertTrue(np.all(blocks.all(-1) | ~blocks.any(-1)), "blocks are all-or-nothing")
+        self.assertGreater(r.sparsity, 0.05)
+
+
+class RewriteTest(absltest.TestCase):
+
+    def test_mixed_model_runs_and_matches_keras(self):
+        keras.utils.set_random_seed(3)
+        inputs = keras.Input((8, 8, 3))
+        a = keras.layers.Conv2D(8, 3, padding="same", activation="relu6")(inputs)
+        b = keras.layers.Conv2D(8, 3, padding="same", activation="tanh")(a)
+        c = keras.layers.Conv2D(4, 1, use_bias=False)(b)
+        model = keras.Model(inputs, c)
+        for layer in model.layers[1:3]:
+            w = layer.get_weights()
+            w[0][np.abs(w[0]) < np.quantile(np.abs(w[0]), 0.6)] = 0
+            layer.set_weights(w)
+        rewritten, records = tflite_rewrite.rewrite(convert.to_tflite(model))
+        # tanh is a separate op after the conv; the dense 1x1 conv stays builtin.
+        self.assertEqual([r.runs_as for r in records],
+                         ["HybridSparseConv2D", "HybridSparseConv2D", "CONV_2D (dense)"])
+        x = np.random.default_rng(0).normal(0, 1, (2, 8, 8, 3)).astype(np.float32)
+        np.testing.assert_allclose(_predict(rewritten, x), model.predict(x, verbose=0),
+                                   rtol=1e-4, atol=1e-4)
+
+    def test_unsupported_fused_activation_stays_builtin(self):
+        g = op_format.ConvGeometry(3, 3, 2, 4)
+        w = np.zeros((4, 3, 3, 2), np.float32)
+        w[:, 1, 1, :] = 1.0
+        model = tflite_model.read(tflite_model.single_conv_model((1, 5, 5, 2), w, None, g))
+        model.subgraphs[0].operators[0].builtinOptions.fusedActivationFunction = (
+            schema.ActivationFunctionType.TANH)
+        _, records = tflite_rewrite.rewrite(tflite_model.write(model))
+        self.assertIn("not supported", records[0].runs_as)
+
+
+def _predict(model: bytes, x: np.ndarray) -> np.ndarray:
+    it = runtime.make_interpreter(model_content=model)
+    inp = it.get_input_details()[0]["index"]
+    it.resize_tensor_input(inp, x.shape)
+    it.allocate_tensors()
+    it.set_tensor(inp, x)
+    it.invoke()
+    return it.get_tensor(it.get_output_details()[0]["index"])
+
+
+if __name__ == "__main__":
+    absltest.main()
