@@ -20,7 +20,8 @@ def user_path(path: str) -> str:
     the working directory to the runfiles tree)."""
     if os.path.isabs(path):
         return path
-    base = (os.environ.get("BUILD_WORKING_DIRECTORY") or os.environ.get("HYBRID_PRUNING_USER_CWD")
+    # ./bazelw cds to the workspace before calling Bazel and records where the user was.
+    base = (os.environ.get("HYBRID_PRUNING_USER_CWD") or os.environ.get("BUILD_WORKING_DIRECTORY")
             or os.getcwd())
     return os.path.normpath(os.path.join(base, path))
 

@@ -6,7 +6,7 @@
 // layout matters. The layout mirrors tensorflow/lite/core/c/common.h as of TensorFlow 2.21 /
 // ai-edge-litert 2.3 (the pinned wheels), 64-bit targets. Fields are in the original order and
 // nothing may be reordered; fields we never touch keep their slot as opaque pointers/ints.
-// tests/tflite_abi_layout_test pins the sizes and offsets that the runtime relies on, and every
+// tflite_ops/tests/tflite_abi_layout_test pins the sizes and offsets that the runtime relies on, and every
 // interpreter test exercises them for real.
 //
 // Only tflite_ops/delegate.cc may include this file: the kernels know nothing of TFLite.
