@@ -11,7 +11,8 @@ import sys
 from absl import app, flags, logging
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("model", None, "Keras model (.keras or .h5), or 'demo' for the built-in one.")
+flags.DEFINE_string("model", None, "Keras model (.keras, .h5, or a tf.keras SavedModel "
+                    "directory), or 'demo' for the built-in one.")
 flags.DEFINE_string("output", None, "Where to write the pruned .tflite (never the input).")
 flags.DEFINE_string("report", None, "Optional path for a JSON report.")
 flags.DEFINE_float("weight_error_budget", 0.15,

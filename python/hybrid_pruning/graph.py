@@ -46,7 +46,7 @@ class PrunableLayer:
     def can_shift_bias(self) -> bool:
         """Whether the folded bias can be changed: the layer has a bias or a folded BatchNorm."""
         if self.batch_norm is not None:
-            return any(v.path.split("/")[-1] == "beta" for v in self.batch_norm.weights)
+            return any(variable_name(v) == "beta" for v in self.batch_norm.weights)
         return len(self.layer.get_weights()) > 1
 
     def set_kernel(self, kernel: np.ndarray) -> None:
@@ -67,12 +67,32 @@ class PrunableLayer:
         if bias_delta is not None and self.batch_norm is not None:
             self.shift = (self.shift + bias_delta).astype(np.float32)
             for v in self.batch_norm.weights:
-                if v.path.split("/")[-1] == "beta":
+                if variable_name(v) == "beta":
                     v.assign(np.asarray(v.numpy()) + bias_delta.astype(np.float32))
                     break
             else:
                 raise ValueError(f"{self.batch_norm.name}: BatchNormalization without beta "
                                  "(center=False) cannot take a bias correction")
+
+
+def keras_module(model):
+    """Keras 3 for .keras/.h5 models, tf_keras (Keras 2) for models loaded from a SavedModel."""
+    import keras
+
+    if isinstance(model, keras.Model):
+        return keras
+    import tf_keras
+
+    return tf_keras
+
+
+def class_name(layer) -> str:
+    return type(layer).__name__
+
+
+def variable_name(v) -> str:
+    """'gamma' for Keras 3's 'bn/gamma' and Keras 2's 'bn/gamma:0'."""
+    return (getattr(v, "path", None) or v.name).split("/")[-1].split(":")[0]
 
 
 def _producer(tensor):
@@ -82,7 +102,7 @@ def _producer(tensor):
 
 def _batch_norm_fold(bn) -> tuple[np.ndarray, np.ndarray]:
     cfg = bn.get_config()
-    weights = {w.path.split("/")[-1]: np.asarray(w.numpy(), np.float32) for w in bn.weights}
+    weights = {variable_name(w): np.asarray(w.numpy(), np.float32) for w in bn.weights}
     var = weights["moving_variance"]
     gamma = weights.get("gamma", np.ones_like(var))
     beta = weights.get("beta", np.zeros_like(var))
@@ -92,13 +112,11 @@ def _batch_norm_fold(bn) -> tuple[np.ndarray, np.ndarray]:
 
 def prunable_layers(model) -> tuple[list[PrunableLayer], dict[str, str]]:
     """The prunable layers in model order, and {layer name: reason} for layers left alone."""
-    import keras
-
     skipped: dict[str, str] = {}
     # A BatchNorm folds into its producer when it is that producer's only consumer.
     folds: dict[int, object] = {}
     for layer in model.layers:
-        if isinstance(layer, keras.layers.BatchNormalization):
+        if class_name(layer) == "BatchNormalization":
             cfg = layer.get_config()
             axis = cfg["axis"] if isinstance(cfg["axis"], int) else cfg["axis"][0]
             producer = _producer(layer.input)
@@ -107,11 +125,12 @@ def prunable_layers(model) -> tuple[list[PrunableLayer], dict[str, str]]:
                 folds[id(producer)] = layer
     result = []
     for layer in model.layers:
-        is_conv = isinstance(layer, keras.layers.Conv2D) and type(layer).__name__ == "Conv2D"
-        is_dense = type(layer).__name__ == "Dense"
+        # Exact class names: DepthwiseConv2D, SeparableConv2D etc. are not our op.
+        is_conv = class_name(layer) == "Conv2D"
+        is_dense = class_name(layer) == "Dense"
         if not (is_conv or is_dense):
-            if layer.weights and not isinstance(layer, keras.layers.BatchNormalization):
-                skipped[layer.name] = f"{type(layer).__name__} is not pruned"
+            if layer.weights and class_name(layer) != "BatchNormalization":
+                skipped[layer.name] = f"{class_name(layer)} is not pruned"
             continue
         if len(layer._inbound_nodes) != 1:
             skipped[layer.name] = "shared layer (called more than once)"
@@ -143,9 +162,7 @@ def prunable_layers(model) -> tuple[list[PrunableLayer], dict[str, str]]:
 def layer_inputs(model, layers: list[PrunableLayer], probes: np.ndarray, batch_size: int = 64
                  ) -> list[np.ndarray]:
     """Each prunable layer's input activations on the probe inputs."""
-    import keras
-
-    tap = keras.Model(model.inputs, [pl.layer.input for pl in layers])
+    tap = keras_module(model).Model(model.inputs, [pl.layer.input for pl in layers])
     outs = tap.predict(probes, batch_size=batch_size, verbose=0)
     if not isinstance(outs, (list, tuple)):
         outs = [outs]

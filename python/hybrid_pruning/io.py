@@ -34,25 +34,33 @@ def model_path(flag_value: str) -> str:
 
 
 def load_keras_model(path: str):
-    """Loads a .keras or .h5 file (Keras 3), naming the file in every error."""
+    """Loads a .keras or .h5 file (Keras 3), or a SavedModel directory written by tf.keras
+    (through tf_keras: Keras 3 cannot see the layers of a SavedModel). Errors name the file."""
     p = pathlib.Path(path)
     if not p.exists():
         raise UserError(f"--model={path}: no such file or directory")
     if p.is_dir():
-        if (p / "saved_model.pb").exists():
-            raise UserError(
-                f"--model={path}: a SavedModel directory without Keras layers cannot be pruned "
-                "layer by layer by Keras 3; re-save the model with model.save('model.keras')")
-        raise UserError(f"--model={path}: is a directory, not a .keras/.h5 model")
-    if p.suffix not in (".keras", ".h5", ".hdf5"):
-        raise UserError(f"--model={path}: expected a .keras or .h5 file, got '{p.suffix or p.name}'")
-    import keras
+        if not (p / "saved_model.pb").exists():
+            raise UserError(f"--model={path}: is a directory but not a SavedModel "
+                            "(no saved_model.pb)")
+        if not (p / "keras_metadata.pb").exists():
+            raise UserError(f"--model={path}: a SavedModel without Keras metadata has no layers "
+                            "to prune; save the Keras model itself (model.save)")
+        import tf_keras
 
+        loader, model_type = tf_keras.models.load_model, tf_keras.Model
+    elif p.suffix in (".keras", ".h5", ".hdf5"):
+        import keras
+
+        loader, model_type = keras.saving.load_model, keras.Model
+    else:
+        raise UserError(f"--model={path}: expected a .keras or .h5 file or a SavedModel "
+                        f"directory, got '{p.suffix or p.name}'")
     try:
-        model = keras.saving.load_model(path, compile=False)
+        model = loader(path, compile=False)
     except Exception as e:  # noqa: BLE001 - Keras raises many types for a bad file
         raise UserError(f"--model={path}: cannot load as a Keras model: {e}") from e
-    if not isinstance(model, keras.Model):
+    if not isinstance(model, model_type):
         raise UserError(f"--model={path}: holds a {type(model).__name__}, not a Keras model")
     return model
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 from absl import logging
 
+from hybrid_pruning import graph
 from hybrid_pruning.io import UserError
 
 KINDS = ("bn", "random")
@@ -37,15 +38,16 @@ def bn_matched_probes(model, count: int, input_range: tuple[float, float], seed:
     import keras
     import tensorflow as tf
 
-    bns = [l for l in model.layers if isinstance(l, keras.layers.BatchNormalization)]
+    bns = [l for l in model.layers if graph.class_name(l) == "BatchNormalization"]
     x0 = random_probes(model, count, input_range, seed)
     if not bns:
         logging.warning("model has no BatchNormalization: 'bn' probes fall back to 'random'")
         return x0
-    tap = keras.Model(model.inputs, [bn.input for bn in bns])
+    tap = graph.keras_module(model).Model(model.inputs, [bn.input for bn in bns])
     targets = []
     for bn in bns:
-        w = {v.path.split("/")[-1]: tf.constant(np.asarray(v.numpy(), np.float32)) for v in bn.weights}
+        w = {graph.variable_name(v): tf.constant(np.asarray(v.numpy(), np.float32))
+             for v in bn.weights}
         targets.append((w["moving_mean"], tf.sqrt(w["moving_variance"] + bn.epsilon)))
     x = tf.Variable(x0)
     opt = keras.optimizers.Adam(learning_rate)

@@ -1,0 +1,99 @@
+"""prune accepts .keras, .h5 and tf.keras SavedModel directories, and models without
+BatchNorm; each comes out as a working .tflite with our op."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+
+import numpy as np
+from absl.testing import absltest
+
+from hybrid_pruning import io, pipeline, runtime, tflite_model
+
+
+def _predict(model: bytes, x: np.ndarray) -> np.ndarray:
+    it = runtime.make_interpreter(model_content=model)
+    inp = it.get_input_details()[0]["index"]
+    it.resize_tensor_input(inp, x.shape)
+    it.allocate_tensors()
+    it.set_tensor(inp, x)
+    it.invoke()
+    return it.get_tensor(it.get_output_details()[0]["index"])
+
+
+def _cnn(layers_module, batch_norm: bool, seed: int):
+    """A small CNN with either Keras: conv (+BN) + ReLU blocks, a strided conv, pooling, head."""
+    L = layers_module
+    inputs = L.Input((12, 12, 3))
+    x = inputs
+    for filters, strides in [(16, 1), (24, 2), (24, 1)]:
+        x = L.Conv2D(filters, 3, strides=strides, padding="same", use_bias=not batch_norm)(x)
+        if batch_norm:
+            x = L.BatchNormalization()(x)
+        x = L.ReLU()(x)
+    x = L.MaxPooling2D(2)(x)
+    x = L.Flatten()(x)
+    return inputs, L.Dense(4)(x)
+
+
+class ModelFormatsTest(absltest.TestCase):
+
+    def setUp(self):
+        self.dir = tempfile.mkdtemp(dir=os.environ.get("TEST_TMPDIR"))
+        self.x = np.random.default_rng(0).uniform(0, 1, (8, 12, 12, 3)).astype(np.float32)
+
+    def _check(self, path: str, original) -> None:
+        model = io.load_keras_model(path)
+        result = pipeline.compress(model, pipeline.PruneConfig(
+            quiet=True, probe_count=32, weight_error_budget=0.1))
+        self.assertGreater(result.report["totals"]["weight_sparsity"], 0.1)
+        flat = tflite_model.read(result.tflite)
+        ours = [op for op in flat.subgraphs[0].operators
+                if tflite_model.custom_code(flat, op) == "HybridSparseConv2D"]
+        self.assertLen(ours, 3)
+        # compress() prunes the Keras model in place: the .tflite computes exactly that model
+        # (BatchNorm folding, bias corrections and the packed weights all agree) ...
+        got, want = _predict(result.tflite, self.x), model.predict(self.x, verbose=0)
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * np.abs(want).max())
+        # ... which really changed.
+        self.assertGreater(np.abs(want - original(self.x)).max(), 1e-4)
+
+    def test_keras3_h5_without_batch_norm(self):
+        import keras
+
+        keras.utils.set_random_seed(1)
+        model = keras.Model(*_cnn(keras.layers, batch_norm=False, seed=1))
+        path = os.path.join(self.dir, "m.h5")
+        model.save(path)
+        self._check(path, lambda x: model.predict(x, verbose=0))
+
+    def test_tf_keras_saved_model_with_batch_norm(self):
+        import tf_keras
+
+        tf_keras.utils.set_random_seed(2)
+        model = tf_keras.Model(*_cnn(tf_keras.layers, batch_norm=True, seed=2))
+        # Give BatchNorm non-trivial statistics, as training would.
+        rng = np.random.default_rng(2)
+        for layer in model.layers:
+            if type(layer).__name__ == "BatchNormalization":
+                n = layer.get_weights()[0].size
+                layer.set_weights([rng.uniform(0.5, 1.5, n), rng.normal(0, 0.3, n),
+                                   rng.normal(0, 0.3, n), rng.uniform(0.5, 2.0, n)])
+        path = os.path.join(self.dir, "saved")
+        model.save(path, save_format="tf")
+        self._check(path, lambda x: model.predict(x, verbose=0))
+
+    def test_plain_saved_model_is_refused_by_name(self):
+        import tensorflow as tf
+
+        module = tf.Module()
+        module.f = tf.function(lambda x: x * 2, input_signature=[tf.TensorSpec([1], tf.float32)])
+        path = os.path.join(self.dir, "plain")
+        tf.saved_model.save(module, path)
+        with self.assertRaisesRegex(io.UserError, "plain.*Keras metadata"):
+            io.load_keras_model(path)
+
+
+if __name__ == "__main__":
+    absltest.main()
