@@ -167,3 +167,85 @@ def layer_inputs(model, layers: list[PrunableLayer], probes: np.ndarray, batch_s
     if not isinstance(outs, (list, tuple)):
         outs = [outs]
     return [np.asarray(o, np.float32) for o in outs]
+
+
+# Layers that carry channel c of their input to channel c of their output.
+_CHANNELWISE = {
+    "BatchNormalization", "ReLU", "Activation", "LeakyReLU", "ELU", "MaxPooling2D",
+    "AveragePooling2D", "Dropout", "SpatialDropout2D", "ZeroPadding2D", "GlobalAveragePooling2D",
+    "GlobalMaxPooling2D", "Flatten", "DepthwiseConv2D",
+}
+
+
+@dataclasses.dataclass
+class ChannelChain:
+    """Producer (Conv2D/Dense) -> channel-wise layers -> one consumer (Conv2D/Dense): the
+    producer's output channels can be removed by editing only these layers."""
+
+    producer: object
+    path: list
+    consumer: object
+    taps_per_channel: int  # consumer input columns per channel: positions after a Flatten
+
+
+def _next_layers(layer) -> list:
+    return [getattr(n, "operation", None) or n.outbound_layer for n in layer._outbound_nodes]
+
+
+def channel_chains(model) -> tuple[list[ChannelChain], dict[str, str]]:
+    """Every producer whose channels can be removed, and {producer: reason} for the others."""
+    outputs = {id(_producer(t)) for t in model.outputs}
+    chains, refused = [], {}
+    for producer in model.layers:
+        if class_name(producer) not in ("Conv2D", "Dense") or id(producer) in outputs:
+            continue
+        path, layer, taps, reason = [], producer, 1, None
+        while True:
+            nxt = _next_layers(layer)
+            if len(nxt) != 1:
+                reason = f"output of '{layer.name}' feeds {len(nxt)} layers"
+                break
+            layer = nxt[0]
+            kind = class_name(layer)
+            if kind in ("Conv2D", "Dense"):
+                cfg = layer.get_config()
+                if kind == "Conv2D" and cfg.get("groups", 1) != 1:
+                    reason = f"'{layer.name}' is a grouped convolution"
+                elif len(layer._inbound_nodes) != 1:
+                    reason = f"'{layer.name}' is shared"
+                break
+            if kind not in _CHANNELWISE:
+                reason = f"'{layer.name}' ({kind}) couples or reshapes channels"
+                break
+            if kind == "DepthwiseConv2D" and layer.get_config().get("depth_multiplier", 1) != 1:
+                reason = f"'{layer.name}' has depth_multiplier > 1"
+                break
+            if id(layer) in outputs:
+                reason = f"'{layer.name}' is a model output"
+                break
+            if kind == "Flatten":
+                taps = int(np.prod(layer.input.shape[1:-1]))
+            path.append(layer)
+        if reason is None and class_name(layer) == "Dense" and len(layer.input.shape) != 2:
+            reason = f"'{layer.name}' is a Dense layer on a rank > 2 tensor"
+        if reason is None and not _has_bias_slot(layer):
+            reason = f"'{layer.name}' has no bias (nor BatchNorm beta) to fold removed channels into"
+        if reason is None:
+            chains.append(ChannelChain(producer, path, layer, taps))
+        else:
+            refused[producer.name] = reason
+    return chains, refused
+
+
+def _has_bias_slot(layer) -> bool:
+    if layer.get_config().get("use_bias", False):
+        return True
+    bn = _following_batch_norm(layer)
+    return bn is not None and bn.get_config().get("center", True)
+
+
+def _following_batch_norm(layer):
+    nxt = _next_layers(layer)
+    if len(nxt) == 1 and class_name(nxt[0]) == "BatchNormalization":
+        return nxt[0]
+    return None

@@ -1,0 +1,87 @@
+"""Activation pruning by magnitude: input activations below a per-channel threshold become
+zeros that HybridSparseConv2D skips at run time (with their whole weight column).
+
+Per layer, one quantile q is searched: channel c's threshold is the q-quantile of |x_c| over
+its nonzero probe activations, so every channel loses the same share of its small values
+whatever its scale. The layer's output error is measured on the probe patches themselves
+(thresholding is not linear, so no covariance shortcut here).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+from hybrid_pruning.graph import PrunableLayer
+from hybrid_pruning.techniques.weight_pruning import patches
+
+
+@dataclasses.dataclass
+class ActivationPruningResult:
+    name: str
+    thresholds: np.ndarray | None  # [in_channels] float32; None when nothing is pruned
+    activation_sparsity: float  # share of input activations that are zero or below threshold
+    natural_sparsity: float  # share that is exactly zero already (e.g. after ReLU)
+    relative_error: float
+
+
+def channel_thresholds(x: np.ndarray, q: float) -> np.ndarray:
+    """Per channel (last axis), the q-quantile of the nonzero magnitudes."""
+    a = np.abs(x.reshape(-1, x.shape[-1])).astype(np.float64)
+    masked = np.where(a > 0, a, np.nan)
+    with np.errstate(all="ignore"):
+        t = np.nanquantile(masked, q, axis=0, method="lower") if q > 0 else np.zeros(a.shape[1])
+    return np.nan_to_num(t, nan=0.0).astype(np.float32)
+
+
+def threshold(x: np.ndarray, t: np.ndarray) -> np.ndarray:
+    return np.where(np.abs(x) < t, 0.0, x).astype(np.float32)
+
+
+def prune_layer(layer: PrunableLayer, x: np.ndarray, error_budget: float,
+                max_quantile: float = 0.95, iterations: int = 8) -> ActivationPruningResult:
+    w2 = layer.folded_kernel.reshape(-1, layer.kernel.shape[-1]).astype(np.float32)
+    p = patches(layer, x).astype(np.float32)
+    y = p @ w2 + layer.folded_bias
+    energy = max(float(np.sum(y.astype(np.float64) ** 2)), 1e-30)
+    natural = float(np.mean(x == 0))
+
+    def evaluate(q: float) -> tuple[np.ndarray, float]:
+        t = channel_thresholds(x, q)
+        d = (p - patches(layer, threshold(x, t)).astype(np.float32)) @ w2
+        return t, float(np.sqrt(np.sum(d.astype(np.float64) ** 2) / energy))
+
+    lo, hi = 0.0, max_quantile
+    best_t, best_err = None, 0.0
+    t, err = evaluate(hi)
+    if err <= error_budget:
+        best_t, best_err = t, err
+    else:
+        for _ in range(iterations):
+            mid = 0.5 * (lo + hi)
+            t, err = evaluate(mid)
+            if err <= error_budget:
+                lo, best_t, best_err = mid, t, err
+            else:
+                hi = mid
+    sparsity = natural if best_t is None else float(np.mean(np.abs(x) < best_t) + np.mean(
+        (x == 0) & ~(np.abs(x) < best_t)))
+    if best_t is not None and not np.any(best_t > 0):
+        best_t = None
+    return ActivationPruningResult(layer.name, best_t, sparsity, natural, best_err)
+
+
+def prune_activations(layers: list[PrunableLayer], inputs: list[np.ndarray],
+                      error_budget: float, progress=None) -> list[ActivationPruningResult]:
+    """Thresholds for every Conv2D layer (Dense layers run as builtin ops and get none)."""
+    results = []
+    for layer, x in zip(layers, inputs):
+        if layer.kind == "conv2d" and error_budget > 0:
+            results.append(prune_layer(layer, x, error_budget))
+        else:
+            results.append(ActivationPruningResult(layer.name, None, float(np.mean(x == 0)),
+                                                   float(np.mean(x == 0)), 0.0))
+        if progress is not None:
+            progress.update(1)
+    return results

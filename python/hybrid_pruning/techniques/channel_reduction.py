@@ -1,0 +1,201 @@
+"""Shared machinery of the two channel-removing techniques (near-constant channels and
+near-identical channels): exact error on probes, selection within a budget, and the surgery
+that rebuilds a Keras model with fewer channels.
+
+A removed input channel j of a consumer layer is replaced by a * x_i + b (a merge into kept
+channel i) or by the constant b (a = 0). With p the consumer's input patches (zero padding
+included), the output changes by d^T W_R where d_k = x_k - a_k x_src(k) - b_k over the
+removed patch columns R. Its energy follows exactly from the consumer's patch moments
+E[p p^T] and E[p]: choosing a set of channels costs a few small matrix products, and the
+border effect of zero padding (where x = 0 but the folded bias still adds b) is counted.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+from hybrid_pruning import graph
+from hybrid_pruning.techniques.weight_pruning import patches
+
+
+@dataclasses.dataclass
+class Candidate:
+    channel: int
+    source: int | None  # kept channel merged into; None for a constant
+    scale: float  # a
+    offset: float  # b (the constant, for a constant channel)
+    cost: float  # relative error^2 of removing this channel alone
+
+
+@dataclasses.dataclass
+class ChainPlan:
+    chain: graph.ChannelChain
+    removed: list[Candidate]
+    channels_before: int
+    relative_error: float
+
+
+class ConsumerStats:
+    """Moments of a chain consumer's input on the probes, and its folded weights."""
+
+    def __init__(self, consumer: graph.PrunableLayer, x: np.ndarray):
+        self.channels = int(x.shape[-1]) if consumer.kind == "conv2d" else None
+        p = patches(consumer, x)
+        self.second = p.T @ p / len(p)
+        self.mean = p.mean(0)
+        k = consumer.folded_kernel
+        self.w = k.reshape(-1, k.shape[-1]).astype(np.float64)
+        y = p @ self.w + consumer.folded_bias
+        self.energy = max(float(np.mean(np.sum(y * y, axis=1))), 1e-30)
+
+    def configure(self, channels: int) -> None:
+        self.channels = channels
+        self.taps = self.w.shape[0] // channels
+
+    def error(self, removed: list[Candidate]) -> float:
+        """Relative output error of the consumer when all of `removed` are replaced."""
+        if not removed:
+            return 0.0
+        c, taps = self.channels, self.taps
+        rows = len(removed) * taps
+        d = np.zeros((rows, self.w.shape[0]))
+        b = np.zeros(rows)
+        cols = np.zeros(rows, np.int64)
+        r = 0
+        for cand in removed:
+            for t in range(taps):
+                cols[r] = t * c + cand.channel
+                d[r, cols[r]] = 1.0
+                if cand.source is not None:
+                    d[r, t * c + cand.source] -= cand.scale
+                b[r] = cand.offset
+                r += 1
+        dm = d @ self.mean
+        e = d @ self.second @ d.T - np.outer(dm, b) - np.outer(b, dm) + np.outer(b, b)
+        wr = self.w[cols]
+        return float(np.sqrt(max(np.sum((e @ wr) * wr), 0.0) / self.energy))
+
+
+def channel_moments(x: np.ndarray, channels: int) -> tuple[np.ndarray, np.ndarray]:
+    """Mean [C] and covariance [C, C] of the channels over probes and positions."""
+    flat = x.reshape(-1, channels).astype(np.float64)
+    mean = flat.mean(0)
+    cov = flat.T @ flat / len(flat) - np.outer(mean, mean)
+    return mean, cov
+
+
+def select(stats: ConsumerStats, candidates: list[Candidate], budget: float,
+           max_fraction: float = 0.9) -> tuple[list[Candidate], float]:
+    """The longest prefix of the cheapest-first valid candidates within `budget`."""
+    for cand in candidates:
+        cand.cost = stats.error([cand]) ** 2
+    removed, sources, order = set(), set(), []
+    limit = int(max_fraction * stats.channels)
+    for cand in sorted(candidates, key=lambda c: c.cost):
+        if len(order) >= limit:
+            break
+        # A merge source must stay, and a removed channel cannot serve as a source.
+        if cand.channel in removed or cand.channel in sources or cand.source in removed:
+            continue
+        order.append(cand)
+        removed.add(cand.channel)
+        if cand.source is not None:
+            sources.add(cand.source)
+    lo, hi = 0, len(order)
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if stats.error(order[:mid]) <= budget:
+            lo = mid
+        else:
+            hi = mid - 1
+    return order[:lo], stats.error(order[:lo])
+
+
+def _named(layer) -> dict[str, int]:
+    return {graph.variable_name(v): i for i, v in enumerate(layer.weights)}
+
+
+def rebuild(model, plans: list[ChainPlan]):
+    """A new Keras model with every plan's channels removed and folded into its consumer."""
+    weights = {layer.name: [np.asarray(w) for w in layer.get_weights()] for layer in model.layers}
+    filters: dict[str, int] = {}
+    # Consumer side first: a layer can be the consumer of one chain and the producer of another.
+    for plan in plans:
+        consumer = plan.chain.consumer
+        w = weights[consumer.name]
+        kernel = w[0]
+        c = plan.channels_before
+        k3 = kernel.reshape(-1, c, kernel.shape[-1]).astype(np.float64)  # [taps, C, out]
+        delta = np.zeros(kernel.shape[-1])
+        for cand in plan.removed:
+            col = k3[:, cand.channel, :]
+            if cand.source is not None:
+                k3[:, cand.source, :] += cand.scale * col
+            delta += cand.offset * col.sum(0)
+        keep = np.setdiff1d(np.arange(c), [cand.channel for cand in plan.removed])
+        k3 = k3[:, keep, :]
+        new_shape = kernel.shape[:-2] + (len(keep), kernel.shape[-1]) if kernel.ndim == 4 else (
+            k3.shape[0] * len(keep), kernel.shape[-1])
+        w[0] = k3.reshape(new_shape).astype(kernel.dtype)
+        if consumer.get_config().get("use_bias", False):
+            w[1] = (w[1] + delta).astype(w[1].dtype)
+        else:  # fold into the following BatchNorm's beta, through its scale
+            bn = graph._following_batch_norm(consumer)
+            idx = _named(bn)
+            bw = weights[bn.name]
+            scale = bw[idx["gamma"]] if "gamma" in idx else 1.0
+            scale = scale / np.sqrt(bw[idx["moving_variance"]] + bn.get_config()["epsilon"])
+            bw[idx["beta"]] = (bw[idx["beta"]] + scale * delta).astype(bw[idx["beta"]].dtype)
+    for plan in plans:
+        keep = np.setdiff1d(np.arange(plan.channels_before), [c.channel for c in plan.removed])
+        producer = plan.chain.producer
+        w = weights[producer.name]
+        w[0] = w[0][..., keep]
+        if len(w) > 1:
+            w[1] = w[1][keep]
+        filters[producer.name] = len(keep)
+        for layer in plan.chain.path:
+            kind = graph.class_name(layer)
+            if kind == "BatchNormalization":
+                weights[layer.name] = [v[keep] for v in weights[layer.name]]
+            elif kind == "DepthwiseConv2D":
+                lw = weights[layer.name]
+                lw[0] = lw[0][:, :, keep, :]
+                if len(lw) > 1:
+                    lw[1] = lw[1][keep]
+    config = model.get_config()
+    for layer_cfg in config["layers"]:
+        layer_cfg.pop("build_config", None)
+        name = layer_cfg["config"]["name"]
+        if name in filters:
+            key = "filters" if "filters" in layer_cfg["config"] else "units"
+            layer_cfg["config"][key] = filters[name]
+    new = type(model).from_config(config)
+    for layer in new.layers:
+        if layer.weights:
+            layer.set_weights(weights[layer.name])
+    return new
+
+
+def reduce_channels(model, probes: np.ndarray, budget: float, propose, max_fraction: float = 0.9
+                    ) -> tuple[object, list[ChainPlan], dict[str, str]]:
+    """Runs one technique: `propose(x, stats)` lists candidates for a chain's consumer input
+    x; the cheapest are removed within `budget` (relative error of the consumer's output)."""
+    chains, refused = graph.channel_chains(model)
+    if not chains or budget <= 0:
+        return model, [], refused
+    layers, _ = graph.prunable_layers(model)
+    by_name = {pl.name: pl for pl in layers}
+    usable = [ch for ch in chains if ch.consumer.name in by_name]
+    inputs = graph.layer_inputs(model, [by_name[ch.consumer.name] for ch in usable], probes)
+    plans = []
+    for chain, x in zip(usable, inputs):
+        channels = int(chain.producer.get_weights()[0].shape[-1])
+        stats = ConsumerStats(by_name[chain.consumer.name], x)
+        stats.configure(channels)
+        chosen, err = select(stats, propose(x, channels), budget, max_fraction)
+        if chosen:
+            plans.append(ChainPlan(chain, chosen, channels, err))
+    return (rebuild(model, plans) if plans else model), plans, refused
