@@ -15,9 +15,21 @@ flags.DEFINE_string("model", None, "Keras model (.keras, .h5, or a tf.keras Save
                     "directory), or 'demo' for the built-in one.")
 flags.DEFINE_string("output", None, "Where to write the pruned .tflite (never the input).")
 flags.DEFINE_string("report", None, "Optional path for a JSON report.")
+flags.DEFINE_string("plot", None, "Optional path for a PNG of per-layer MACs and sparsity.")
 flags.DEFINE_float("weight_error_budget", 0.15,
                    "Per layer: the largest relative change of the layer's output on probe "
                    "inputs that weight pruning may cause.", lower_bound=0.0)
+flags.DEFINE_float("activation_error_budget", 0.15,
+                   "Per layer: the largest relative output change that zeroing small input "
+                   "activations (per-channel thresholds, skipped at run time) may cause; 0 = off.",
+                   lower_bound=0.0)
+flags.DEFINE_float("constant_error_budget", 0.05,
+                   "Per layer: the largest relative change of the next layer's output that "
+                   "folding near-constant channels into its bias may cause; 0 = off.",
+                   lower_bound=0.0)
+flags.DEFINE_float("merge_error_budget", 0.05,
+                   "Per layer: the largest relative change of the next layer's output that "
+                   "merging near-identical channels may cause; 0 = off.", lower_bound=0.0)
 flags.DEFINE_float("max_sparsity", 0.99, "Upper bound of any layer's weight sparsity.",
                    lower_bound=0.0, upper_bound=1.0)
 flags.DEFINE_integer("block_size", 1, "Prune blocks of this many consecutive output channels "
@@ -55,8 +67,14 @@ def main(argv):
         model_path = io.model_path(FLAGS.model)
         output = io.check_output(FLAGS.output, model_path)
         report_path = io.check_output(FLAGS.report, model_path, output) if FLAGS.report else None
+        plot_path = io.check_output(FLAGS.plot, model_path, output) if FLAGS.plot else None
+        if plot_path and not plot_path.endswith(".png"):
+            raise io.UserError(f"--plot={FLAGS.plot}: must end with .png")
         config = pipeline.PruneConfig(
-            weight_error_budget=FLAGS.weight_error_budget, max_sparsity=FLAGS.max_sparsity,
+            weight_error_budget=FLAGS.weight_error_budget,
+            activation_error_budget=FLAGS.activation_error_budget,
+            constant_error_budget=FLAGS.constant_error_budget,
+            merge_error_budget=FLAGS.merge_error_budget, max_sparsity=FLAGS.max_sparsity,
             block_size=FLAGS.block_size, probe=FLAGS.probe, probe_count=FLAGS.probe_count,
             input_range=_input_range(), seed=FLAGS.seed, num_threads=FLAGS.num_threads,
             quiet=FLAGS.quiet)
@@ -69,6 +87,9 @@ def main(argv):
     io.write_bytes_atomic(output, result.tflite)
     if report_path:
         io.write_bytes_atomic(report_path, (json.dumps(result.report, indent=2) + "\n").encode())
+    if plot_path:
+        with io.atomic_path(plot_path) as tmp:
+            report_lib.plot(result.report, tmp)
     if not FLAGS.quiet:
         print(report_lib.summary(result.report))
     logging.info("wrote %s", output)

@@ -79,6 +79,7 @@ class PruneCliErrorsTest(absltest.TestCase):
                          "weight_error_budget")
         self.assertFails(["--model=demo", f"--output={self.out}", "--probe=imagenet"], "probe")
         self.assertFails(["--model=demo"], "output")
+        self.assertFails(["--model=demo", f"--output={self.out}", "--plot=x.jpg"], "--plot")
 
 
 class PruneCliRunTest(absltest.TestCase):
@@ -88,12 +89,13 @@ class PruneCliRunTest(absltest.TestCase):
         before = hashlib.sha256(DEMO.read_bytes()).hexdigest()
         # Relative paths resolve against the user's directory, not Bazel's runfiles.
         proc = _run(PRUNE, "--model=demo", "--output=pruned.tflite", "--report=report.json",
-                    "--quiet", cwd=work)
+                    "--plot=report.png", "--quiet", cwd=work)
         self.assertEqual(proc.returncode, 0, proc.stderr[-3000:])
         self.assertEqual(hashlib.sha256(DEMO.read_bytes()).hexdigest(), before)
-        self.assertEqual(sorted(os.listdir(work)), ["pruned.tflite", "report.json"])
+        self.assertEqual(sorted(os.listdir(work)), ["pruned.tflite", "report.json", "report.png"])
+        self.assertEqual(pathlib.Path(work, "report.png").read_bytes()[:8], b"\x89PNG\r\n\x1a\n")
         report = json.loads(pathlib.Path(work, "report.json").read_text())
-        self.assertGreaterEqual(report["totals"]["weight_sparsity"], 0.5)
+        self.assertGreaterEqual(report["totals"]["parameter_reduction"], 0.5)
         proc = _run(EVALUATE, "--model=pruned.tflite", cwd=work)
         self.assertEqual(proc.returncode, 0, proc.stderr[-3000:])
         result = json.loads(proc.stdout.strip().splitlines()[-1])

@@ -1,4 +1,9 @@
-"""The pruning pipeline: Keras model in, LiteRT flatbuffer with our ops out. Data-free."""
+"""The pruning pipeline: Keras model in, LiteRT flatbuffer with our ops out. Data-free.
+
+Order: probes on the original model; channel removal (near-constant, then near-identical
+channels), which rebuilds a smaller Keras model; weight pruning with least-squares re-fit;
+activation thresholds; conversion; flatbuffer rewrite; a fidelity check in the interpreter.
+"""
 
 from __future__ import annotations
 
@@ -9,12 +14,16 @@ import numpy as np
 from absl import logging
 
 from hybrid_pruning import convert, graph, probes as probes_lib, runtime, tflite_rewrite
-from hybrid_pruning.techniques import weight_pruning
+from hybrid_pruning.techniques import (activation_pruning, channel_merging, constant_channels,
+                                       weight_pruning)
 
 
 @dataclasses.dataclass
 class PruneConfig:
-    weight_error_budget: float = 0.15
+    weight_error_budget: float = 0.15  # 0 disables weight pruning
+    activation_error_budget: float = 0.15  # 0 disables activation pruning
+    constant_error_budget: float = 0.05  # 0 disables near-constant channel folding
+    merge_error_budget: float = 0.05  # 0 disables near-identical channel merging
     max_sparsity: float = 0.99
     block_size: int = 1
     probe: str = "bn"
@@ -29,6 +38,7 @@ class PruneConfig:
 class PruneResult:
     tflite: bytes
     report: dict
+    model: object  # the reduced Keras model (fewer channels, zeros in its kernels)
 
 
 def _macs(pl: graph.PrunableLayer) -> int:
@@ -39,74 +49,114 @@ def _macs(pl: graph.PrunableLayer) -> int:
     return int(out_h * out_w * k.size)
 
 
-def _fidelity(reference: np.ndarray, tflite: bytes, probes: np.ndarray, num_threads: int) -> dict:
+def _run_tflite(tflite: bytes, x: np.ndarray, num_threads: int) -> np.ndarray:
     it = runtime.make_interpreter(model_content=tflite, num_threads=num_threads)
     inp = it.get_input_details()[0]["index"]
-    it.resize_tensor_input(inp, probes.shape)
+    it.resize_tensor_input(inp, x.shape)
     it.allocate_tensors()
-    it.set_tensor(inp, probes)
+    it.set_tensor(inp, x)
     it.invoke()
-    out = it.get_tensor(it.get_output_details()[0]["index"]).reshape(reference.shape)
+    return it.get_tensor(it.get_output_details()[0]["index"])
+
+
+def fidelity(reference: np.ndarray, out: np.ndarray) -> dict:
+    """How closely `out` follows the original model's `reference` outputs on the probes."""
+    out = out.reshape(reference.shape)
     scale = max(float(np.abs(reference).max()), 1e-12)
     result = {"max_abs_output_error_relative": float(np.abs(out - reference).max() / scale)}
     if reference.ndim == 2 and reference.shape[1] > 1:
         result["top1_agreement"] = float(np.mean(out.argmax(1) == reference.argmax(1)))
+        if np.all(reference >= 0) and np.allclose(reference.sum(1), 1, atol=1e-3):
+            p, q = np.clip(reference, 1e-7, 1), np.clip(out, 1e-7, 1)
+            result["kl_divergence"] = float(np.mean(np.sum(p * np.log(p / q), axis=1)))
     return result
 
 
 def compress(model, config: PruneConfig) -> PruneResult:
-    """Prunes `model` in place and returns the rewritten flatbuffer and a report."""
+    """Reduces `model` (the object may be modified) and returns the rewritten flatbuffer."""
     from tqdm import tqdm
 
     start = time.time()
-    layers, skipped = graph.prunable_layers(model)
+    original_layers, skipped = graph.prunable_layers(model)
+    before = {pl.name: (pl.kernel.shape[-1], int(pl.kernel.size), _macs(pl))
+              for pl in original_layers}
     probes = probes_lib.make_probes(model, config.probe, config.probe_count, config.input_range,
                                     config.seed)
     reference = np.asarray(model.predict(probes, verbose=0))
-    inputs = graph.layer_inputs(model, layers, probes)
     dense_size = len(convert.to_tflite(model))
-    params_before = [int(pl.kernel.size) for pl in layers]
-    with tqdm(total=len(layers), desc="weight pruning", unit="layer", disable=config.quiet) as bar:
-        results = weight_pruning.prune_weights(layers, inputs, config.weight_error_budget,
-                                               config.max_sparsity, config.block_size,
-                                               progress=bar)
+    removed: dict[str, dict[str, int]] = {}
+    refused: dict[str, str] = {}
+    with tqdm(total=4, desc="reducing", unit="technique", disable=config.quiet) as bar:
+        for technique, fn, budget in (
+                ("constant", constant_channels.fold_constant_channels,
+                 config.constant_error_budget),
+                ("merged", channel_merging.merge_channels, config.merge_error_budget)):
+            model, plans, refused = fn(model, probes, budget)
+            for plan in plans:
+                removed.setdefault(plan.chain.producer.name, {})[technique] = len(plan.removed)
+            bar.update(1)
+        layers, _ = graph.prunable_layers(model)
+        inputs = graph.layer_inputs(model, layers, probes)
+        weights = weight_pruning.prune_weights(
+            layers, inputs, config.weight_error_budget, config.max_sparsity, config.block_size)
+        bar.update(1)
+        inputs = graph.layer_inputs(model, layers, probes)
+        activations = activation_pruning.prune_activations(
+            layers, inputs, config.activation_error_budget)
+        bar.update(1)
     pruned = convert.to_tflite(model)
     names = tflite_rewrite.match_layers(pruned, {pl.name: pl.folded_kernel for pl in layers
                                                  if pl.kind == "conv2d"})
-    blocks = {i: config.block_size for i in names}
-    tflite, records = tflite_rewrite.rewrite(pruned, block_sizes=blocks, layer_names=names)
+    by_layer = {a.name: a for a in activations}
+    thresholds = {i: by_layer[n].thresholds for i, n in names.items()
+                  if by_layer[n].thresholds is not None}
+    tflite, records = tflite_rewrite.rewrite(
+        pruned, block_sizes={i: config.block_size for i in names}, thresholds=thresholds,
+        layer_names=names)
     runs_as = {r.layer: r.runs_as for r in records if r.layer}
-    fidelity = _fidelity(reference, tflite, probes, config.num_threads)
+    fid = fidelity(reference, _run_tflite(tflite, probes, config.num_threads))
 
     rows = []
-    for pl, r, n in zip(layers, results, params_before):
-        macs = _macs(pl)
+    for pl, w, a in zip(layers, weights, activations):
+        ch_before, params_before, macs_before = before[pl.name]
+        ours = runs_as.get(pl.name) == "HybridSparseConv2D"
+        act_sparsity = a.activation_sparsity if ours else 0.0
+        macs_after = _macs(pl)
         rows.append({
             "layer": pl.name, "kind": pl.kind, "batch_norm_folded": pl.batch_norm is not None,
-            "parameters": n, "nonzero_parameters": int(round(n * (1 - r.sparsity))),
-            "weight_sparsity": r.sparsity, "relative_output_error": r.relative_error,
-            "macs": macs, "effective_macs": int(round(macs * (1 - r.sparsity))),
+            "channels_before": int(ch_before), "channels_after": int(pl.kernel.shape[-1]),
+            "channels_removed": removed.get(pl.name, {}),
+            "parameters_before": params_before,
+            "nonzero_parameters": int(np.count_nonzero(pl.kernel)),
+            "weight_sparsity": w.sparsity, "weight_error": w.relative_error,
+            "activation_sparsity": act_sparsity,
+            "natural_activation_sparsity": a.natural_sparsity,
+            "activation_thresholds": a.thresholds is not None and ours,
+            "activation_error": a.relative_error if ours else 0.0,
+            "macs_before": macs_before, "macs_after_dense": macs_after,
+            "effective_macs": int(round(macs_after * (1 - w.sparsity) * (1 - act_sparsity))),
             "runs_as": runs_as.get(pl.name, "FULLY_CONNECTED" if pl.kind == "dense"
                                    else "CONV_2D (not matched)"),
         })
-    total_params = sum(r["parameters"] for r in rows)
-    total_nonzero = sum(r["nonzero_parameters"] for r in rows)
+    params_before = sum(r["parameters_before"] for r in rows)
+    nonzero = sum(r["nonzero_parameters"] for r in rows)
     report = {
         "config": {k: (list(v) if isinstance(v, tuple) else v)
                    for k, v in dataclasses.asdict(config).items()},
         "layers": rows,
         "skipped_layers": skipped,
+        "channel_removal_refused": refused,
         "totals": {
-            "pruned_parameters": total_params,
-            "nonzero_parameters": total_nonzero,
-            "weight_sparsity": 1 - total_nonzero / total_params,
-            "macs": sum(r["macs"] for r in rows),
+            "parameters_before": params_before,
+            "nonzero_parameters": nonzero,
+            "parameter_reduction": 1 - nonzero / params_before,
+            "macs_before": sum(r["macs_before"] for r in rows),
             "effective_macs": sum(r["effective_macs"] for r in rows),
             "tflite_bytes_dense": dense_size,
             "tflite_bytes": len(tflite),
         },
-        "fidelity_on_probes": fidelity,
+        "fidelity_on_probes": fid,
         "seconds": time.time() - start,
     }
-    logging.info("pruned %d layers in %.1f s", len(layers), report["seconds"])
-    return PruneResult(tflite, report)
+    logging.info("reduced %d layers in %.1f s", len(layers), report["seconds"])
+    return PruneResult(tflite, report, model)

@@ -1,27 +1,63 @@
-"""The human-readable summary of a pruning report."""
+"""The human-readable summary and the plot of a pruning report."""
 
 from __future__ import annotations
 
 
 def summary(report: dict) -> str:
-    header = (f"{'layer':<22}{'kind':<8}{'params':>9}{'sparsity':>10}{'out err':>9}"
-              f"{'MACs':>11}{'eff MACs':>11}  runs as")
+    header = (f"{'layer':<16}{'kind':<7}{'channels':>10}{'params':>9}{'w.sparse':>9}"
+              f"{'a.sparse':>9}{'MACs':>10}{'eff MACs':>10}  runs as")
     lines = [header, "-" * len(header)]
     for r in report["layers"]:
+        ch = f"{r['channels_before']}->{r['channels_after']}"
         lines.append(
-            f"{r['layer']:<22}{r['kind']:<8}{r['parameters']:>9}{r['weight_sparsity']:>10.1%}"
-            f"{r['relative_output_error']:>9.3f}{r['macs']:>11}{r['effective_macs']:>11}  {r['runs_as']}")
+            f"{r['layer']:<16}{r['kind']:<7}{ch:>10}{r['parameters_before']:>9}"
+            f"{r['weight_sparsity']:>9.1%}{r['activation_sparsity']:>9.1%}"
+            f"{r['macs_before']:>10}{r['effective_macs']:>10}  {r['runs_as']}")
     t = report["totals"]
-    f = report["fidelity_on_probes"]
     lines.append("-" * len(header))
     lines.append(
-        f"{'total':<30}{t['pruned_parameters']:>9}{t['weight_sparsity']:>10.1%}{'':>9}"
-        f"{t['macs']:>11}{t['effective_macs']:>11}")
+        f"{'total':<33}{t['parameters_before']:>9}  params -> {t['nonzero_parameters']} nonzero "
+        f"({t['parameter_reduction']:.1%} fewer); MACs {t['macs_before']} -> "
+        f"{t['effective_macs']} effective ({1 - t['effective_macs'] / t['macs_before']:.1%} fewer)")
     lines.append(f".tflite size: {t['tflite_bytes_dense']} B dense -> {t['tflite_bytes']} B "
                  f"({t['tflite_bytes'] / t['tflite_bytes_dense']:.1%})")
-    fid = ", ".join(f"{k} {v:.4f}" for k, v in f.items())
-    lines.append(f"fidelity on probes (pruned .tflite vs original Keras): {fid}")
+    fid = ", ".join(f"{k} {v:.4f}" for k, v in report["fidelity_on_probes"].items())
+    lines.append(f"fidelity on probes (reduced .tflite vs original Keras): {fid}")
     for name, reason in report["skipped_layers"].items():
         lines.append(f"not pruned: {name}: {reason}")
+    for name, reason in report.get("channel_removal_refused", {}).items():
+        lines.append(f"channels of {name} kept: {reason}")
     lines.append(f"time: {report['seconds']:.1f} s")
     return "\n".join(lines)
+
+
+def plot(report: dict, path: str) -> None:
+    """Per-layer bars: MACs before/after, and weight/activation sparsity."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    rows = report["layers"]
+    names = [r["layer"] for r in rows]
+    x = np.arange(len(rows))
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(max(6, 0.9 * len(rows) + 2), 7), sharex=True)
+    top.bar(x - 0.2, [r["macs_before"] / 1e6 for r in rows], 0.4, label="MACs before")
+    top.bar(x + 0.2, [r["effective_macs"] / 1e6 for r in rows], 0.4, label="effective MACs after")
+    top.set_ylabel("million MACs")
+    t = report["totals"]
+    top.set_title(f"{t['macs_before'] / 1e6:.2f} M -> {t['effective_macs'] / 1e6:.2f} M MACs, "
+                  f"{t['tflite_bytes_dense'] / 1e3:.0f} -> {t['tflite_bytes'] / 1e3:.0f} kB")
+    top.legend()
+    bottom.bar(x - 0.3, [r["weight_sparsity"] for r in rows], 0.3, label="weight sparsity")
+    bottom.bar(x, [r["activation_sparsity"] for r in rows], 0.3, label="activation sparsity")
+    bottom.bar(x + 0.3, [1 - r["channels_after"] / r["channels_before"] for r in rows], 0.3,
+               label="channels removed")
+    bottom.set_ylim(0, 1)
+    bottom.set_ylabel("fraction")
+    bottom.set_xticks(x, names, rotation=30, ha="right")
+    bottom.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
