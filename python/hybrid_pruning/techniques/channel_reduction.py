@@ -59,21 +59,20 @@ class ConsumerStats:
         if not removed:
             return 0.0
         c, taps = self.channels, self.taps
-        rows = len(removed) * taps
-        d = np.zeros((rows, self.w.shape[0]))
-        b = np.zeros(rows)
-        cols = np.zeros(rows, np.int64)
-        r = 0
-        for cand in removed:
-            for t in range(taps):
-                cols[r] = t * c + cand.channel
-                d[r, cols[r]] = 1.0
-                if cand.source is not None:
-                    d[r, t * c + cand.source] -= cand.scale
-                b[r] = cand.offset
-                r += 1
-        dm = d @ self.mean
-        e = d @ self.second @ d.T - np.outer(dm, b) - np.outer(b, dm) + np.outer(b, b)
+        tap_offsets = np.arange(taps) * c
+        chan = np.repeat([cand.channel for cand in removed], taps)
+        # A constant has no source: point it at itself with scale 0 so its terms vanish.
+        src = np.repeat([c_.source if c_.source is not None else c_.channel for c_ in removed], taps)
+        a = np.repeat([cand.scale for cand in removed], taps)
+        b = np.repeat([cand.offset for cand in removed], taps)
+        offsets = np.tile(tap_offsets, len(removed))
+        cols, scols = chan + offsets, src + offsets
+        g = self.second
+        # E[d d^T] for d = x_cols - a x_scols - b, from the second moment and the mean.
+        e = (g[np.ix_(cols, cols)] - a[:, None] * g[np.ix_(scols, cols)]
+             - g[np.ix_(cols, scols)] * a[None, :] + np.outer(a, a) * g[np.ix_(scols, scols)])
+        dm = self.mean[cols] - a * self.mean[scols]
+        e += np.outer(b, b) - np.outer(dm, b) - np.outer(b, dm)
         wr = self.w[cols]
         return float(np.sqrt(max(np.sum((e @ wr) * wr), 0.0) / self.energy))
 

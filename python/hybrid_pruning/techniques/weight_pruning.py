@@ -19,7 +19,8 @@ import numpy as np
 
 from hybrid_pruning.graph import PrunableLayer
 
-_MAX_PATCH_ROWS = 32768  # rows of P sampled for the covariance: bounds memory on big layers
+_MAX_PATCH_ROWS = 32768  # rows of P sampled for the covariance
+_MAX_PATCH_VALUES = 1 << 25  # and at most this many values (256 MiB in float64)
 DAMPING = 0.01  # ridge on the re-fit, relative to the mean input variance
 
 
@@ -51,8 +52,9 @@ def patches(layer: PrunableLayer, x: np.ndarray, seed: int = 0) -> np.ndarray:
             x, sizes=[1, kh, kw, 1], strides=[1, *layer.strides, 1],
             rates=[1, *layer.dilations, 1], padding=layer.padding)
         rows = p.numpy().reshape(-1, p.shape[-1])
-    if rows.shape[0] > _MAX_PATCH_ROWS:
-        keep = np.random.default_rng(seed).choice(rows.shape[0], _MAX_PATCH_ROWS, replace=False)
+    limit = max(1024, min(_MAX_PATCH_ROWS, _MAX_PATCH_VALUES // rows.shape[1]))
+    if rows.shape[0] > limit:
+        keep = np.random.default_rng(seed).choice(rows.shape[0], limit, replace=False)
         rows = rows[keep]
     return rows.astype(np.float64)
 
