@@ -52,7 +52,8 @@ def match_layers(model_bytes: bytes, folded_kernels: dict[str, np.ndarray]) -> d
 def rewrite(model_bytes: bytes, min_sparsity: float = 1e-6, block_sizes: dict[int, int] | None = None,
             thresholds: dict[int, np.ndarray] | None = None, layer_names: dict[int, str] | None = None
             ) -> tuple[bytes, list[ConvOpRecord]]:
-    """Replaces every CONV_2D whose filter has at least `min_sparsity` zeros by our op."""
+    """Replaces every CONV_2D whose filter has at least `min_sparsity` zeros, or that has
+    activation thresholds, by our op."""
     block_sizes = block_sizes or {}
     thresholds = thresholds or {}
     layer_names = layer_names or {}
@@ -79,7 +80,7 @@ def rewrite(model_bytes: bytes, min_sparsity: float = 1e-6, block_sizes: dict[in
         if geometry is None:
             record.runs_as = "CONV_2D (fused activation or padding not supported by our op)"
             continue
-        if record.sparsity < min_sparsity:
+        if record.sparsity < min_sparsity and thresholds.get(i) is None:
             record.runs_as = "CONV_2D (dense)"
             continue
         bias = None
