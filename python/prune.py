@@ -30,6 +30,16 @@ flags.DEFINE_float("constant_error_budget", 0.05,
 flags.DEFINE_float("merge_error_budget", 0.05,
                    "Per layer: the largest relative change of the next layer's output that "
                    "merging near-identical channels may cause; 0 = off.", lower_bound=0.0)
+flags.DEFINE_float("target_macs", None,
+                   "Global cost budget: keep at most this fraction of the original MACs "
+                   "(effective, counting skipped zeros); layers and techniques share it.",
+                   lower_bound=0.0, upper_bound=1.0)
+flags.DEFINE_float("min_agreement", None,
+                   "Global fidelity budget: top-1 agreement with the original model on the "
+                   "probes must stay at least this.", lower_bound=0.0, upper_bound=1.0)
+flags.DEFINE_float("max_kl", None,
+                   "Global fidelity budget: KL divergence from the original model's outputs on "
+                   "the probes must stay at most this.", lower_bound=0.0)
 flags.DEFINE_float("max_sparsity", 0.99, "Upper bound of any layer's weight sparsity.",
                    lower_bound=0.0, upper_bound=1.0)
 flags.DEFINE_integer("block_size", 1, "Prune blocks of this many consecutive output channels "
@@ -74,10 +84,16 @@ def main(argv):
             weight_error_budget=FLAGS.weight_error_budget,
             activation_error_budget=FLAGS.activation_error_budget,
             constant_error_budget=FLAGS.constant_error_budget,
-            merge_error_budget=FLAGS.merge_error_budget, max_sparsity=FLAGS.max_sparsity,
+            merge_error_budget=FLAGS.merge_error_budget, target_macs=FLAGS.target_macs,
+            min_agreement=FLAGS.min_agreement, max_kl=FLAGS.max_kl,
+            max_sparsity=FLAGS.max_sparsity,
             block_size=FLAGS.block_size, probe=FLAGS.probe, probe_count=FLAGS.probe_count,
             input_range=_input_range(), seed=FLAGS.seed, num_threads=FLAGS.num_threads,
             quiet=FLAGS.quiet)
+        given = [f"--{f}" for f in ("target_macs", "min_agreement", "max_kl")
+                 if getattr(FLAGS, f) is not None]
+        if len(given) > 1:
+            raise io.UserError(f"{' and '.join(given)}: give at most one global budget")
         model = io.load_keras_model(model_path)
         result = pipeline.compress(model, config)
     except io.UserError as e:

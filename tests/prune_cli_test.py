@@ -80,6 +80,8 @@ class PruneCliErrorsTest(absltest.TestCase):
         self.assertFails(["--model=demo", f"--output={self.out}", "--probe=imagenet"], "probe")
         self.assertFails(["--model=demo"], "output")
         self.assertFails(["--model=demo", f"--output={self.out}", "--plot=x.jpg"], "--plot")
+        self.assertFails(["--model=demo", f"--output={self.out}", "--target_macs=0.2",
+                          "--max_kl=0.1"], "--target_macs and --max_kl")
 
 
 class PruneCliRunTest(absltest.TestCase):

@@ -13,7 +13,7 @@ import time
 import numpy as np
 from absl import logging
 
-from hybrid_pruning import convert, graph, probes as probes_lib, runtime, tflite_rewrite
+from hybrid_pruning import budget, convert, graph, probes as probes_lib, runtime, tflite_rewrite
 from hybrid_pruning.techniques import (activation_pruning, channel_merging, constant_channels,
                                        weight_pruning)
 
@@ -24,6 +24,11 @@ class PruneConfig:
     activation_error_budget: float = 0.15  # 0 disables activation pruning
     constant_error_budget: float = 0.05  # 0 disables near-constant channel folding
     merge_error_budget: float = 0.05  # 0 disables near-identical channel merging
+    # A global budget (at most one): when set, weight and activation levels of every layer are
+    # chosen together for it (budget.py) instead of by the per-layer budgets above.
+    target_macs: float | None = None  # fraction of the original MACs to keep (effective)
+    min_agreement: float | None = None  # top-1 agreement with the original on probes
+    max_kl: float | None = None  # KL divergence from the original on probes
     max_sparsity: float = 0.99
     block_size: int = 1
     probe: str = "bn"
@@ -72,6 +77,17 @@ def fidelity(reference: np.ndarray, out: np.ndarray) -> dict:
     return result
 
 
+def _to_ours(model, layers, thresholds_by_layer: dict, block_size: int):
+    """Converts the Keras model and rewrites its pruned convs to our op."""
+    flat = convert.to_tflite(model)
+    names = tflite_rewrite.match_layers(flat, {pl.name: pl.folded_kernel for pl in layers
+                                               if pl.kind == "conv2d"})
+    thresholds = {i: thresholds_by_layer[n] for i, n in names.items()
+                  if thresholds_by_layer.get(n) is not None}
+    return tflite_rewrite.rewrite(flat, block_sizes={i: block_size for i in names},
+                                  thresholds=thresholds, layer_names=names)
+
+
 def compress(model, config: PruneConfig) -> PruneResult:
     """Reduces `model` (the object may be modified) and returns the rewritten flatbuffer."""
     from tqdm import tqdm
@@ -87,32 +103,43 @@ def compress(model, config: PruneConfig) -> PruneResult:
     removed: dict[str, dict[str, int]] = {}
     refused: dict[str, str] = {}
     with tqdm(total=4, desc="reducing", unit="technique", disable=config.quiet) as bar:
-        for technique, fn, budget in (
+        for technique, fn, technique_budget in (
                 ("constant", constant_channels.fold_constant_channels,
                  config.constant_error_budget),
                 ("merged", channel_merging.merge_channels, config.merge_error_budget)):
-            model, plans, refused = fn(model, probes, budget)
+            model, plans, refused = fn(model, probes, technique_budget)
             for plan in plans:
                 removed.setdefault(plan.chain.producer.name, {})[technique] = len(plan.removed)
             bar.update(1)
         layers, _ = graph.prunable_layers(model)
         inputs = graph.layer_inputs(model, layers, probes)
-        weights = weight_pruning.prune_weights(
-            layers, inputs, config.weight_error_budget, config.max_sparsity, config.block_size)
-        bar.update(1)
-        inputs = graph.layer_inputs(model, layers, probes)
-        activations = activation_pruning.prune_activations(
-            layers, inputs, config.activation_error_budget)
-        bar.update(1)
-    pruned = convert.to_tflite(model)
-    names = tflite_rewrite.match_layers(pruned, {pl.name: pl.folded_kernel for pl in layers
-                                                 if pl.kind == "conv2d"})
-    by_layer = {a.name: a for a in activations}
-    thresholds = {i: by_layer[n].thresholds for i, n in names.items()
-                  if by_layer[n].thresholds is not None}
-    tflite, records = tflite_rewrite.rewrite(
-        pruned, block_sizes={i: config.block_size for i in names}, thresholds=thresholds,
-        layer_names=names)
+        global_budget = (config.target_macs, config.min_agreement, config.max_kl)
+        if any(v is not None for v in global_budget):
+            original_macs = sum(m for _, _, m in before.values())
+
+            def evaluate(thresholds_by_layer):
+                flat, _ = _to_ours(model, layers, thresholds_by_layer, config.block_size)
+                return fidelity(reference, _run_tflite(flat, probes, config.num_threads))
+
+            weights, activations, search = budget.allocate(
+                model, layers, inputs, probes, reference, evaluate,
+                target_macs=None if config.target_macs is None
+                else config.target_macs * original_macs,
+                min_agreement=config.min_agreement, max_kl=config.max_kl,
+                block_size=config.block_size, macs_of=_macs)
+            bar.update(2)
+        else:
+            search = None
+            weights = weight_pruning.prune_weights(
+                layers, inputs, config.weight_error_budget, config.max_sparsity,
+                config.block_size)
+            bar.update(1)
+            inputs = graph.layer_inputs(model, layers, probes)
+            activations = activation_pruning.prune_activations(
+                layers, inputs, config.activation_error_budget)
+            bar.update(1)
+    tflite, records = _to_ours(model, layers, {a.name: a.thresholds for a in activations},
+                               config.block_size)
     runs_as = {r.layer: r.runs_as for r in records if r.layer}
     fid = fidelity(reference, _run_tflite(tflite, probes, config.num_threads))
 
@@ -156,6 +183,7 @@ def compress(model, config: PruneConfig) -> PruneResult:
             "tflite_bytes": len(tflite),
         },
         "fidelity_on_probes": fid,
+        "global_budget_search": search,
         "seconds": time.time() - start,
     }
     logging.info("reduced %d layers in %.1f s", len(layers), report["seconds"])

@@ -39,37 +39,46 @@ def threshold(x: np.ndarray, t: np.ndarray) -> np.ndarray:
     return np.where(np.abs(x) < t, 0.0, x).astype(np.float32)
 
 
+class LayerThresholder:
+    """Evaluates activation thresholds of one layer at any quantile, on its probe patches."""
+
+    def __init__(self, layer: PrunableLayer, x: np.ndarray):
+        self.layer, self.x = layer, x
+        self.w2 = layer.folded_kernel.reshape(-1, layer.kernel.shape[-1]).astype(np.float32)
+        self.p = patches(layer, x).astype(np.float32)
+        y = self.p @ self.w2 + layer.folded_bias
+        self.energy = max(float(np.sum(y.astype(np.float64) ** 2)), 1e-30)
+        self.natural = float(np.mean(x == 0))
+
+    def evaluate(self, q: float) -> tuple[np.ndarray | None, float, float]:
+        """(thresholds or None, relative output error, activation sparsity) at quantile q."""
+        if q <= 0:
+            return None, 0.0, self.natural
+        t = channel_thresholds(self.x, q)
+        cut = threshold(self.x, t)
+        d = (self.p - patches(self.layer, cut).astype(np.float32)) @ self.w2
+        err = float(np.sqrt(np.sum(d.astype(np.float64) ** 2) / self.energy))
+        return (t if np.any(t > 0) else None), err, float(np.mean(cut == 0))
+
+
 def prune_layer(layer: PrunableLayer, x: np.ndarray, error_budget: float,
                 max_quantile: float = 0.95, iterations: int = 8) -> ActivationPruningResult:
-    w2 = layer.folded_kernel.reshape(-1, layer.kernel.shape[-1]).astype(np.float32)
-    p = patches(layer, x).astype(np.float32)
-    y = p @ w2 + layer.folded_bias
-    energy = max(float(np.sum(y.astype(np.float64) ** 2)), 1e-30)
-    natural = float(np.mean(x == 0))
-
-    def evaluate(q: float) -> tuple[np.ndarray, float]:
-        t = channel_thresholds(x, q)
-        d = (p - patches(layer, threshold(x, t)).astype(np.float32)) @ w2
-        return t, float(np.sqrt(np.sum(d.astype(np.float64) ** 2) / energy))
-
+    th = LayerThresholder(layer, x)
     lo, hi = 0.0, max_quantile
-    best_t, best_err = None, 0.0
-    t, err = evaluate(hi)
-    if err <= error_budget:
-        best_t, best_err = t, err
+    best = th.evaluate(0.0)
+    cand = th.evaluate(hi)
+    if cand[1] <= error_budget:
+        best = cand
     else:
         for _ in range(iterations):
             mid = 0.5 * (lo + hi)
-            t, err = evaluate(mid)
-            if err <= error_budget:
-                lo, best_t, best_err = mid, t, err
+            cand = th.evaluate(mid)
+            if cand[1] <= error_budget:
+                lo, best = mid, cand
             else:
                 hi = mid
-    sparsity = natural if best_t is None else float(np.mean(np.abs(x) < best_t) + np.mean(
-        (x == 0) & ~(np.abs(x) < best_t)))
-    if best_t is not None and not np.any(best_t > 0):
-        best_t = None
-    return ActivationPruningResult(layer.name, best_t, sparsity, natural, best_err)
+    thresholds, err, sparsity = best
+    return ActivationPruningResult(layer.name, thresholds, sparsity, th.natural, err)
 
 
 def prune_activations(layers: list[PrunableLayer], inputs: list[np.ndarray],

@@ -94,42 +94,57 @@ def refit(cov: np.ndarray, w2: np.ndarray, keep: np.ndarray, damping: float = DA
     return new
 
 
+class LayerPruner:
+    """Evaluates magnitude pruning of one layer at any sparsity, from its probe statistics."""
+
+    def __init__(self, layer: PrunableLayer, x: np.ndarray, block_size: int = 1,
+                 reconstruct: bool = True):
+        self.layer = layer
+        w = layer.folded_kernel.astype(np.float64)
+        self.shape = w.shape
+        self.w2 = w.reshape(-1, w.shape[-1])  # [K, out_c]
+        self.stats = _stats(layer, x, self.w2)
+        self.scores = block_scores(self.w2, block_size)
+        self.reconstruct = reconstruct
+
+    def evaluate(self, sparsity: float) -> tuple[np.ndarray, float]:
+        """(new [K, out_c] folded kernel, relative output error) at this sparsity."""
+        if sparsity <= 0:
+            return self.w2, 0.0
+        keep = self.scores > np.quantile(self.scores, sparsity, method="lower")
+        new = refit(self.stats.cov, self.w2, keep) if self.reconstruct else np.where(
+            keep, self.w2, 0.0)
+        d = self.w2 - new
+        err = float(np.sum((self.stats.cov @ d) * d))
+        return new, float(np.sqrt(max(err, 0.0) / max(self.stats.energy, 1e-30)))
+
+    def result(self, new: np.ndarray, err: float) -> WeightPruningResult:
+        bias_delta = self.stats.mean @ (self.w2 - new) if self.layer.can_shift_bias else None
+        return WeightPruningResult(self.layer.name, float(np.mean(new == 0)), err,
+                                   new.reshape(self.shape).astype(np.float32),
+                                   None if bias_delta is None else bias_delta.astype(np.float32))
+
+
 def prune_layer(layer: PrunableLayer, x: np.ndarray, error_budget: float,
                 max_sparsity: float = 0.99, block_size: int = 1, iterations: int = 10,
                 reconstruct: bool = True) -> WeightPruningResult:
     """The largest magnitude-percentile sparsity whose relative output error on the probe
     activations `x` stays within `error_budget` (binary search over the percentile)."""
-    w = layer.folded_kernel.astype(np.float64)
-    w2 = w.reshape(-1, w.shape[-1])  # [K, out_c]
-    st = _stats(layer, x, w2)
-    scores = block_scores(w2, block_size)
-
-    def evaluate(sparsity: float) -> tuple[np.ndarray, float]:
-        if sparsity <= 0:
-            return w2, 0.0
-        keep = scores > np.quantile(scores, sparsity, method="lower")
-        new = refit(st.cov, w2, keep) if reconstruct else np.where(keep, w2, 0.0)
-        d = w2 - new
-        err = float(np.sum((st.cov @ d) * d))
-        return new, float(np.sqrt(max(err, 0.0) / max(st.energy, 1e-30)))
-
+    pruner = LayerPruner(layer, x, block_size, reconstruct)
     lo, hi = 0.0, max_sparsity
-    best, best_err = evaluate(0.0)
-    new, err = evaluate(hi)
+    best, best_err = pruner.evaluate(0.0)
+    new, err = pruner.evaluate(hi)
     if err <= error_budget:
         best, best_err = new, err
     else:
         for _ in range(iterations):
             mid = 0.5 * (lo + hi)
-            new, err = evaluate(mid)
+            new, err = pruner.evaluate(mid)
             if err <= error_budget:
                 lo, best, best_err = mid, new, err
             else:
                 hi = mid
-    bias_delta = st.mean @ (w2 - best) if layer.can_shift_bias else None
-    return WeightPruningResult(layer.name, float(np.mean(best == 0)), best_err,
-                               best.reshape(w.shape).astype(np.float32),
-                               None if bias_delta is None else bias_delta.astype(np.float32))
+    return pruner.result(best, best_err)
 
 
 def prune_weights(layers: list[PrunableLayer], inputs: list[np.ndarray], error_budget: float,

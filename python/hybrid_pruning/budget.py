@@ -1,0 +1,168 @@
+"""One budget for the whole network, split across layers and techniques.
+
+The user gives either a cost target (a fraction of the original MACs) or a fidelity target
+on the probes (top-1 agreement with the original, or KL divergence). For every layer we
+tabulate candidate levels of the two per-weight/per-activation techniques (weight sparsity
+with re-fit, activation-threshold quantile), each with its measured local output error, and
+measure how sensitive the network output is to error at that layer (KL on probes after
+noise of known size). A layer's level then trades removed MACs against predicted damage
+sensitivity * error^2; one multiplier lambda prices damage for all layers, and it is
+bisected until the target is met. Cheap, measured removals go first wherever they are.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+from absl import logging
+
+from hybrid_pruning import graph
+from hybrid_pruning.techniques import activation_pruning, weight_pruning
+
+SPARSITIES = (0.0, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95)
+QUANTILES = (0.0, 0.2, 0.4, 0.6, 0.75, 0.9)
+_SENSITIVITY_NOISE = 0.1
+
+
+@dataclasses.dataclass
+class Level:
+    kernel: np.ndarray  # folded [K, out_c]
+    weight_error: float
+    sparsity: float
+    thresholds: np.ndarray | None
+    activation_error: float
+    activation_sparsity: float
+
+
+@dataclasses.dataclass
+class LayerTable:
+    layer: graph.PrunableLayer
+    pruner: weight_pruning.LayerPruner
+    macs: int
+    sensitivity: float
+    weights: list  # [(kernel, err, sparsity)] per SPARSITIES
+    activations: list  # [(thresholds, err, sparsity)] per QUANTILES (one entry for Dense)
+
+    def best(self, lam: float) -> tuple[int, int]:
+        """Indices (weight level, activation level) maximising removed MACs - lam * damage."""
+        ws = np.array([w[2] for w in self.weights])
+        we = np.array([w[1] for w in self.weights]) ** 2
+        asp = np.array([a[2] for a in self.activations])
+        ae = np.array([a[1] for a in self.activations]) ** 2
+        removed = self.macs * (1 - np.outer(1 - ws, 1 - asp))
+        removed[0, [a[0] is None for a in self.activations]] = 0.0  # stays a builtin op
+        score = removed - lam * self.sensitivity * (we[:, None] + ae[None, :])
+        i, j = np.unravel_index(np.argmax(score), score.shape)
+        return int(i), int(j)
+
+    def effective_macs(self, i: int, j: int) -> float:
+        """Zeros are skipped only by our op: an untouched layer stays a dense builtin op."""
+        if i == 0 and self.activations[j][0] is None:
+            return float(self.macs)
+        return self.macs * (1 - self.weights[i][2]) * (1 - self.activations[j][2])
+
+
+def _kl(reference: np.ndarray, out: np.ndarray) -> float:
+    if reference.ndim == 2 and np.all(reference >= 0) and np.allclose(reference.sum(1), 1,
+                                                                        atol=1e-3):
+        p, q = np.clip(reference, 1e-7, 1), np.clip(out, 1e-7, 1)
+        return float(np.mean(np.sum(p * np.log(p / q), axis=1)))
+    # Not a probability output: relative squared error plays the same role.
+    return float(np.sum((out - reference) ** 2) / max(np.sum(reference ** 2), 1e-30))
+
+
+def _sensitivity(model, pl: graph.PrunableLayer, pruner, probes, reference, seed: int) -> float:
+    """Output damage (KL on probes) per unit of relative error^2 at this layer's output."""
+    st = pruner.stats
+    out_c = pruner.w2.shape[1]
+    sigma = _SENSITIVITY_NOISE * np.sqrt(st.energy / max(out_c * np.trace(st.cov), 1e-30))
+    original = pl.layer.get_weights()
+    noise = np.random.default_rng(seed).normal(0, sigma, pruner.w2.shape)
+    pl.set_folded((pruner.w2 + noise).reshape(pruner.shape).astype(np.float32))
+    try:
+        out = np.asarray(model.predict(probes, verbose=0))
+    finally:
+        pl.layer.set_weights(original)
+    return max(_kl(reference, out), 1e-12) / _SENSITIVITY_NOISE ** 2
+
+
+def allocate(model, layers: list[graph.PrunableLayer], inputs: list[np.ndarray],
+             probes: np.ndarray, reference: np.ndarray, evaluate_fidelity,
+             target_macs: float | None = None, min_agreement: float | None = None,
+             max_kl: float | None = None, block_size: int = 1, macs_of=None, progress=None
+             ) -> tuple[list[weight_pruning.WeightPruningResult],
+                        list[activation_pruning.ActivationPruningResult], dict]:
+    """Chooses every layer's levels for the target, applies the weights to the model, and
+    returns the per-layer results plus a summary of the search.
+
+    `evaluate_fidelity(thresholds_by_layer)` builds the current model and returns its
+    fidelity dict on the probes; `macs_of(layer)` gives a layer's dense MACs."""
+    tables = []
+    for seed, (pl, x) in enumerate(zip(layers, inputs)):
+        pruner = weight_pruning.LayerPruner(pl, x, block_size if pl.kind == "conv2d" else 1)
+        weights = [(k, e, float(np.mean(k == 0))) for k, e in map(pruner.evaluate, SPARSITIES)]
+        if pl.kind == "conv2d":
+            th = activation_pruning.LayerThresholder(pl, x)
+            acts = [th.evaluate(q) for q in QUANTILES]
+        else:
+            acts = [(None, 0.0, 0.0)]
+        sens = _sensitivity(model, pl, pruner, probes, reference, seed)
+        tables.append(LayerTable(pl, pruner, macs_of(pl), sens, weights, acts))
+        if progress is not None:
+            progress.update(1)
+    total = sum(t.macs for t in tables)
+
+    def choose(lam):
+        return [t.best(lam) for t in tables]
+
+    snapshot = (model.get_weights(), [t.layer.shift.copy() for t in tables])
+
+    def apply(choice):
+        for t, (i, _) in zip(tables, choice):
+            kernel, err, _ = t.weights[i]
+            r = t.pruner.result(kernel, err)
+            t.layer.set_folded(r.kernel, r.bias_delta)
+
+    def restore():
+        model.set_weights(snapshot[0])
+        for t, shift in zip(tables, snapshot[1]):
+            t.layer.shift = shift.copy()
+
+    def fidelity_ok(choice):
+        apply(choice)
+        fid = evaluate_fidelity({t.layer.name: t.activations[j][0]
+                                 for t, (_, j) in zip(tables, choice)})
+        restore()
+        ok = True
+        if min_agreement is not None:
+            ok &= fid.get("top1_agreement", 1.0) >= min_agreement
+        if max_kl is not None:
+            ok &= fid.get("kl_divergence", 0.0) <= max_kl
+        return ok
+
+    # Damage is priced at lambda = total MACs * 10^mu; larger mu removes less. Effective MACs
+    # grow and fidelity improves with mu, so both targets are a bisection on mu.
+    lo, hi = -12.0, 12.0
+    for _ in range(30 if target_macs is not None else 10):
+        mid = 0.5 * (lo + hi)
+        choice = choose(total * 10 ** mid)
+        if target_macs is not None:
+            macs = sum(t.effective_macs(i, j) for t, (i, j) in zip(tables, choice))
+            lo, hi = (mid, hi) if macs <= target_macs else (lo, mid)
+        else:
+            lo, hi = (lo, mid) if fidelity_ok(choice) else (mid, hi)
+    mu = lo if target_macs is not None else hi
+    choice = choose(total * 10 ** mu)
+    apply(choice)
+    summary = {"lambda": total * 10 ** mu,
+               "sensitivity": {t.layer.name: t.sensitivity for t in tables}}
+    logging.info("budget: lambda %.3g, levels %s", summary["lambda"], choice)
+    weights_out, acts_out = [], []
+    for t, (i, j) in zip(tables, choice):
+        kernel, err, _ = t.weights[i]
+        weights_out.append(t.pruner.result(kernel, err))
+        thr, aerr, asp = t.activations[j]
+        acts_out.append(activation_pruning.ActivationPruningResult(
+            t.layer.name, thr, asp, t.activations[0][2], aerr))
+    return weights_out, acts_out, summary
