@@ -12,15 +12,6 @@ from absl.testing import absltest
 from hybrid_pruning import io, pipeline, runtime, tflite_model
 
 
-def _predict(model: bytes, x: np.ndarray) -> np.ndarray:
-    it = runtime.make_interpreter(model_content=model)
-    inp = it.get_input_details()[0]["index"]
-    it.resize_tensor_input(inp, x.shape)
-    it.allocate_tensors()
-    it.set_tensor(inp, x)
-    it.invoke()
-    return it.get_tensor(it.get_output_details()[0]["index"])
-
 
 def _cnn(layers_module, batch_norm: bool, seed: int):
     """A small CNN with either Keras: conv (+BN) + ReLU blocks, a strided conv, pooling, head."""
@@ -56,7 +47,7 @@ class ModelFormatsTest(absltest.TestCase):
         self.assertLen(ours, 3)
         # The .tflite computes exactly the reduced Keras model (channel surgery, BatchNorm
         # folding, bias corrections and the packed weights all agree) ...
-        got, want = _predict(result.tflite, self.x), result.model.predict(self.x, verbose=0)
+        got, want = runtime.predict(result.tflite, self.x), result.model.predict(self.x, verbose=0)
         np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * np.abs(want).max())
         # ... which really changed.
         self.assertGreater(np.abs(want - original(self.x)).max(), 1e-4)

@@ -11,13 +11,7 @@ from hybrid_pruning import op_format, runtime, tflite_model
 
 
 def _run(model: bytes, x: np.ndarray, ours: bool, num_threads: int = 1) -> np.ndarray:
-    it = runtime.make_interpreter(model_content=model, with_ops=ours, num_threads=num_threads)
-    inp = it.get_input_details()[0]["index"]
-    it.resize_tensor_input(inp, x.shape)
-    it.allocate_tensors()
-    it.set_tensor(inp, x)
-    it.invoke()
-    return it.get_tensor(it.get_output_details()[0]["index"])
+    return runtime.predict(model, x, num_threads, with_ops=ours)
 
 
 def _random_case(rng: np.random.Generator):

@@ -37,15 +37,6 @@ class _NoDataAllowed:
         sys.modules.update(self._saved)
 
 
-def _tflite_predict(model: bytes, x: np.ndarray) -> np.ndarray:
-    it = runtime.make_interpreter(model_content=model)
-    inp = it.get_input_details()[0]["index"]
-    it.resize_tensor_input(inp, x.shape)
-    it.allocate_tensors()
-    it.set_tensor(inp, x)
-    it.invoke()
-    return it.get_tensor(it.get_output_details()[0]["index"])
-
 
 class DemoPipelineTest(absltest.TestCase):
 
@@ -72,7 +63,7 @@ class DemoPipelineTest(absltest.TestCase):
         self.assertGreaterEqual(totals["parameter_reduction"], 0.5)
         # The goal: at least 75 % fewer (effective) MACs within a point of accuracy.
         self.assertLessEqual(totals["effective_macs"], 0.25 * totals["macs_before"])
-        accuracy = float(np.mean(_tflite_predict(self.result.tflite, self.x).argmax(1) == self.y))
+        accuracy = float(np.mean(runtime.predict(self.result.tflite, self.x).argmax(1) == self.y))
         self.assertGreaterEqual(self.keras_accuracy, 0.98)
         self.assertGreaterEqual(accuracy, self.keras_accuracy - 0.01)
 

@@ -115,7 +115,7 @@ class RewriteTest(absltest.TestCase):
         self.assertEqual([r.runs_as for r in records],
                          ["HybridSparseConv2D", "HybridSparseConv2D", "CONV_2D (dense)"])
         x = np.random.default_rng(0).normal(0, 1, (2, 8, 8, 3)).astype(np.float32)
-        np.testing.assert_allclose(_predict(rewritten, x), model.predict(x, verbose=0),
+        np.testing.assert_allclose(runtime.predict(rewritten, x), model.predict(x, verbose=0),
                                    rtol=1e-4, atol=1e-4)
 
     def test_unsupported_fused_activation_stays_builtin(self):
@@ -128,15 +128,6 @@ class RewriteTest(absltest.TestCase):
         _, records = tflite_rewrite.rewrite(tflite_model.write(model))
         self.assertIn("not supported", records[0].runs_as)
 
-
-def _predict(model: bytes, x: np.ndarray) -> np.ndarray:
-    it = runtime.make_interpreter(model_content=model)
-    inp = it.get_input_details()[0]["index"]
-    it.resize_tensor_input(inp, x.shape)
-    it.allocate_tensors()
-    it.set_tensor(inp, x)
-    it.invoke()
-    return it.get_tensor(it.get_output_details()[0]["index"])
 
 
 if __name__ == "__main__":

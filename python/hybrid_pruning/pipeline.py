@@ -54,15 +54,6 @@ def _macs(pl: graph.PrunableLayer) -> int:
     return int(out_h * out_w * k.size)
 
 
-def _run_tflite(tflite: bytes, x: np.ndarray, num_threads: int) -> np.ndarray:
-    it = runtime.make_interpreter(model_content=tflite, num_threads=num_threads)
-    inp = it.get_input_details()[0]["index"]
-    it.resize_tensor_input(inp, x.shape)
-    it.allocate_tensors()
-    it.set_tensor(inp, x)
-    it.invoke()
-    return it.get_tensor(it.get_output_details()[0]["index"])
-
 
 def fidelity(reference: np.ndarray, out: np.ndarray) -> dict:
     """How closely `out` follows the original model's `reference` outputs on the probes."""
@@ -119,7 +110,7 @@ def compress(model, config: PruneConfig) -> PruneResult:
 
             def evaluate(thresholds_by_layer):
                 flat, _ = _to_ours(model, layers, thresholds_by_layer, config.block_size)
-                return fidelity(reference, _run_tflite(flat, probes, config.num_threads))
+                return fidelity(reference, runtime.predict(flat, probes, config.num_threads))
 
             weights, activations, search = budget.allocate(
                 model, layers, inputs, probes, reference, evaluate,
@@ -141,7 +132,7 @@ def compress(model, config: PruneConfig) -> PruneResult:
     tflite, records = _to_ours(model, layers, {a.name: a.thresholds for a in activations},
                                config.block_size)
     runs_as = {r.layer: r.runs_as for r in records if r.layer}
-    fid = fidelity(reference, _run_tflite(tflite, probes, config.num_threads))
+    fid = fidelity(reference, runtime.predict(tflite, probes, config.num_threads))
 
     rows = []
     for pl, w, a in zip(layers, weights, activations):

@@ -40,3 +40,15 @@ def make_interpreter(
     return litert.Interpreter(
         model_path=model_path, model_content=model_content, num_threads=num_threads,
         experimental_delegates=delegates)
+
+
+def predict(model_content: bytes, x, num_threads: int = 1, with_ops: bool = True):
+    """Runs a one-input, one-output model on the batch `x` (the batch size is resized)."""
+    it = make_interpreter(model_content=model_content, num_threads=num_threads,
+                          with_ops=with_ops)
+    inp = it.get_input_details()[0]["index"]
+    it.resize_tensor_input(inp, x.shape)
+    it.allocate_tensors()
+    it.set_tensor(inp, x)
+    it.invoke()
+    return it.get_tensor(it.get_output_details()[0]["index"])

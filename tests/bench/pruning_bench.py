@@ -23,9 +23,9 @@ _OFF = dict(weight_error_budget=0.0, activation_error_budget=0.0, constant_error
 
 
 def _accuracy(tflite: bytes, x, y) -> float:
-    from hybrid_pruning import pipeline
+    from hybrid_pruning import runtime
 
-    return float(np.mean(pipeline._run_tflite(tflite, x, 1).argmax(1) == y))
+    return float(np.mean(runtime.predict(tflite, x).argmax(1) == y))
 
 
 def _row(name: str, tflite: bytes, report: dict | None, x, y, **extra) -> dict:
