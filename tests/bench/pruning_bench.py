@@ -88,17 +88,21 @@ def main(argv):
         rows.append(_row(name, result.tflite, result.report, x, y))
     rows[0]["macs"] = macs0
     rows[0]["params"] = reports["all four (defaults)"]["totals"]["parameters_before"]
-    # The baseline at equal MACs: bisection on the global magnitude percentile.
+    # Baselines: bisection on the global magnitude percentile to equal MACs (it has no
+    # activation pruning, so it must remove more weights) and to equal nonzero parameters.
     probes = probes_lib.make_probes(original, "bn", 128, (0.0, 1.0), 0)
-    for name in ("all four (defaults)", "global budget --target_macs=0.10"):
-        target = reports[name]["totals"]["effective_macs"]
+    targets = [("MACs", name, reports[name]["totals"]["effective_macs"], 1)
+               for name in ("all four (defaults)", "global budget --target_macs=0.10")]
+    targets.append(("nonzero params", "all four (defaults)",
+                    reports["all four (defaults)"]["totals"]["nonzero_parameters"], 2))
+    for what, name, target, index in targets:
         lo, hi = 0.0, 0.999
         for _ in range(14):
             mid = 0.5 * (lo + hi)
-            _, macs, _ = global_magnitude(mid, probes)
-            lo, hi = (mid, hi) if macs > target else (lo, mid)
+            value = global_magnitude(mid, probes)[index]
+            lo, hi = (mid, hi) if value > target else (lo, mid)
         tflite, macs, params = global_magnitude(hi, probes)
-        rows.append({"variant": f"baseline: global magnitude, {hi:.1%} sparsity (MACs of "
+        rows.append({"variant": f"baseline: global magnitude, {hi:.1%} sparsity ({what} of "
                                 f"'{name}')", "top1": _accuracy(tflite, x, y), "macs": int(macs),
                      "params": params, "bytes": len(tflite)})
 
