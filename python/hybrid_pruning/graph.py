@@ -113,16 +113,6 @@ def _batch_norm_fold(bn) -> tuple[np.ndarray, np.ndarray]:
 def prunable_layers(model) -> tuple[list[PrunableLayer], dict[str, str]]:
     """The prunable layers in model order, and {layer name: reason} for layers left alone."""
     skipped: dict[str, str] = {}
-    # A BatchNorm folds into its producer when it is that producer's only consumer.
-    folds: dict[int, object] = {}
-    for layer in model.layers:
-        if class_name(layer) == "BatchNormalization":
-            cfg = layer.get_config()
-            axis = cfg["axis"] if isinstance(cfg["axis"], int) else cfg["axis"][0]
-            producer = _producer(layer.input)
-            if (producer is not None and axis in (-1, len(layer.input.shape) - 1)
-                    and len(producer._outbound_nodes) == 1):
-                folds[id(producer)] = layer
     result = []
     for layer in model.layers:
         # Exact class names: DepthwiseConv2D, SeparableConv2D etc. are not our op.
@@ -143,7 +133,7 @@ def prunable_layers(model) -> tuple[list[PrunableLayer], dict[str, str]]:
             skipped[layer.name] = "Dense on a tensor of rank > 2"
             continue
         out_c = int(layer.get_weights()[0].shape[-1])
-        bn = folds.get(id(layer))
+        bn = following_batch_norm(layer)
         if bn is not None:
             scale, shift = _batch_norm_fold(bn)
         else:
@@ -240,12 +230,17 @@ def channel_chains(model) -> tuple[list[ChannelChain], dict[str, str]]:
 def _has_bias_slot(layer) -> bool:
     if layer.get_config().get("use_bias", False):
         return True
-    bn = _following_batch_norm(layer)
+    bn = following_batch_norm(layer)
     return bn is not None and bn.get_config().get("center", True)
 
 
-def _following_batch_norm(layer):
+def following_batch_norm(layer):
+    """The BatchNormalization (on the channel axis) that is the layer's only consumer: it
+    folds into the layer's kernel and bias."""
     nxt = _next_layers(layer)
-    if len(nxt) == 1 and class_name(nxt[0]) == "BatchNormalization":
-        return nxt[0]
-    return None
+    if len(nxt) != 1 or class_name(nxt[0]) != "BatchNormalization":
+        return None
+    bn = nxt[0]
+    axis = bn.get_config()["axis"]
+    axis = axis if isinstance(axis, int) else axis[0]
+    return bn if axis in (-1, len(bn.input.shape) - 1) else None

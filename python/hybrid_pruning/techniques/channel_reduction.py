@@ -141,7 +141,7 @@ def rebuild(model, plans: list[ChainPlan]):
         if consumer.get_config().get("use_bias", False):
             w[1] = (w[1] + delta).astype(w[1].dtype)
         else:  # fold into the following BatchNorm's beta, through its scale
-            bn = graph._following_batch_norm(consumer)
+            bn = graph.following_batch_norm(consumer)
             idx = _named(bn)
             bw = weights[bn.name]
             scale = bw[idx["gamma"]] if "gamma" in idx else 1.0
