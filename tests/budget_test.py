@@ -4,10 +4,11 @@ where it is cheap."""
 from __future__ import annotations
 
 import keras
-import numpy as np
 from absl.testing import absltest
 
 from hybrid_pruning import io, pipeline
+
+import test_models
 
 
 def _model():
@@ -20,12 +21,7 @@ def _model():
         x = keras.layers.ReLU()(x)
     x = keras.layers.GlobalAveragePooling2D()(x)
     model = keras.Model(inputs, keras.layers.Dense(4, activation="softmax")(x))
-    rng = np.random.default_rng(5)
-    for layer in model.layers:
-        if type(layer).__name__ == "BatchNormalization":
-            n = layer.get_weights()[0].size
-            layer.set_weights([rng.uniform(0.5, 1.5, n), rng.normal(0, 0.3, n),
-                               rng.normal(0, 0.3, n), rng.uniform(0.5, 2.0, n)])
+    test_models.randomize_batch_norm(model, 5)
     return model
 
 

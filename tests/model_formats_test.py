@@ -11,6 +11,8 @@ from absl.testing import absltest
 
 from hybrid_pruning import io, pipeline, runtime, tflite_model
 
+import test_models
+
 
 
 def _cnn(layers_module, batch_norm: bool, seed: int):
@@ -66,13 +68,7 @@ class ModelFormatsTest(absltest.TestCase):
 
         tf_keras.utils.set_random_seed(2)
         model = tf_keras.Model(*_cnn(tf_keras.layers, batch_norm=True, seed=2))
-        # Give BatchNorm non-trivial statistics, as training would.
-        rng = np.random.default_rng(2)
-        for layer in model.layers:
-            if type(layer).__name__ == "BatchNormalization":
-                n = layer.get_weights()[0].size
-                layer.set_weights([rng.uniform(0.5, 1.5, n), rng.normal(0, 0.3, n),
-                                   rng.normal(0, 0.3, n), rng.uniform(0.5, 2.0, n)])
+        test_models.randomize_batch_norm(model, 2)
         path = os.path.join(self.dir, "saved")
         model.save(path, save_format="tf")
         self._check(path, lambda x: model.predict(x, verbose=0))
