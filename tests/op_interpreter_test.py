@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import platform
+
 import numpy as np
 from absl.testing import absltest
 from hypothesis import given, settings, strategies as st
@@ -10,8 +12,14 @@ from ai_edge_litert import interpreter as litert
 from hybrid_pruning import op_format, runtime, tflite_model
 
 
-def _run(model: bytes, x: np.ndarray, ours: bool, num_threads: int = 1) -> np.ndarray:
-    return runtime.predict(model, x, num_threads, with_ops=ours)
+# Every kernel variant this machine can run goes through the interpreter tests.
+KERNELS = ["reference"] + (["avx2"] if platform.machine() == "x86_64" and "avx2" in open(
+    "/proc/cpuinfo").read() and " fma" in open("/proc/cpuinfo").read() else [])
+
+
+def _run(model: bytes, x: np.ndarray, ours: bool, num_threads: int = 1, kernel: str = ""
+         ) -> np.ndarray:
+    return runtime.predict(model, x, num_threads, with_ops=ours, kernel=kernel)
 
 
 def _random_case(rng: np.random.Generator):
@@ -54,10 +62,12 @@ class OpVsBuiltinTest(absltest.TestCase):
             if i % 3 == 0:
                 x[rng.random(shape) < 0.5] = 0.0
             want = _run(tflite_model.single_conv_model(shape, w, b, g, "builtin"), x, False)
-            got = _run(tflite_model.single_conv_model(shape, w, b, g, "hybrid", block), x, True)
-            msg = f"case {i}: {g} input {shape} sparsity {sparsity} block {block}"
-            self.assertEqual(got.shape, want.shape, msg)
-            self.assertLessEqual(_rel_err(got, want), 1e-5, msg)
+            ours = tflite_model.single_conv_model(shape, w, b, g, "hybrid", block)
+            for kernel in KERNELS:
+                got = _run(ours, x, True, kernel=kernel)
+                msg = f"{kernel} case {i}: {g} input {shape} sparsity {sparsity} block {block}"
+                self.assertEqual(got.shape, want.shape, msg)
+                self.assertLessEqual(_rel_err(got, want), 1e-5, msg)
 
     def test_thresholds_equal_builtin_on_thresholded_input(self):
         rng = np.random.default_rng(7)
@@ -67,8 +77,10 @@ class OpVsBuiltinTest(absltest.TestCase):
         thr = rng.uniform(0.0, 1.0, 16).astype(np.float32)
         x_cut = np.where(np.abs(x) < thr, 0.0, x).astype(np.float32)
         want = _run(tflite_model.single_conv_model(x.shape, w, b, g, "builtin"), x_cut, False)
-        got = _run(tflite_model.single_conv_model(x.shape, w, b, g, "hybrid", 1, thr), x, True)
-        self.assertLessEqual(_rel_err(got, want), 1e-5)
+        for kernel in KERNELS:
+            got = _run(tflite_model.single_conv_model(x.shape, w, b, g, "hybrid", 1, thr), x,
+                       True, kernel=kernel)
+            self.assertLessEqual(_rel_err(got, want), 1e-5, kernel)
         # The thresholds must matter: without them the result differs.
         plain = _run(tflite_model.single_conv_model(x.shape, w, b, g, "hybrid"), x, True)
         self.assertGreater(_rel_err(plain, want), 1e-3)
@@ -82,8 +94,9 @@ class OpVsBuiltinTest(absltest.TestCase):
         for shape, threads in [((1, 8, 8, 32), 1), ((3, 33, 17, 32), 2), ((2, 64, 64, 32), 2)]:
             x = rng.standard_normal(shape).astype(np.float32)
             want = _run(model_b, x, False, threads)
-            got = _run(model_h, x, True, threads)
-            self.assertLessEqual(_rel_err(got, want), 1e-5, f"{shape} threads={threads}")
+            for kernel in KERNELS:
+                got = _run(model_h, x, True, threads, kernel)
+                self.assertLessEqual(_rel_err(got, want), 1e-5, f"{kernel} {shape} {threads}")
 
     def test_packed_model_is_smaller_than_dense_at_half_sparsity(self):
         rng = np.random.default_rng(5)
@@ -149,6 +162,8 @@ class OpErrorTest(absltest.TestCase):
     def test_unknown_delegate_option(self):
         with self.assertRaisesRegex(ValueError, "unknown option 'nope'"):
             litert.load_delegate(runtime.delegate_path(), {"nope": "1"})
+        with self.assertRaisesRegex(ValueError, "kernel='sve9' is not available"):
+            litert.load_delegate(runtime.delegate_path(), {"kernel": "sve9"})
 
 
 class FormatRoundTripTest(absltest.TestCase):

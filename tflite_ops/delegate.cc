@@ -25,6 +25,7 @@ constexpr int64_t kMinMacsPerThread = 1 << 18;
 
 struct DelegateConfig {
   int num_threads = 0;  // 0: follow the interpreter's num_threads
+  const KernelVariant* kernel = nullptr;
 };
 
 struct OpKernel {
@@ -40,6 +41,7 @@ struct OpKernel {
   int output_tensor = -1;
   ConvShape shape;
   int num_threads = 1;
+  const KernelVariant* kernel = nullptr;
   std::vector<float> scratch;  // one accumulator per thread
 };
 
@@ -151,6 +153,7 @@ void* KernelInit(TfLiteContext* ctx, const char* buffer, size_t /*length*/) {
     k->label += std::string(" (output '") + TensorName(ctx, node->outputs->data[0]) + "')";
   k->error = BuildKernel(ctx, node, k);
   const auto* config = static_cast<const DelegateConfig*>(params->delegate->data_);
+  k->kernel = config->kernel;
   k->num_threads = config->num_threads > 0 ? config->num_threads : ctx->recommended_num_threads;
   if (k->num_threads < 1) k->num_threads = 1;
   return k;
@@ -198,7 +201,8 @@ TfLiteStatus KernelPrepare(TfLiteContext* ctx, TfLiteNode* node) {
   const int64_t rows = static_cast<int64_t>(s.batch) * s.out_h;
   if (rows * s.out_w * s.out_c > (int64_t{1} << 31) / 4)
     return Fail(ctx, k, "output would exceed 2 GiB");
-  k->scratch.assign(static_cast<size_t>(k->num_threads) * k->filter.num_blocks * o.block_size,
+  k->scratch.assign(static_cast<size_t>(k->num_threads) * k->filter.num_blocks * o.block_size *
+                        k->kernel->scratch_pixels,
                     0.0f);
   auto* dims = static_cast<TfLiteIntArray*>(std::malloc(sizeof(int) * 5));
   if (dims == nullptr) return Fail(ctx, k, "out of memory");
@@ -230,11 +234,13 @@ TfLiteStatus KernelInvoke(TfLiteContext* ctx, TfLiteNode* node) {
                        k->filter.block_size;
   const int64_t useful = std::max<int64_t>(1, std::min<int64_t>(rows, macs / kMinMacsPerThread));
   const int threads = static_cast<int>(std::min<int64_t>(k->num_threads, useful));
+  const SparseConvRowsFn run = k->kernel->rows;
   if (threads <= 1) {
-    SparseConvRowsReference(args, 0, rows);
+    run(args, 0, rows);
     return kTfLiteOk;
   }
-  const size_t acc_len = static_cast<size_t>(k->filter.num_blocks) * k->filter.block_size;
+  const size_t acc_len = static_cast<size_t>(k->filter.num_blocks) * k->filter.block_size *
+                         k->kernel->scratch_pixels;
   std::vector<std::thread> workers;
   workers.reserve(threads - 1);
   for (int t = 0; t < threads; ++t) {
@@ -243,9 +249,9 @@ TfLiteStatus KernelInvoke(TfLiteContext* ctx, TfLiteNode* node) {
     const int begin = static_cast<int>(static_cast<int64_t>(rows) * t / threads);
     const int end = static_cast<int>(static_cast<int64_t>(rows) * (t + 1) / threads);
     if (t + 1 == threads) {
-      SparseConvRowsReference(a, begin, end);
+      run(a, begin, end);
     } else {
-      workers.emplace_back([a, begin, end] { SparseConvRowsReference(a, begin, end); });
+      workers.emplace_back([run, a, begin, end] { run(a, begin, end); });
     }
   }
   for (auto& w : workers) w.join();
@@ -301,27 +307,35 @@ extern "C" {
 __attribute__((visibility("default"))) TfLiteDelegate* tflite_plugin_create_delegate(
     char** keys, char** values, int num_options, void (*report_error)(const char*)) {
   auto* config = new hybrid_sparse::DelegateConfig;
+  auto fail = [&](const std::string& msg) -> TfLiteDelegate* {
+    if (report_error) report_error(("HybridSparseConv2D delegate: " + msg).c_str());
+    delete config;
+    return nullptr;
+  };
+  std::string kernel_name;
   for (int i = 0; i < num_options; ++i) {
     const std::string key = keys[i] ? keys[i] : "";
     const std::string value = values[i] ? values[i] : "";
     if (key == "num_threads") {
       char* end = nullptr;
       const long n = std::strtol(value.c_str(), &end, 10);
-      if (value.empty() || *end != '\0' || n < 0 || n > 1024) {
-        if (report_error)
-          report_error(("HybridSparseConv2D delegate: option num_threads='" + value +
-                        "' is not an integer in [0, 1024]").c_str());
-        delete config;
-        return nullptr;
-      }
+      if (value.empty() || *end != '\0' || n < 0 || n > 1024)
+        return fail("option num_threads='" + value + "' is not an integer in [0, 1024]");
       config->num_threads = static_cast<int>(n);
+    } else if (key == "kernel") {
+      kernel_name = value;
     } else {
-      if (report_error)
-        report_error(("HybridSparseConv2D delegate: unknown option '" + key +
-                      "' (known: num_threads)").c_str());
-      delete config;
-      return nullptr;
+      return fail("unknown option '" + key + "' (known: num_threads, kernel)");
     }
+  }
+  config->kernel = hybrid_sparse::SelectKernel(kernel_name.c_str());
+  if (config->kernel == nullptr) {
+    int count = 0;
+    const hybrid_sparse::KernelVariant* all = hybrid_sparse::AvailableKernels(&count);
+    std::string known;
+    for (int i = 0; i < count; ++i) known += std::string(i ? ", " : "") + all[i].name;
+    return fail("option kernel='" + kernel_name + "' is not available here (available: " +
+                known + ")");
   }
   auto* d = new TfLiteDelegate;
   std::memset(d, 0, sizeof(*d));

@@ -31,21 +31,26 @@ def delegate_path() -> str:
 
 def make_interpreter(
     model_path: str | None = None, model_content: bytes | None = None, num_threads: int = 1,
-    with_ops: bool = True,
+    with_ops: bool = True, kernel: str = "",
 ) -> litert.Interpreter:
-    """An interpreter on a model file or bytes; with_ops=False gives the stock one (XNNPACK)."""
+    """An interpreter on a model file or bytes; with_ops=False gives the stock one (XNNPACK).
+    `kernel` forces a kernel variant ("reference", "avx2"); "" picks the fastest here."""
     delegates = []
     if with_ops:
-        delegates.append(litert.load_delegate(delegate_path(), {"num_threads": str(num_threads)}))
+        options = {"num_threads": str(num_threads)}
+        if kernel:
+            options["kernel"] = kernel
+        delegates.append(litert.load_delegate(delegate_path(), options))
     return litert.Interpreter(
         model_path=model_path, model_content=model_content, num_threads=num_threads,
         experimental_delegates=delegates)
 
 
-def predict(model_content: bytes, x, num_threads: int = 1, with_ops: bool = True):
+def predict(model_content: bytes, x, num_threads: int = 1, with_ops: bool = True,
+            kernel: str = ""):
     """Runs a one-input, one-output model on the batch `x` (the batch size is resized)."""
     it = make_interpreter(model_content=model_content, num_threads=num_threads,
-                          with_ops=with_ops)
+                          with_ops=with_ops, kernel=kernel)
     inp = it.get_input_details()[0]["index"]
     it.resize_tensor_input(inp, x.shape)
     it.allocate_tensors()

@@ -56,21 +56,6 @@ std::string ValidateSparseFilter(const SparseFilter& f) {
   return "";
 }
 
-namespace {
-
-inline float Activate(float v, Activation act) {
-  switch (act) {
-    case Activation::kRelu:
-      return std::max(v, 0.0f);
-    case Activation::kRelu6:
-      return std::min(std::max(v, 0.0f), 6.0f);
-    default:
-      return v;
-  }
-}
-
-}  // namespace
-
 void SparseConvRowsReference(const ConvArgs& a, int row_begin, int row_end) {
   const ConvShape& s = *a.shape;
   const SparseFilter& f = *a.filter;
@@ -109,7 +94,7 @@ void SparseConvRowsReference(const ConvArgs& a, int row_begin, int row_end) {
         }
       }
       float* out = a.output + ((static_cast<size_t>(n) * s.out_h + oy) * s.out_w + ox) * s.out_c;
-      for (int c = 0; c < s.out_c; ++c) out[c] = Activate(acc[c], a.activation);
+      for (int c = 0; c < s.out_c; ++c) out[c] = ApplyActivation(acc[c], a.activation);
     }
   }
 }

@@ -60,8 +60,14 @@ struct ConvArgs {
   const float* thresholds;  // [in_c]: |x| < thresholds[c] counts as zero; nullptr = none
   Activation activation;
   float* output;            // [batch, out_h, out_w, out_c]
-  float* scratch;           // [num_blocks * block_size], the accumulator of one pixel
+  float* scratch;           // [num_blocks * block_size * variant.scratch_pixels]
 };
+
+inline float ApplyActivation(float v, Activation act) {
+  if (act == Activation::kRelu) return v > 0.0f ? v : 0.0f;
+  if (act == Activation::kRelu6) return v < 0.0f ? 0.0f : (v > 6.0f ? 6.0f : v);
+  return v;
+}
 
 // Computes output rows [row_begin, row_end) of the flattened (batch * out_h) row range, so
 // that callers can split the work across threads.
@@ -69,6 +75,23 @@ using SparseConvRowsFn = void (*)(const ConvArgs& args, int row_begin, int row_e
 
 // The portable reference: the definition every optimised variant is tested against.
 void SparseConvRowsReference(const ConvArgs& args, int row_begin, int row_end);
+
+// x86-64 AVX2+FMA: eight output pixels of a row at a time (one per vector lane), so every
+// nonzero weight is one broadcast FMA for all eight; a column is skipped when all eight
+// inputs are zero or below threshold. Needs scratch_pixels = 8.
+void SparseConvRowsAvx2(const ConvArgs& args, int row_begin, int row_end);
+
+struct KernelVariant {
+  const char* name;
+  SparseConvRowsFn rows;
+  int scratch_pixels;  // ConvArgs::scratch holds num_blocks * block_size * scratch_pixels
+};
+
+// Every variant this build has and this CPU can run, reference first.
+const KernelVariant* AvailableKernels(int* count);
+
+// The fastest available variant, or the one named `name` ("" = fastest); nullptr if unknown.
+const KernelVariant* SelectKernel(const char* name);
 
 }  // namespace hybrid_sparse
 

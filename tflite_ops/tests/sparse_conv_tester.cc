@@ -92,15 +92,9 @@ Packed Pack(const std::vector<float>& weights, int out_c, int num_cols, int bloc
   return p;
 }
 
-float Activate(float v, Activation a) {
-  if (a == Activation::kRelu) return std::max(v, 0.0f);
-  if (a == Activation::kRelu6) return std::min(std::max(v, 0.0f), 6.0f);
-  return v;
-}
-
 }  // namespace
 
-double MaxRelativeError(SparseConvRowsFn kernel, const Case& c, uint32_t seed) {
+double MaxRelativeError(const KernelVariant& kernel, const Case& c, uint32_t seed) {
   std::mt19937 rng(seed);
   std::normal_distribution<float> normal(0.0f, 1.0f);
   std::uniform_real_distribution<float> unit(0.0f, 1.0f);
@@ -134,12 +128,13 @@ double MaxRelativeError(SparseConvRowsFn kernel, const Case& c, uint32_t seed) {
                        w[static_cast<size_t>(oc) * num_cols + (ky * s.kernel_w + kx) * s.in_c + ic];
               }
           expected[((static_cast<size_t>(n) * s.out_h + oy) * s.out_w + ox) * s.out_c + oc] =
-              Activate(static_cast<float>(acc), c.activation);
+              ApplyActivation(static_cast<float>(acc), c.activation);
         }
 
   Packed packed = Pack(w, s.out_c, num_cols, c.block_size);
   std::vector<float> output(expected.size(), -12345.0f);
-  std::vector<float> scratch(static_cast<size_t>(packed.filter.num_blocks) * c.block_size);
+  std::vector<float> scratch(static_cast<size_t>(packed.filter.num_blocks) * c.block_size *
+                             kernel.scratch_pixels);
   ConvArgs args{&s,
                 &packed.filter,
                 input.data(),
@@ -149,8 +144,8 @@ double MaxRelativeError(SparseConvRowsFn kernel, const Case& c, uint32_t seed) {
                 output.data(),
                 scratch.data()};
   const int rows = s.batch * s.out_h;
-  kernel(args, 0, rows / 2);
-  kernel(args, rows / 2, rows);
+  kernel.rows(args, 0, rows / 2);
+  kernel.rows(args, rows / 2, rows);
   double max_err = 0.0, max_ref = 1e-6;
   for (size_t i = 0; i < expected.size(); ++i) {
     max_err = std::max(max_err, static_cast<double>(std::fabs(output[i] - expected[i])));

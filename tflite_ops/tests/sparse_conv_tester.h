@@ -31,7 +31,7 @@ Case RandomCase(std::mt19937* rng, bool small);
 
 // Runs `kernel` on `c` and returns max |kernel - dense| / max(|dense|, 1e-6).
 // Rows are split in two calls so that row ranges are exercised.
-double MaxRelativeError(SparseConvRowsFn kernel, const Case& c, uint32_t seed);
+double MaxRelativeError(const KernelVariant& kernel, const Case& c, uint32_t seed);
 
 }  // namespace testing
 }  // namespace hybrid_sparse

@@ -1,0 +1,87 @@
+// Every kernel variant this build and CPU have, against the dense direct convolution of the
+// shared tester, on random shapes, strides, dilations, paddings, block sizes, weight and
+// activation sparsities and thresholds.
+#include <random>
+#include <string>
+
+#include <gtest/gtest.h>
+
+#include "tflite_ops/kernels/sparse_conv.h"
+#include "tflite_ops/tests/sparse_conv_tester.h"
+
+namespace hybrid_sparse {
+namespace {
+
+#ifndef KERNEL_TEST_CASES
+#define KERNEL_TEST_CASES 400
+#endif
+
+class KernelVariants : public ::testing::TestWithParam<int> {
+ protected:
+  const KernelVariant& variant() const {
+    int count = 0;
+    return AvailableKernels(&count)[GetParam()];
+  }
+};
+
+TEST_P(KernelVariants, MatchDenseConvolutionOnRandomCases) {
+  std::mt19937 rng(20261125);
+  for (int i = 0; i < KERNEL_TEST_CASES; ++i) {
+    const testing::Case c = testing::RandomCase(&rng, /*small=*/KERNEL_TEST_CASES < 400);
+    EXPECT_LE(testing::MaxRelativeError(variant(), c, i), 1e-5)
+        << variant().name << ": " << c.Describe();
+  }
+}
+
+TEST_P(KernelVariants, FullySparseFilterGivesBiasThroughActivation) {
+  testing::Case c;
+  c.shape = {1, 5, 11, 3, 0, 0, 4, 3, 3};
+  ASSERT_TRUE(ComputeConvShape(Padding::kSame, &c.shape));
+  c.weight_sparsity = 1.0f;
+  c.activation = Activation::kRelu6;
+  EXPECT_LE(testing::MaxRelativeError(variant(), c, 7), 1e-6);
+}
+
+INSTANTIATE_TEST_SUITE_P(All, KernelVariants, ::testing::Range(0, [] {
+                           int count = 0;
+                           AvailableKernels(&count);
+                           return count;
+                         }()),
+                         [](const ::testing::TestParamInfo<int>& info) {
+                           int count = 0;
+                           return std::string(AvailableKernels(&count)[info.param].name);
+                         });
+
+TEST(Dispatch, SelectsByNameAndDefaultsToTheFastest) {
+  int count = 0;
+  const KernelVariant* all = AvailableKernels(&count);
+  ASSERT_GE(count, 1);
+  EXPECT_STREQ(all[0].name, "reference");
+  EXPECT_EQ(SelectKernel(""), &all[count - 1]);
+  EXPECT_EQ(SelectKernel("reference"), &all[0]);
+  EXPECT_EQ(SelectKernel("no-such-kernel"), nullptr);
+#if defined(HYBRID_SPARSE_HAVE_AVX2)
+  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) {
+    EXPECT_STREQ(SelectKernel("")->name, "avx2");
+  }
+#endif
+}
+
+TEST(ConvShape, SameAndValidFollowTflite) {
+  ConvShape s;
+  s.in_h = 16, s.in_w = 15, s.kernel_h = 3, s.kernel_w = 3, s.stride_h = 2, s.stride_w = 2;
+  ASSERT_TRUE(ComputeConvShape(Padding::kSame, &s));
+  EXPECT_EQ(s.out_h, 8);
+  EXPECT_EQ(s.out_w, 8);
+  EXPECT_EQ(s.pad_top, 0);  // TFLite puts the odd padding row at the bottom
+  EXPECT_EQ(s.pad_left, 1);
+  ASSERT_TRUE(ComputeConvShape(Padding::kValid, &s));
+  EXPECT_EQ(s.out_h, 7);
+  EXPECT_EQ(s.out_w, 7);
+  s.in_h = 2;
+  s.dilation_h = 2;  // effective kernel 5 > 2
+  EXPECT_FALSE(ComputeConvShape(Padding::kValid, &s));
+}
+
+}  // namespace
+}  // namespace hybrid_sparse
