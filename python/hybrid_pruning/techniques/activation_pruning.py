@@ -14,6 +14,7 @@ import dataclasses
 import numpy as np
 
 from hybrid_pruning.graph import PrunableLayer
+from hybrid_pruning.techniques import search
 from hybrid_pruning.techniques.weight_pruning import patches
 
 
@@ -64,20 +65,8 @@ class LayerThresholder:
 def prune_layer(layer: PrunableLayer, x: np.ndarray, error_budget: float,
                 max_quantile: float = 0.95, iterations: int = 8) -> ActivationPruningResult:
     th = LayerThresholder(layer, x)
-    lo, hi = 0.0, max_quantile
-    best = th.evaluate(0.0)
-    cand = th.evaluate(hi)
-    if cand[1] <= error_budget:
-        best = cand
-    else:
-        for _ in range(iterations):
-            mid = 0.5 * (lo + hi)
-            cand = th.evaluate(mid)
-            if cand[1] <= error_budget:
-                lo, best = mid, cand
-            else:
-                hi = mid
-    thresholds, err, sparsity = best
+    thresholds, err, sparsity = search.largest_within_budget(
+        th.evaluate, lambda c: c[1], max_quantile, error_budget, iterations)
     return ActivationPruningResult(layer.name, thresholds, sparsity, th.natural, err)
 
 

@@ -18,6 +18,7 @@ import dataclasses
 import numpy as np
 
 from hybrid_pruning.graph import PrunableLayer
+from hybrid_pruning.techniques import search
 
 _MAX_PATCH_ROWS = 32768  # rows of P sampled for the covariance
 _MAX_PATCH_VALUES = 1 << 25  # and at most this many values (256 MiB in float64)
@@ -131,19 +132,8 @@ def prune_layer(layer: PrunableLayer, x: np.ndarray, error_budget: float,
     """The largest magnitude-percentile sparsity whose relative output error on the probe
     activations `x` stays within `error_budget` (binary search over the percentile)."""
     pruner = LayerPruner(layer, x, block_size, reconstruct)
-    lo, hi = 0.0, max_sparsity
-    best, best_err = pruner.evaluate(0.0)
-    new, err = pruner.evaluate(hi)
-    if err <= error_budget:
-        best, best_err = new, err
-    else:
-        for _ in range(iterations):
-            mid = 0.5 * (lo + hi)
-            new, err = pruner.evaluate(mid)
-            if err <= error_budget:
-                lo, best, best_err = mid, new, err
-            else:
-                hi = mid
+    best, best_err = search.largest_within_budget(
+        pruner.evaluate, lambda c: c[1], max_sparsity, error_budget, iterations)
     return pruner.result(best, best_err)
 
 
