@@ -90,14 +90,14 @@ def _sensitivity(model, pl: graph.PrunableLayer, pruner, probes, reference, seed
 def allocate(model, layers: list[graph.PrunableLayer], inputs: list[np.ndarray],
              probes: np.ndarray, reference: np.ndarray, evaluate_fidelity,
              target_macs: float | None = None, min_agreement: float | None = None,
-             max_kl: float | None = None, block_size: int = 1, macs_of=None, progress=None
+             max_kl: float | None = None, block_size: int = 1, progress=None
              ) -> tuple[list[weight_pruning.WeightPruningResult],
                         list[activation_pruning.ActivationPruningResult], dict]:
     """Chooses every layer's levels for the target, applies the weights to the model, and
     returns the per-layer results plus a summary of the search.
 
     `evaluate_fidelity(thresholds_by_layer)` builds the current model and returns its
-    fidelity dict on the probes; `macs_of(layer)` gives a layer's dense MACs."""
+    fidelity dict on the probes."""
     tables = []
     for seed, (pl, x) in enumerate(zip(layers, inputs)):
         pruner = weight_pruning.LayerPruner(pl, x, block_size if pl.kind == "conv2d" else 1)
@@ -108,7 +108,7 @@ def allocate(model, layers: list[graph.PrunableLayer], inputs: list[np.ndarray],
         else:
             acts = [(None, 0.0, 0.0)]
         sens = _sensitivity(model, pl, pruner, probes, reference, seed)
-        tables.append(LayerTable(pl, pruner, macs_of(pl), sens, weights, acts))
+        tables.append(LayerTable(pl, pruner, pl.macs, sens, weights, acts))
         if progress is not None:
             progress.update(1)
     total = sum(t.macs for t in tables)

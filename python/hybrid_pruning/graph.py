@@ -33,6 +33,15 @@ class PrunableLayer:
         return np.asarray(self.layer.get_weights()[0], np.float32)
 
     @property
+    def macs(self) -> int:
+        """Dense multiply-adds of one inference (batch 1)."""
+        k = self.kernel
+        if self.kind == "dense":
+            return int(k.size)
+        out_h, out_w = (int(d) for d in self.layer.output.shape[1:3])
+        return int(out_h * out_w * k.size)
+
+    @property
     def folded_kernel(self) -> np.ndarray:
         return self.kernel * self.scale
 

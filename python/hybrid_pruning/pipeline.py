@@ -46,14 +46,6 @@ class PruneResult:
     model: object  # the reduced Keras model (fewer channels, zeros in its kernels)
 
 
-def _macs(pl: graph.PrunableLayer) -> int:
-    k = pl.kernel
-    if pl.kind == "dense":
-        return int(k.size)
-    out_h, out_w = (int(d) for d in pl.layer.output.shape[1:3])
-    return int(out_h * out_w * k.size)
-
-
 
 def fidelity(reference: np.ndarray, out: np.ndarray) -> dict:
     """How closely `out` follows the original model's `reference` outputs on the probes."""
@@ -85,7 +77,7 @@ def compress(model, config: PruneConfig) -> PruneResult:
 
     start = time.time()
     original_layers, skipped = graph.prunable_layers(model)
-    before = {pl.name: (pl.kernel.shape[-1], int(pl.kernel.size), _macs(pl))
+    before = {pl.name: (pl.kernel.shape[-1], int(pl.kernel.size), pl.macs)
               for pl in original_layers}
     probes = probes_lib.make_probes(model, config.probe, config.probe_count, config.input_range,
                                     config.seed)
@@ -117,7 +109,7 @@ def compress(model, config: PruneConfig) -> PruneResult:
                 target_macs=None if config.target_macs is None
                 else config.target_macs * original_macs,
                 min_agreement=config.min_agreement, max_kl=config.max_kl,
-                block_size=config.block_size, macs_of=_macs)
+                block_size=config.block_size)
             bar.update(2)
         else:
             search = None
@@ -139,7 +131,7 @@ def compress(model, config: PruneConfig) -> PruneResult:
         ch_before, params_before, macs_before = before[pl.name]
         ours = runs_as.get(pl.name) == "HybridSparseConv2D"
         act_sparsity = a.activation_sparsity if ours else 0.0
-        macs_after = _macs(pl)
+        macs_after = pl.macs
         rows.append({
             "layer": pl.name, "kind": pl.kind, "batch_norm_folded": pl.batch_norm is not None,
             "channels_before": int(ch_before), "channels_after": int(pl.kernel.shape[-1]),

@@ -38,7 +38,7 @@ def _row(name: str, tflite: bytes, report: dict | None, x, y, **extra) -> dict:
 def global_magnitude(fraction: float, x_probe):
     """Plain global magnitude pruning: one threshold over all Conv2D/Dense weights (folded),
     no re-fit, no other technique; rewritten to our op like ours."""
-    from hybrid_pruning import convert, graph, io, pipeline, tflite_rewrite
+    from hybrid_pruning import convert, graph, io, tflite_rewrite
 
     model = io.load_keras_model(str(io.DEMO_MODEL))
     layers, _ = graph.prunable_layers(model)
@@ -49,7 +49,7 @@ def global_magnitude(fraction: float, x_probe):
     for pl, z in zip(layers, natural):
         keep = np.abs(pl.folded_kernel) > t
         pl.set_kernel(pl.kernel * keep)
-        macs += pipeline._macs(pl) * keep.mean() * (1 - (z if pl.kind == "conv2d" else 0.0))
+        macs += pl.macs * keep.mean() * (1 - (z if pl.kind == "conv2d" else 0.0))
     flat = convert.to_tflite(model)
     names = tflite_rewrite.match_layers(flat, {pl.name: pl.folded_kernel for pl in layers
                                                if pl.kind == "conv2d"})
