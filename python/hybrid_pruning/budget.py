@@ -17,7 +17,7 @@ import dataclasses
 import numpy as np
 from absl import logging
 
-from hybrid_pruning import graph
+from hybrid_pruning import fidelity, graph
 from hybrid_pruning.techniques import activation_pruning, weight_pruning
 
 SPARSITIES = (0.0, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95)
@@ -63,11 +63,10 @@ class LayerTable:
         return self.macs * (1 - self.weights[i][2]) * (1 - self.activations[j][2])
 
 
-def _kl(reference: np.ndarray, out: np.ndarray) -> float:
-    if reference.ndim == 2 and np.all(reference >= 0) and np.allclose(reference.sum(1), 1,
-                                                                        atol=1e-3):
-        p, q = np.clip(reference, 1e-7, 1), np.clip(out, 1e-7, 1)
-        return float(np.mean(np.sum(p * np.log(p / q), axis=1)))
+def _damage(reference: np.ndarray, out: np.ndarray) -> float:
+    kl = fidelity.kl_divergence(reference, out)
+    if kl is not None:
+        return kl
     # Not a probability output: relative squared error plays the same role.
     return float(np.sum((out - reference) ** 2) / max(np.sum(reference ** 2), 1e-30))
 
@@ -84,7 +83,7 @@ def _sensitivity(model, pl: graph.PrunableLayer, pruner, probes, reference, seed
         out = np.asarray(model.predict(probes, verbose=0))
     finally:
         pl.layer.set_weights(original)
-    return max(_kl(reference, out), 1e-12) / _SENSITIVITY_NOISE ** 2
+    return max(_damage(reference, out), 1e-12) / _SENSITIVITY_NOISE ** 2
 
 
 def allocate(model, layers: list[graph.PrunableLayer], inputs: list[np.ndarray],

@@ -13,7 +13,8 @@ import time
 import numpy as np
 from absl import logging
 
-from hybrid_pruning import budget, convert, graph, probes as probes_lib, runtime, tflite_rewrite
+from hybrid_pruning import (budget, convert, fidelity, graph, probes as probes_lib, runtime,
+                            tflite_rewrite)
 from hybrid_pruning.techniques import (activation_pruning, channel_merging, constant_channels,
                                        weight_pruning)
 
@@ -45,19 +46,6 @@ class PruneResult:
     report: dict
     model: object  # the reduced Keras model (fewer channels, zeros in its kernels)
 
-
-
-def fidelity(reference: np.ndarray, out: np.ndarray) -> dict:
-    """How closely `out` follows the original model's `reference` outputs on the probes."""
-    out = out.reshape(reference.shape)
-    scale = max(float(np.abs(reference).max()), 1e-12)
-    result = {"max_abs_output_error_relative": float(np.abs(out - reference).max() / scale)}
-    if reference.ndim == 2 and reference.shape[1] > 1:
-        result["top1_agreement"] = float(np.mean(out.argmax(1) == reference.argmax(1)))
-        if np.all(reference >= 0) and np.allclose(reference.sum(1), 1, atol=1e-3):
-            p, q = np.clip(reference, 1e-7, 1), np.clip(out, 1e-7, 1)
-            result["kl_divergence"] = float(np.mean(np.sum(p * np.log(p / q), axis=1)))
-    return result
 
 
 def _to_ours(model, layers, thresholds_by_layer: dict, block_size: int):
@@ -102,7 +90,8 @@ def compress(model, config: PruneConfig) -> PruneResult:
 
             def evaluate(thresholds_by_layer):
                 flat, _ = _to_ours(model, layers, thresholds_by_layer, config.block_size)
-                return fidelity(reference, runtime.predict(flat, probes, config.num_threads))
+                return fidelity.compare(reference,
+                                        runtime.predict(flat, probes, config.num_threads))
 
             weights, activations, search = budget.allocate(
                 model, layers, inputs, probes, reference, evaluate,
@@ -124,7 +113,7 @@ def compress(model, config: PruneConfig) -> PruneResult:
     tflite, records = _to_ours(model, layers, {a.name: a.thresholds for a in activations},
                                config.block_size)
     runs_as = {r.layer: r.runs_as for r in records if r.layer}
-    fid = fidelity(reference, runtime.predict(tflite, probes, config.num_threads))
+    fid = fidelity.compare(reference, runtime.predict(tflite, probes, config.num_threads))
 
     rows = []
     for pl, w, a in zip(layers, weights, activations):
