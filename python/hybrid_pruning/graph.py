@@ -109,7 +109,8 @@ def _producer(tensor):
     return history[0] if history is not None else None
 
 
-def _batch_norm_fold(bn) -> tuple[np.ndarray, np.ndarray]:
+def batch_norm_fold(bn) -> tuple[np.ndarray, np.ndarray]:
+    """Per-channel (scale, shift) with which the BatchNormalization maps its input."""
     cfg = bn.get_config()
     weights = {variable_name(w): np.asarray(w.numpy(), np.float32) for w in bn.weights}
     var = weights["moving_variance"]
@@ -144,7 +145,7 @@ def prunable_layers(model) -> tuple[list[PrunableLayer], dict[str, str]]:
         out_c = int(layer.get_weights()[0].shape[-1])
         bn = following_batch_norm(layer)
         if bn is not None:
-            scale, shift = _batch_norm_fold(bn)
+            scale, shift = batch_norm_fold(bn)
         else:
             scale, shift = np.ones(out_c, np.float32), np.zeros(out_c, np.float32)
         pl = PrunableLayer(layer.name, "conv2d" if is_conv else "dense", layer, bn, scale, shift)

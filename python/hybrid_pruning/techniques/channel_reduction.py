@@ -144,8 +144,7 @@ def rebuild(model, plans: list[ChainPlan]):
             bn = graph.following_batch_norm(consumer)
             idx = _named(bn)
             bw = weights[bn.name]
-            scale = bw[idx["gamma"]] if "gamma" in idx else 1.0
-            scale = scale / np.sqrt(bw[idx["moving_variance"]] + bn.get_config()["epsilon"])
+            scale, _ = graph.batch_norm_fold(bn)  # its weights are not edited yet
             bw[idx["beta"]] = (bw[idx["beta"]] + scale * delta).astype(bw[idx["beta"]].dtype)
     for plan in plans:
         keep = np.setdiff1d(np.arange(plan.channels_before), [c.channel for c in plan.removed])
