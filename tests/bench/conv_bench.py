@@ -71,6 +71,7 @@ def main(argv):
         + " | ".join(f"{k} ms | {k} ratio" for k in kernels) + " | FLOP-limit ratio |",
         "| --- | ---: | ---: | ---: | " + " | ".join("---: | ---:" for _ in kernels) + " | ---: |",
     ]
+    print("\n".join(lines), flush=True)
     for name, hw, cin, cout, k, stride in SHAPES:
         g = op_format.ConvGeometry(k, k, cin, cout, stride, stride, 1, 1, "SAME", "RELU")
         x = rng.standard_normal((1, hw, hw, cin)).astype(np.float32)
@@ -90,10 +91,8 @@ def main(argv):
             lines.append(f"| {name} | {sparsity:.0%} | {builtin * 1e3:.3f} | "
                          f"{flops / builtin / 1e9:.1f} | " + " | ".join(cells) + f" | {limit:.1f} |")
             print(lines[-1], flush=True)
-    text = "\n".join(lines) + "\n"
-    print(text)
     if FLAGS.output:
-        io.write_bytes_atomic(io.user_path(FLAGS.output), text.encode())
+        io.write_bytes_atomic(io.user_path(FLAGS.output), ("\n".join(lines) + "\n").encode())
 
 
 if __name__ == "__main__":
