@@ -13,8 +13,13 @@ from hybrid_pruning import op_format, runtime, tflite_model
 
 
 # Every kernel variant this machine can run goes through the interpreter tests.
-KERNELS = ["reference"] + (["avx2"] if platform.machine() == "x86_64" and "avx2" in open(
-    "/proc/cpuinfo").read() and " fma" in open("/proc/cpuinfo").read() else [])
+def _cpu_flags() -> set[str]:
+    with open("/proc/cpuinfo") as f:
+        return {w for line in f if line.startswith("flags") for w in line.split(":", 1)[1].split()}
+
+
+KERNELS = ["reference"] + (["avx2"] if platform.machine() == "x86_64"
+                           and {"avx2", "fma"} <= _cpu_flags() else [])
 
 
 def _run(model: bytes, x: np.ndarray, ours: bool, num_threads: int = 1, kernel: str = ""
