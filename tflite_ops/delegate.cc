@@ -8,24 +8,27 @@
 #include <algorithm>
 #include <cstdlib>
 #include <cstring>
+#include <memory>
 #include <new>
 #include <string>
-#include <thread>
 #include <vector>
 
 #include "tflite_ops/abi/tflite_abi.h"
+#include "tflite_ops/kernels/conv_plan.h"
 #include "tflite_ops/kernels/sparse_conv.h"
+#include "tflite_ops/kernels/thread_pool.h"
 #include "tflite_ops/options.h"
 
 namespace hybrid_sparse {
 namespace {
 
-// Below this many multiply-adds per invoke, starting threads costs more than it saves.
-constexpr int64_t kMinMacsPerThread = 1 << 18;
+// Below this many multiply-adds per worker, waking a pool thread costs more than it saves.
+constexpr int64_t kMinMacsPerThread = 1 << 17;
 
 struct DelegateConfig {
   int num_threads = 0;  // 0: follow the interpreter's num_threads
   const KernelVariant* kernel = nullptr;
+  std::unique_ptr<ThreadPool> pool;  // shared by the nodes (the interpreter runs one at a time)
 };
 
 struct OpKernel {
@@ -40,9 +43,9 @@ struct OpKernel {
   int input_tensor = -1;
   int output_tensor = -1;
   ConvShape shape;
-  int num_threads = 1;
   const KernelVariant* kernel = nullptr;
-  std::vector<float> scratch;  // one accumulator per thread
+  ThreadPool* pool = nullptr;
+  ConvPlan plan;  // rebuilt by every Prepare: it depends on the input shape
 };
 
 std::string Dims(const TfLiteIntArray* dims) {
@@ -154,8 +157,7 @@ void* KernelInit(TfLiteContext* ctx, const char* buffer, size_t /*length*/) {
   k->error = BuildKernel(ctx, node, k);
   const auto* config = static_cast<const DelegateConfig*>(params->delegate->data_);
   k->kernel = config->kernel;
-  k->num_threads = config->num_threads > 0 ? config->num_threads : ctx->recommended_num_threads;
-  if (k->num_threads < 1) k->num_threads = 1;
+  k->pool = config->pool.get();
   return k;
 }
 
@@ -201,9 +203,11 @@ TfLiteStatus KernelPrepare(TfLiteContext* ctx, TfLiteNode* node) {
   const int64_t rows = static_cast<int64_t>(s.batch) * s.out_h;
   if (rows * s.out_w * s.out_c > (int64_t{1} << 31) / 4)
     return Fail(ctx, k, "output would exceed 2 GiB");
-  k->scratch.assign(static_cast<size_t>(k->num_threads) * k->filter.num_blocks * o.block_size *
-                        k->kernel->scratch_pixels,
-                    0.0f);
+  const std::string error =
+      k->plan.Build(s, k->filter, k->bias.empty() ? nullptr : k->bias.data(),
+                    o.thresholds.empty() ? nullptr : o.thresholds.data(), o.activation,
+                    *k->kernel, k->pool->threads());
+  if (!error.empty()) return Fail(ctx, k, error);
   auto* dims = static_cast<TfLiteIntArray*>(std::malloc(sizeof(int) * 5));
   if (dims == nullptr) return Fail(ctx, k, "out of memory");
   dims->size = 4;
@@ -220,41 +224,9 @@ TfLiteStatus KernelInvoke(TfLiteContext* ctx, TfLiteNode* node) {
   TfLiteTensor& out = ctx->tensors[k->output_tensor];
   if (in.data.raw == nullptr || out.data.raw == nullptr)
     return Fail(ctx, k, "input or output tensor has no buffer");
-  const ConvShape& s = k->shape;
-  ConvArgs args{&s,
-                &k->filter,
-                in.data.f,
-                k->bias.empty() ? nullptr : k->bias.data(),
-                k->options.thresholds.empty() ? nullptr : k->options.thresholds.data(),
-                k->options.activation,
-                out.data.f,
-                k->scratch.data()};
-  const int rows = s.batch * s.out_h;
-  const int64_t macs = static_cast<int64_t>(rows) * s.out_w * k->filter.num_nonzero_blocks *
-                       k->filter.block_size;
-  const int64_t useful = std::max<int64_t>(1, std::min<int64_t>(rows, macs / kMinMacsPerThread));
-  const int threads = static_cast<int>(std::min<int64_t>(k->num_threads, useful));
-  const SparseConvRowsFn run = k->kernel->rows;
-  if (threads <= 1) {
-    run(args, 0, rows);
-    return kTfLiteOk;
-  }
-  const size_t acc_len = static_cast<size_t>(k->filter.num_blocks) * k->filter.block_size *
-                         k->kernel->scratch_pixels;
-  std::vector<std::thread> workers;
-  workers.reserve(threads - 1);
-  for (int t = 0; t < threads; ++t) {
-    ConvArgs a = args;
-    a.scratch = k->scratch.data() + t * acc_len;
-    const int begin = static_cast<int>(static_cast<int64_t>(rows) * t / threads);
-    const int end = static_cast<int>(static_cast<int64_t>(rows) * (t + 1) / threads);
-    if (t + 1 == threads) {
-      run(a, begin, end);
-    } else {
-      workers.emplace_back([run, a, begin, end] { run(a, begin, end); });
-    }
-  }
-  for (auto& w : workers) w.join();
+  const int64_t useful = std::max<int64_t>(1, k->plan.macs() / kMinMacsPerThread);
+  const int workers = static_cast<int>(std::min<int64_t>(k->pool->threads(), useful));
+  k->plan.Run(in.data.f, out.data.f, k->pool, workers);
   return kTfLiteOk;
 }
 
@@ -272,6 +244,12 @@ TfLiteRegistration KernelRegistration() {
 }
 
 TfLiteStatus DelegatePrepare(TfLiteContext* ctx, TfLiteDelegate* delegate) {
+  auto* config = static_cast<DelegateConfig*>(delegate->data_);
+  if (config->pool == nullptr) {
+    const int threads =
+        config->num_threads > 0 ? config->num_threads : ctx->recommended_num_threads;
+    config->pool = std::make_unique<ThreadPool>(std::max(1, threads));
+  }
   TfLiteIntArray* plan = nullptr;
   if (ctx->GetExecutionPlan(ctx, &plan) != kTfLiteOk || plan == nullptr) return kTfLiteError;
   std::vector<int> ours;

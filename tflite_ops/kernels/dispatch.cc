@@ -1,5 +1,5 @@
-// Build-time (which files exist for the target) and run-time (what this CPU supports)
-// selection of the kernel variant.
+// Build-time (which ISA files exist for the target: HYBRID_SPARSE_HAVE_*) and run-time (what
+// this CPU supports) selection of the kernel variant.
 #include <cstring>
 
 #include "tflite_ops/kernels/sparse_conv.h"
@@ -7,21 +7,23 @@
 namespace hybrid_sparse {
 namespace {
 
-bool CpuHasAvx2Fma() {
-#if defined(HYBRID_SPARSE_HAVE_AVX2) && defined(__x86_64__)
-  return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-#else
-  return false;
-#endif
-}
-
 struct Table {
   KernelVariant variants[4];
   int count = 0;
   Table() {
-    variants[count++] = {"reference", SparseConvRowsReference, 1};
+    variants[count++] = {"reference", 0, nullptr};
 #if defined(HYBRID_SPARSE_HAVE_AVX2)
-    if (CpuHasAvx2Fma()) variants[count++] = {"avx2", SparseConvRowsAvx2, 8};
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
+      variants[count++] = {"avx2", 32, SpmmAvx2};
+#endif
+#if defined(HYBRID_SPARSE_HAVE_AVX512)
+    if (__builtin_cpu_supports("avx512f")) variants[count++] = {"avx512", 64, SpmmAvx512};
+#endif
+#if defined(HYBRID_SPARSE_HAVE_NEON)
+    variants[count++] = {"neon", 16, SpmmNeon};  // NEON is mandatory on AArch64
+#endif
+#if defined(HYBRID_SPARSE_HAVE_RVV)
+    variants[count++] = {"rvv", RvvTile(), SpmmRvv};  // built only for rv64gcv targets
 #endif
   }
 };

@@ -1,16 +1,22 @@
 // HybridSparseConv2D kernels: plain C++ on raw pointers and shapes, no TFLite types, so that
 // every ISA variant, the TFLite binding and the tests share one signature.
 //
-// Sparse filter format (format version 1, shared with python/hybrid_pruning/op_format.py):
+// File format of the filter (format version 1, shared with python/hybrid_pruning/op_format.py):
 //   The filter is a matrix W[out_c][k] with k = (kh * kernel_w + kw) * in_c + ic, i.e. the
 //   order of one NHWC input patch. Output channels are grouped in blocks of `block_size`
-//   consecutive channels (block_size 1 = unstructured). W is stored column-compressed by k:
+//   consecutive channels that share one sparsity pattern (block_size 1 = unstructured). W is
+//   stored column-compressed by k:
 //     col_ptr[k] .. col_ptr[k+1]   the nonzero blocks of column k (col_ptr has num_cols+1)
 //     row_block[j]                 which output-channel block nonzero block j belongs to
 //     values[j*block_size + r]     the weight of output channel row_block[j]*block_size + r
-//   Columns, not rows, are compressed because the kernel walks the input patch: each input
-//   activation is read once and, when it is zero or below its channel's threshold, its whole
-//   column of weights is skipped. Blocks make the inner update a fixed-width vector FMA.
+//
+// How the fast variants run it (conv_plan.h): at Prepare the filter is re-packed row-wise, one
+// list of nonzeros per output-channel block, each nonzero turned from its patch index k into
+// the offset of its input in a channel-major ("CHW"), zero-padded, stride-phase-split copy of
+// the input. Output pixels then sit in vector lanes: one nonzero is a broadcast weight times a
+// contiguous vector of `tile` input pixels, for every channel of the block (Elsen et al. 2020,
+// "Fast Sparse ConvNets"; XNNPACK's f32-spmm). Accumulators stay in registers across a whole
+// row of the block, so a nonzero costs one FMA per vector and no accumulator traffic.
 #ifndef TFLITE_OPS_KERNELS_SPARSE_CONV_H_
 #define TFLITE_OPS_KERNELS_SPARSE_CONV_H_
 
@@ -60,7 +66,7 @@ struct ConvArgs {
   const float* thresholds;  // [in_c]: |x| < thresholds[c] counts as zero; nullptr = none
   Activation activation;
   float* output;            // [batch, out_h, out_w, out_c]
-  float* scratch;           // [num_blocks * block_size * variant.scratch_pixels]
+  float* scratch;           // [num_blocks * block_size]
 };
 
 inline float ApplyActivation(float v, Activation act) {
@@ -69,25 +75,43 @@ inline float ApplyActivation(float v, Activation act) {
   return v;
 }
 
-// Computes output rows [row_begin, row_end) of the flattened (batch * out_h) row range, so
-// that callers can split the work across threads.
-using SparseConvRowsFn = void (*)(const ConvArgs& args, int row_begin, int row_end);
-
-// The portable reference: the definition every optimised variant is tested against.
+// The portable reference, the definition every optimised variant is tested against: one output
+// pixel at a time, walking the input patch column by column and skipping zero (or below
+// threshold) activations. Computes output rows [row_begin, row_end) of the flattened
+// (batch * out_h) range.
 void SparseConvRowsReference(const ConvArgs& args, int row_begin, int row_end);
 
-// x86-64 AVX2+FMA: eight output pixels of a row at a time (one per vector lane), so every
-// nonzero weight is one broadcast FMA for all eight; a column is skipped when all eight
-// inputs are zero or below threshold. Needs scratch_pixels = 8.
-void SparseConvRowsAvx2(const ConvArgs& args, int row_begin, int row_end);
+// The row-wise packed filter a microkernel runs (built by ConvPlan).
+struct SpmmFilter {
+  int block_size = 1;
+  int num_blocks = 0;
+  const int32_t* block_ptr = nullptr;  // [num_blocks + 1]: nonzeros of block b
+  const int32_t* offset = nullptr;     // [nonzeros]: input offset in floats, pixel-independent
+  const float* values = nullptr;       // [nonzeros * block_size]
+  const float* bias = nullptr;         // [num_blocks * block_size], zero-padded
+  float min = 0.0f, max = 0.0f;        // output clamp (the fused activation)
+};
+
+// The microkernel signature every fast variant implements. For one tile of `tile` consecutive
+// output positions whose input sits at x (channel-major copy, see conv_plan.h):
+//   y[c * tile + i] = clamp(bias[c] + sum over nonzeros j of block c/bs of
+//                           values[j * bs + c % bs] * x[offset[j] + i]),   i < tile.
+// Reads x only at offsets + [0, tile); y holds num_blocks * block_size rows of `tile` floats.
+using SpmmMicrokernelFn = void (*)(const SpmmFilter& filter, const float* x, float* y);
+
+void SpmmAvx2(const SpmmFilter& filter, const float* x, float* y);    // tile 32
+void SpmmAvx512(const SpmmFilter& filter, const float* x, float* y);  // tile 64
+void SpmmNeon(const SpmmFilter& filter, const float* x, float* y);    // tile 16
+void SpmmRvv(const SpmmFilter& filter, const float* x, float* y);     // tile = VLEN/32 * 4
+int RvvTile();
 
 struct KernelVariant {
   const char* name;
-  SparseConvRowsFn rows;
-  int scratch_pixels;  // ConvArgs::scratch holds num_blocks * block_size * scratch_pixels
+  int tile;                     // output positions per microkernel call; 0 for the reference
+  SpmmMicrokernelFn microkernel;  // nullptr for the reference
 };
 
-// Every variant this build has and this CPU can run, reference first.
+// Every variant this build has and this CPU can run, reference first, fastest last.
 const KernelVariant* AvailableKernels(int* count);
 
 // The fastest available variant, or the one named `name` ("" = fastest); nullptr if unknown.

@@ -1,6 +1,7 @@
 // Every kernel variant this build and CPU have, against the dense direct convolution of the
 // shared tester, on random shapes, strides, dilations, paddings, block sizes, weight and
 // activation sparsities and thresholds.
+#include <cstdlib>
 #include <random>
 #include <string>
 
@@ -12,9 +13,11 @@
 namespace hybrid_sparse {
 namespace {
 
-#ifndef KERNEL_TEST_CASES
-#define KERNEL_TEST_CASES 400
-#endif
+// Under qemu the runner sets KERNEL_TEST_CASES lower (and the cases smaller).
+int TestCases() {
+  const char* env = std::getenv("KERNEL_TEST_CASES");
+  return env != nullptr ? std::atoi(env) : 400;
+}
 
 class KernelVariants : public ::testing::TestWithParam<int> {
  protected:
@@ -26,8 +29,9 @@ class KernelVariants : public ::testing::TestWithParam<int> {
 
 TEST_P(KernelVariants, MatchDenseConvolutionOnRandomCases) {
   std::mt19937 rng(20261125);
-  for (int i = 0; i < KERNEL_TEST_CASES; ++i) {
-    const testing::Case c = testing::RandomCase(&rng, /*small=*/KERNEL_TEST_CASES < 400);
+  const int cases = TestCases();
+  for (int i = 0; i < cases; ++i) {
+    const testing::Case c = testing::RandomCase(&rng, /*small=*/cases < 400);
     EXPECT_LE(testing::MaxRelativeError(variant(), c, i), 1e-5)
         << variant().name << ": " << c.Describe();
   }
@@ -60,10 +64,17 @@ TEST(Dispatch, SelectsByNameAndDefaultsToTheFastest) {
   EXPECT_EQ(SelectKernel(""), &all[count - 1]);
   EXPECT_EQ(SelectKernel("reference"), &all[0]);
   EXPECT_EQ(SelectKernel("no-such-kernel"), nullptr);
-#if defined(HYBRID_SPARSE_HAVE_AVX2)
-  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) {
+// Each architecture's build must really contain its vector variant, and choose it.
+#if defined(__x86_64__)
+  if (__builtin_cpu_supports("avx512f")) {
+    EXPECT_STREQ(SelectKernel("")->name, "avx512");
+  } else if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) {
     EXPECT_STREQ(SelectKernel("")->name, "avx2");
   }
+#elif defined(__aarch64__)
+  EXPECT_STREQ(SelectKernel("")->name, "neon");
+#elif defined(__riscv)
+  EXPECT_STREQ(SelectKernel("")->name, "rvv");
 #endif
 }
 

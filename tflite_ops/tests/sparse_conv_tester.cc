@@ -2,7 +2,11 @@
 
 #include <algorithm>
 #include <cmath>
+#include <functional>
+#include <limits>
 #include <sstream>
+
+#include "tflite_ops/kernels/conv_plan.h"
 
 namespace hybrid_sparse {
 namespace testing {
@@ -92,6 +96,16 @@ Packed Pack(const std::vector<float>& weights, int out_c, int num_cols, int bloc
   return p;
 }
 
+// Runs tasks last to first, spread over the workers, as a thread pool might: a plan that
+// depended on task order or shared a worker's scratch would fail.
+class OutOfOrderParallel : public Parallel {
+ public:
+  void For(int num_tasks, int max_workers,
+           const std::function<void(int task, int worker)>& fn) override {
+    for (int t = num_tasks - 1; t >= 0; --t) fn(t, t % max_workers);
+  }
+};
+
 }  // namespace
 
 double MaxRelativeError(const KernelVariant& kernel, const Case& c, uint32_t seed) {
@@ -133,19 +147,14 @@ double MaxRelativeError(const KernelVariant& kernel, const Case& c, uint32_t see
 
   Packed packed = Pack(w, s.out_c, num_cols, c.block_size);
   std::vector<float> output(expected.size(), -12345.0f);
-  std::vector<float> scratch(static_cast<size_t>(packed.filter.num_blocks) * c.block_size *
-                             kernel.scratch_pixels);
-  ConvArgs args{&s,
-                &packed.filter,
-                input.data(),
-                c.with_bias ? bias.data() : nullptr,
-                c.with_thresholds ? thresholds.data() : nullptr,
-                c.activation,
-                output.data(),
-                scratch.data()};
-  const int rows = s.batch * s.out_h;
-  kernel.rows(args, 0, rows / 2);
-  kernel.rows(args, rows / 2, rows);
+  ConvPlan plan;
+  const std::string error =
+      plan.Build(s, packed.filter, c.with_bias ? bias.data() : nullptr,
+                 c.with_thresholds ? thresholds.data() : nullptr, c.activation, kernel,
+                 /*max_workers=*/3);
+  if (!error.empty()) return std::numeric_limits<double>::infinity();
+  OutOfOrderParallel parallel;
+  plan.Run(input.data(), output.data(), &parallel, 3);
   double max_err = 0.0, max_ref = 1e-6;
   for (size_t i = 0; i < expected.size(); ++i) {
     max_err = std::max(max_err, static_cast<double>(std::fabs(output[i] - expected[i])));

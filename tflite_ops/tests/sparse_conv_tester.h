@@ -29,8 +29,8 @@ struct Case {
 // Draws a random case (small enough for emulators when `small`).
 Case RandomCase(std::mt19937* rng, bool small);
 
-// Runs `kernel` on `c` and returns max |kernel - dense| / max(|dense|, 1e-6).
-// Rows are split in two calls so that row ranges are exercised.
+// Runs `kernel` (through ConvPlan, tasks out of order over 3 workers) on `c` and returns
+// max |kernel - dense| / max(|dense|, 1e-6).
 double MaxRelativeError(const KernelVariant& kernel, const Case& c, uint32_t seed);
 
 }  // namespace testing

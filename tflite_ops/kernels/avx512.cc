@@ -1,0 +1,29 @@
+// x86-64 AVX-512F microkernel: 64 output positions (4 zmm) x up to 4 channels per pass, so a
+// pass holds 16 accumulators of the 32 registers and every weight is one broadcast for 64
+// positions.
+#include <immintrin.h>
+
+#include "tflite_ops/kernels/spmm_fixed_width.h"
+
+namespace hybrid_sparse {
+namespace {
+
+struct Avx512 {
+  using Vec = __m512;
+  static constexpr int kLanes = 16, kTile = 64, kMaxRows = 4;
+  static Vec Load(const float* p) { return _mm512_loadu_ps(p); }
+  static void Store(float* p, Vec v) { _mm512_storeu_ps(p, v); }
+  static Vec Set1(float v) { return _mm512_set1_ps(v); }
+  static Vec Fma(Vec a, Vec b, Vec acc) { return _mm512_fmadd_ps(a, b, acc); }
+  static Vec Add(Vec a, Vec b) { return _mm512_add_ps(a, b); }
+  static Vec Min(Vec a, Vec b) { return _mm512_min_ps(a, b); }
+  static Vec Max(Vec a, Vec b) { return _mm512_max_ps(a, b); }
+};
+
+}  // namespace
+
+void SpmmAvx512(const SpmmFilter& f, const float* x, float* y) {
+  spmm_internal::SpmmFixedWidth<Avx512>(f, x, y);
+}
+
+}  // namespace hybrid_sparse

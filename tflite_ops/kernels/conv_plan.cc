@@ -1,0 +1,168 @@
+#include "tflite_ops/kernels/conv_plan.h"
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <numeric>
+
+namespace hybrid_sparse {
+
+void SerialParallel::For(int num_tasks, int /*max_workers*/,
+                         const std::function<void(int, int)>& fn) {
+  for (int t = 0; t < num_tasks; ++t) fn(t, 0);
+}
+
+std::string ConvPlan::Build(const ConvShape& s, const SparseFilter& f, const float* bias,
+                            const float* thresholds, Activation activation,
+                            const KernelVariant& variant, int max_workers) {
+  shape_ = s;
+  filter_ = f;
+  bias_ = bias;
+  thresholds_ = thresholds;
+  activation_ = activation;
+  variant_ = variant;
+  max_workers_ = std::max(1, max_workers);
+  padded_c_ = f.num_blocks * f.block_size;
+  macs_ = static_cast<int64_t>(s.batch) * s.out_h * s.out_w * f.num_nonzero_blocks * f.block_size;
+  if (f.num_cols != s.kernel_h * s.kernel_w * s.in_c || f.out_c != s.out_c)
+    return "filter does not match the convolution shape";
+  if (variant.microkernel == nullptr) {
+    scratch_.assign(static_cast<size_t>(max_workers_) * padded_c_, 0.0f);
+    return "";
+  }
+
+  const int sh = s.stride_h, sw = s.stride_w;
+  hq_ = s.out_h + (s.kernel_h - 1) * s.dilation_h / sh;
+  wq_ = s.out_w + (s.kernel_w - 1) * s.dilation_w / sw;
+  plane_ = static_cast<int64_t>(hq_) * wq_;
+  const int tile = variant.tile;
+  // Offsets reach at most one plane plus a row past the last channel's planes (wasted lanes
+  // of the last tile), hence the slack.
+  const int64_t x_size = plane_ * sh * sw * s.in_c + tile + wq_;
+  if (x_size > std::numeric_limits<int32_t>::max())
+    return "input is too large for 32-bit offsets (" + std::to_string(x_size) + " floats)";
+  const int64_t positions = static_cast<int64_t>(s.out_h) * wq_;
+  num_tiles_ = static_cast<int>((positions + tile - 1) / tile);
+
+  // Row-wise repack: block b's nonzeros, each as (input offset, block_size weights), sorted by
+  // offset so that the microkernel walks X forwards.
+  const int bs = f.block_size;
+  std::vector<int32_t> count(f.num_blocks + 1, 0);
+  for (int j = 0; j < f.num_nonzero_blocks; ++j) ++count[f.row_block[j] + 1];
+  block_ptr_.assign(count.begin(), count.end());
+  std::partial_sum(block_ptr_.begin(), block_ptr_.end(), block_ptr_.begin());
+  std::vector<int32_t> source(f.num_nonzero_blocks);  // which file nonzero each entry is
+  offset_.assign(f.num_nonzero_blocks, 0);
+  std::vector<int32_t> fill(block_ptr_.begin(), block_ptr_.end() - 1);
+  for (int k = 0; k < f.num_cols; ++k) {
+    const int ic = k % s.in_c, tap = k / s.in_c;
+    const int dy = (tap / s.kernel_w) * s.dilation_h, dx = (tap % s.kernel_w) * s.dilation_w;
+    const int64_t off = ((static_cast<int64_t>(ic) * sh + dy % sh) * sw + dx % sw) * plane_ +
+                        static_cast<int64_t>(dy / sh) * wq_ + dx / sw;
+    for (int32_t j = f.col_ptr[k]; j < f.col_ptr[k + 1]; ++j) {
+      const int32_t dst = fill[f.row_block[j]]++;
+      offset_[dst] = static_cast<int32_t>(off);
+      source[dst] = j;
+    }
+  }
+  std::vector<int32_t> order(f.num_nonzero_blocks);
+  std::iota(order.begin(), order.end(), 0);
+  for (int b = 0; b < f.num_blocks; ++b) {
+    std::sort(order.begin() + block_ptr_[b], order.begin() + block_ptr_[b + 1],
+              [this](int32_t l, int32_t r) { return offset_[l] < offset_[r]; });
+  }
+  std::vector<int32_t> sorted_offset(f.num_nonzero_blocks);
+  values_.assign(static_cast<size_t>(f.num_nonzero_blocks) * bs, 0.0f);
+  for (int i = 0; i < f.num_nonzero_blocks; ++i) {
+    sorted_offset[i] = offset_[order[i]];
+    std::copy_n(f.values + static_cast<size_t>(source[order[i]]) * bs, bs,
+                values_.begin() + static_cast<size_t>(i) * bs);
+  }
+  offset_.swap(sorted_offset);
+  bias_padded_.assign(padded_c_, 0.0f);
+  if (bias != nullptr) std::copy_n(bias, s.out_c, bias_padded_.begin());
+
+  static const int32_t kNoOffset = 0;
+  static const float kNoValue = 0.0f;
+  spmm_.block_size = bs;
+  spmm_.num_blocks = f.num_blocks;
+  spmm_.block_ptr = block_ptr_.data();
+  spmm_.offset = offset_.empty() ? &kNoOffset : offset_.data();
+  spmm_.values = values_.empty() ? &kNoValue : values_.data();
+  spmm_.bias = bias_padded_.data();
+  spmm_.min = activation == Activation::kNone ? -std::numeric_limits<float>::infinity() : 0.0f;
+  spmm_.max = activation == Activation::kRelu6 ? 6.0f : std::numeric_limits<float>::infinity();
+  x_.assign(x_size, 0.0f);
+  scratch_.assign(static_cast<size_t>(max_workers_) * padded_c_ * tile, 0.0f);
+  return "";
+}
+
+void ConvPlan::PackRow(const float* image, int row) {
+  const ConvShape& s = shape_;
+  const int sh = s.stride_h, sw = s.stride_w;
+  const int yq = row / sh, py = row % sh;
+  const int iy = yq * sh + py - s.pad_top;
+  const int64_t channel_stride = plane_ * sh * sw;
+  for (int px = 0; px < sw; ++px) {
+    float* dst_row = x_.data() + (static_cast<int64_t>(py) * sw + px) * plane_ +
+                     static_cast<int64_t>(yq) * wq_;
+    for (int xq = 0; xq < wq_; ++xq) {
+      const int ix = xq * sw + px - s.pad_left;
+      float* dst = dst_row + xq;
+      if (iy < 0 || iy >= s.in_h || ix < 0 || ix >= s.in_w) {
+        for (int ic = 0; ic < s.in_c; ++ic) dst[ic * channel_stride] = 0.0f;
+        continue;
+      }
+      const float* src = image + (static_cast<int64_t>(iy) * s.in_w + ix) * s.in_c;
+      if (thresholds_ == nullptr) {
+        for (int ic = 0; ic < s.in_c; ++ic) dst[ic * channel_stride] = src[ic];
+      } else {
+        for (int ic = 0; ic < s.in_c; ++ic) {
+          const float v = src[ic];
+          dst[ic * channel_stride] = std::fabs(v) < thresholds_[ic] ? 0.0f : v;
+        }
+      }
+    }
+  }
+}
+
+void ConvPlan::ComputeTile(int t, float* y, float* output_image) const {
+  const int tile = variant_.tile;
+  variant_.microkernel(spmm_, x_.data() + static_cast<int64_t>(t) * tile, y);
+  const ConvShape& s = shape_;
+  for (int i = 0; i < tile; ++i) {
+    const int64_t q = static_cast<int64_t>(t) * tile + i;
+    const int oy = static_cast<int>(q / wq_), ox = static_cast<int>(q % wq_);
+    if (oy >= s.out_h) break;
+    if (ox >= s.out_w) continue;
+    float* dst = output_image + (static_cast<int64_t>(oy) * s.out_w + ox) * s.out_c;
+    for (int c = 0; c < s.out_c; ++c) dst[c] = y[c * tile + i];
+  }
+}
+
+void ConvPlan::Run(const float* input, float* output, Parallel* parallel, int workers) {
+  const ConvShape& s = shape_;
+  workers = std::max(1, std::min(workers, max_workers_));
+  const int64_t in_image = static_cast<int64_t>(s.in_h) * s.in_w * s.in_c;
+  const int64_t out_image = static_cast<int64_t>(s.out_h) * s.out_w * s.out_c;
+  for (int n = 0; n < s.batch; ++n) {
+    if (variant_.microkernel == nullptr) {
+      parallel->For(s.out_h, workers, [&](int row, int worker) {
+        const ConvArgs args{&s,         &filter_, input,  bias_,
+                            thresholds_, activation_, output,
+                            scratch_.data() + static_cast<size_t>(worker) * padded_c_};
+        SparseConvRowsReference(args, n * s.out_h + row, n * s.out_h + row + 1);
+      });
+      continue;
+    }
+    const float* image = input + n * in_image;
+    float* out = output + n * out_image;
+    parallel->For(hq_ * s.stride_h, workers, [&](int row, int) { PackRow(image, row); });
+    const size_t per_worker = static_cast<size_t>(padded_c_) * variant_.tile;
+    parallel->For(num_tiles_, workers, [&](int t, int worker) {
+      ComputeTile(t, scratch_.data() + worker * per_worker, out);
+    });
+  }
+}
+
+}  // namespace hybrid_sparse

@@ -1,0 +1,58 @@
+// RISC-V V 1.0 microkernel, vector-length agnostic: a tile is one LMUL=4 register group of
+// floats (16 positions at VLEN=128, 64 at VLEN=512), up to 4 channels per pass (4 accumulator
+// groups + 1 input group of the 8). vfmacc.vf takes the weight as a scalar, so no broadcast.
+// Vector types are sizeless (no arrays), hence explicit accumulators instead of
+// spmm_fixed_width.h.
+#include <riscv_vector.h>
+
+#include "tflite_ops/kernels/sparse_conv.h"
+
+namespace hybrid_sparse {
+namespace {
+
+template <int kRows>
+void BlockRows(const SpmmFilter& f, const float* x, int b, int r0, float* y, size_t vl) {
+  const int bs = f.block_size;
+  const int c0 = b * bs + r0;
+  vfloat32m4_t a0 = __riscv_vfmv_v_f_f32m4(f.bias[c0], vl);
+  vfloat32m4_t a1 = __riscv_vfmv_v_f_f32m4(kRows > 1 ? f.bias[c0 + 1] : 0.0f, vl);
+  vfloat32m4_t a2 = __riscv_vfmv_v_f_f32m4(kRows > 2 ? f.bias[c0 + 2] : 0.0f, vl);
+  vfloat32m4_t a3 = __riscv_vfmv_v_f_f32m4(kRows > 3 ? f.bias[c0 + 3] : 0.0f, vl);
+  const float* w = f.values + r0;
+  for (int32_t j = f.block_ptr[b]; j < f.block_ptr[b + 1]; ++j) {
+    const vfloat32m4_t in = __riscv_vle32_v_f32m4(x + f.offset[j], vl);
+    const float* wj = w + static_cast<int64_t>(j) * bs;
+    a0 = __riscv_vfmacc_vf_f32m4(a0, wj[0], in, vl);
+    if (kRows > 1) a1 = __riscv_vfmacc_vf_f32m4(a1, wj[1], in, vl);
+    if (kRows > 2) a2 = __riscv_vfmacc_vf_f32m4(a2, wj[2], in, vl);
+    if (kRows > 3) a3 = __riscv_vfmacc_vf_f32m4(a3, wj[3], in, vl);
+  }
+  auto store = [&](vfloat32m4_t v, int r) {
+    v = __riscv_vfmin_vf_f32m4(__riscv_vfmax_vf_f32m4(v, f.min, vl), f.max, vl);
+    __riscv_vse32_v_f32m4(y + static_cast<int64_t>(c0 + r) * vl, v, vl);
+  };
+  store(a0, 0);
+  if (kRows > 1) store(a1, 1);
+  if (kRows > 2) store(a2, 2);
+  if (kRows > 3) store(a3, 3);
+}
+
+}  // namespace
+
+int RvvTile() { return static_cast<int>(__riscv_vsetvlmax_e32m4()); }
+
+void SpmmRvv(const SpmmFilter& f, const float* x, float* y) {
+  const size_t vl = __riscv_vsetvlmax_e32m4();
+  const int bs = f.block_size;
+  for (int b = 0; b < f.num_blocks; ++b) {
+    int r0 = 0;
+    for (; r0 + 4 <= bs; r0 += 4) BlockRows<4>(f, x, b, r0, y, vl);
+    if (r0 + 2 <= bs) {
+      BlockRows<2>(f, x, b, r0, y, vl);
+      r0 += 2;
+    }
+    if (r0 < bs) BlockRows<1>(f, x, b, r0, y, vl);
+  }
+}
+
+}  // namespace hybrid_sparse

@@ -1,0 +1,96 @@
+// The body shared by the fixed-width SIMD microkernels (AVX2, AVX-512, NEON), written once over
+// a small ISA traits struct and instantiated in each ISA's own file, compiled with that ISA's
+// flags. (RVV's vector types are sizeless and cannot live in arrays; rvv.cc has its own body.)
+//
+// Traits: Vec, kLanes, kTile (multiple of kLanes), kMaxRows (rows of a block computed per pass,
+// bounded by the register file), Load, Store, Set1, Fma(a, b, acc) = acc + a * b, Min, Max.
+#ifndef TFLITE_OPS_KERNELS_SPMM_FIXED_WIDTH_H_
+#define TFLITE_OPS_KERNELS_SPMM_FIXED_WIDTH_H_
+
+#include "tflite_ops/kernels/sparse_conv.h"
+
+namespace hybrid_sparse {
+namespace spmm_internal {
+
+// Rows [r0, r0 + kRows) of block b. Every nonzero loads kTile inputs once and updates all
+// kRows channels; with few accumulators two sets alternate so that FMA latency is hidden.
+template <typename Isa, int kRows>
+inline void BlockRows(const SpmmFilter& f, const float* x, int b, int r0, float* y) {
+  using Vec = typename Isa::Vec;
+  constexpr int kVecs = Isa::kTile / Isa::kLanes;
+  constexpr int kSets = kRows * kVecs >= 8 ? 1 : 2;
+  const int bs = f.block_size;
+  const int c0 = b * bs + r0;
+  Vec acc[kSets][kRows][kVecs];
+#pragma GCC unroll 16
+  for (int r = 0; r < kRows; ++r) {
+    const Vec v = Isa::Set1(f.bias[c0 + r]);
+#pragma GCC unroll 16
+    for (int i = 0; i < kVecs; ++i) {
+#pragma GCC unroll 2
+      for (int u = 0; u < kSets; ++u) acc[u][r][i] = u == 0 ? v : Isa::Set1(0.0f);
+    }
+  }
+  const int32_t begin = f.block_ptr[b], end = f.block_ptr[b + 1];
+  const int32_t* offset = f.offset;
+  const float* w = f.values + r0;
+  int32_t j = begin;
+  for (; j + kSets <= end; j += kSets) {
+#pragma GCC unroll 2
+    for (int u = 0; u < kSets; ++u) {
+      const float* xp = x + offset[j + u];
+      Vec in[kVecs];
+#pragma GCC unroll 16
+      for (int i = 0; i < kVecs; ++i) in[i] = Isa::Load(xp + i * Isa::kLanes);
+      const float* wj = w + static_cast<int64_t>(j + u) * bs;
+#pragma GCC unroll 16
+      for (int r = 0; r < kRows; ++r) {
+        const Vec wv = Isa::Set1(wj[r]);
+#pragma GCC unroll 16
+        for (int i = 0; i < kVecs; ++i) acc[u][r][i] = Isa::Fma(wv, in[i], acc[u][r][i]);
+      }
+    }
+  }
+  if (kSets == 2 && j < end) {
+    const float* xp = x + offset[j];
+    const float* wj = w + static_cast<int64_t>(j) * bs;
+#pragma GCC unroll 16
+    for (int r = 0; r < kRows; ++r) {
+      const Vec wv = Isa::Set1(wj[r]);
+#pragma GCC unroll 16
+      for (int i = 0; i < kVecs; ++i)
+        acc[0][r][i] = Isa::Fma(wv, Isa::Load(xp + i * Isa::kLanes), acc[0][r][i]);
+    }
+  }
+  const Vec lo = Isa::Set1(f.min), hi = Isa::Set1(f.max);
+#pragma GCC unroll 16
+  for (int r = 0; r < kRows; ++r) {
+#pragma GCC unroll 16
+    for (int i = 0; i < kVecs; ++i) {
+      Vec v = acc[0][r][i];
+      if (kSets == 2) v = Isa::Add(v, acc[kSets - 1][r][i]);
+      Isa::Store(y + static_cast<int64_t>(c0 + r) * Isa::kTile + i * Isa::kLanes,
+                 Isa::Min(Isa::Max(v, lo), hi));
+    }
+  }
+}
+
+template <typename Isa>
+inline void SpmmFixedWidth(const SpmmFilter& f, const float* x, float* y) {
+  const int bs = f.block_size;
+  for (int b = 0; b < f.num_blocks; ++b) {
+    int r0 = 0;
+    for (; r0 + Isa::kMaxRows <= bs; r0 += Isa::kMaxRows)
+      BlockRows<Isa, Isa::kMaxRows>(f, x, b, r0, y);
+    if (Isa::kMaxRows > 2 && r0 + 2 <= bs) {
+      BlockRows<Isa, (Isa::kMaxRows > 2 ? 2 : 1)>(f, x, b, r0, y);
+      r0 += 2;
+    }
+    if (r0 < bs) BlockRows<Isa, 1>(f, x, b, r0, y);
+  }
+}
+
+}  // namespace spmm_internal
+}  // namespace hybrid_sparse
+
+#endif  // TFLITE_OPS_KERNELS_SPMM_FIXED_WIDTH_H_

@@ -1,0 +1,47 @@
+// A persistent pool for ConvPlan::Run: threads are started once per delegate, not per invoke
+// (starting threads cost more than a small layer's whole run).
+#ifndef TFLITE_OPS_KERNELS_THREAD_POOL_H_
+#define TFLITE_OPS_KERNELS_THREAD_POOL_H_
+
+#include <atomic>
+#include <condition_variable>
+#include <cstdint>
+#include <functional>
+#include <mutex>
+#include <thread>
+#include <vector>
+
+#include "tflite_ops/kernels/conv_plan.h"
+
+namespace hybrid_sparse {
+
+class ThreadPool : public Parallel {
+ public:
+  // `threads` counts the caller, which always takes part: threads - 1 are started.
+  explicit ThreadPool(int threads);
+  ~ThreadPool() override;
+  int threads() const { return static_cast<int>(workers_.size()) + 1; }
+
+  // Not reentrant: one For at a time (the interpreter runs one node at a time).
+  void For(int num_tasks, int max_workers,
+           const std::function<void(int task, int worker)>& fn) override;
+
+ private:
+  void WorkerLoop(int id);
+  void Drain(int worker);
+
+  std::vector<std::thread> workers_;
+  std::mutex mu_;
+  std::condition_variable start_, done_;
+  uint64_t generation_ = 0;
+  bool stop_ = false;
+  int participants_ = 0;  // workers (caller included) of the current For
+  int pending_ = 0;       // started workers that have not finished the current For
+  int num_tasks_ = 0;
+  const std::function<void(int, int)>* fn_ = nullptr;
+  std::atomic<int> next_{0};
+};
+
+}  // namespace hybrid_sparse
+
+#endif  // TFLITE_OPS_KERNELS_THREAD_POOL_H_
