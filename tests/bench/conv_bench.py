@@ -21,6 +21,7 @@ FLAGS = flags.FLAGS
 flags.DEFINE_integer("threads", 1, "Interpreter threads for both sides.")
 flags.DEFINE_float("min_seconds", 0.3, "Minimum timing per measurement.")
 flags.DEFINE_string("output", None, "Markdown file to write.")
+flags.DEFINE_list("kernels", ["avx2"], "Kernel variants of our op to time.")
 
 # (name, input HxW, in_c, out_c, kernel, stride)
 SHAPES = [
@@ -57,7 +58,7 @@ def _interpreter(model: bytes, x, ours: bool, kernel: str = ""):
 def main(argv):
     del argv
     rng = np.random.default_rng(0)
-    kernels = ["reference", "avx2"] if platform.machine() == "x86_64" else ["reference"]
+    kernels = FLAGS.kernels
     lines = [
         "# HybridSparseConv2D vs builtin CONV_2D (XNNPACK)",
         "",

@@ -19,7 +19,54 @@ struct Avx2 {
   static Vec Max(Vec a, Vec b) { return _mm256_max_ps(a, b); }
 };
 
+// Rows r[0..7] become columns.
+inline void Transpose8x8(__m256 r[8]) {
+  const __m256 t0 = _mm256_unpacklo_ps(r[0], r[1]), t1 = _mm256_unpackhi_ps(r[0], r[1]);
+  const __m256 t2 = _mm256_unpacklo_ps(r[2], r[3]), t3 = _mm256_unpackhi_ps(r[2], r[3]);
+  const __m256 t4 = _mm256_unpacklo_ps(r[4], r[5]), t5 = _mm256_unpackhi_ps(r[4], r[5]);
+  const __m256 t6 = _mm256_unpacklo_ps(r[6], r[7]), t7 = _mm256_unpackhi_ps(r[6], r[7]);
+  const __m256 u0 = _mm256_shuffle_ps(t0, t2, 0x44), u1 = _mm256_shuffle_ps(t0, t2, 0xEE);
+  const __m256 u2 = _mm256_shuffle_ps(t1, t3, 0x44), u3 = _mm256_shuffle_ps(t1, t3, 0xEE);
+  const __m256 u4 = _mm256_shuffle_ps(t4, t6, 0x44), u5 = _mm256_shuffle_ps(t4, t6, 0xEE);
+  const __m256 u6 = _mm256_shuffle_ps(t5, t7, 0x44), u7 = _mm256_shuffle_ps(t5, t7, 0xEE);
+  r[0] = _mm256_permute2f128_ps(u0, u4, 0x20);
+  r[1] = _mm256_permute2f128_ps(u1, u5, 0x20);
+  r[2] = _mm256_permute2f128_ps(u2, u6, 0x20);
+  r[3] = _mm256_permute2f128_ps(u3, u7, 0x20);
+  r[4] = _mm256_permute2f128_ps(u0, u4, 0x31);
+  r[5] = _mm256_permute2f128_ps(u1, u5, 0x31);
+  r[6] = _mm256_permute2f128_ps(u2, u6, 0x31);
+  r[7] = _mm256_permute2f128_ps(u3, u7, 0x31);
+}
+
 }  // namespace
+
+void TransposeAvx2(const float* src, int64_t src_stride, int rows, int cols,
+                   const float* thresholds, float* dst, int64_t dst_stride) {
+  const __m256 abs_mask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
+  int p = 0;
+  for (; p + 8 <= rows; p += 8) {
+    int c = 0;
+    for (; c + 8 <= cols; c += 8) {
+      __m256 r[8];
+      for (int i = 0; i < 8; ++i) r[i] = _mm256_loadu_ps(src + (p + i) * src_stride + c);
+      if (thresholds != nullptr) {
+        const __m256 t = _mm256_loadu_ps(thresholds + c);
+        for (int i = 0; i < 8; ++i)
+          r[i] = _mm256_and_ps(r[i], _mm256_cmp_ps(_mm256_and_ps(r[i], abs_mask), t, _CMP_GE_OQ));
+      }
+      Transpose8x8(r);
+      for (int i = 0; i < 8; ++i) _mm256_storeu_ps(dst + (c + i) * dst_stride + p, r[i]);
+    }
+    if (c < cols)
+      TransposeReference(src + p * src_stride + c, src_stride, 8, cols - c,
+                         thresholds != nullptr ? thresholds + c : nullptr, dst + c * dst_stride + p,
+                         dst_stride);
+  }
+  if (p < rows)
+    TransposeReference(src + p * src_stride, src_stride, rows - p, cols, thresholds,
+                       dst + p, dst_stride);
+}
 
 void SpmmAvx2(const SpmmFilter& f, const float* x, float* y) {
   spmm_internal::SpmmFixedWidth<Avx2>(f, x, y);

@@ -106,22 +106,24 @@ void ConvPlan::PackRow(const float* image, int row) {
   for (int px = 0; px < sw; ++px) {
     float* dst_row = x_.data() + (static_cast<int64_t>(py) * sw + px) * plane_ +
                      static_cast<int64_t>(yq) * wq_;
-    for (int xq = 0; xq < wq_; ++xq) {
-      const int ix = xq * sw + px - s.pad_left;
-      float* dst = dst_row + xq;
-      if (iy < 0 || iy >= s.in_h || ix < 0 || ix >= s.in_w) {
-        for (int ic = 0; ic < s.in_c; ++ic) dst[ic * channel_stride] = 0.0f;
-        continue;
-      }
-      const float* src = image + (static_cast<int64_t>(iy) * s.in_w + ix) * s.in_c;
-      if (thresholds_ == nullptr) {
-        for (int ic = 0; ic < s.in_c; ++ic) dst[ic * channel_stride] = src[ic];
-      } else {
-        for (int ic = 0; ic < s.in_c; ++ic) {
-          const float v = src[ic];
-          dst[ic * channel_stride] = std::fabs(v) < thresholds_[ic] ? 0.0f : v;
-        }
-      }
+    // Columns xq whose input column ix = xq * sw + px - pad_left lies inside the image.
+    int lo = 0, hi = 0;
+    if (iy >= 0 && iy < s.in_h) {
+      lo = std::max(0, (s.pad_left - px + sw - 1) / sw);
+      hi = std::min(wq_, (s.in_w - 1 + s.pad_left - px) / sw + 1);
+      if (s.in_w - 1 + s.pad_left - px < 0) hi = 0;
+      lo = std::min(lo, hi);
+    }
+    for (int ic = 0; ic < s.in_c; ++ic) {
+      float* d = dst_row + ic * channel_stride;
+      std::fill(d, d + lo, 0.0f);
+      std::fill(d + hi, d + wq_, 0.0f);
+    }
+    if (hi > lo) {
+      const int ix = lo * sw + px - s.pad_left;
+      variant_.transpose(image + (static_cast<int64_t>(iy) * s.in_w + ix) * s.in_c,
+                         static_cast<int64_t>(sw) * s.in_c, hi - lo, s.in_c, thresholds_,
+                         dst_row + lo, channel_stride);
     }
   }
 }
@@ -130,13 +132,17 @@ void ConvPlan::ComputeTile(int t, float* y, float* output_image) const {
   const int tile = variant_.tile;
   variant_.microkernel(spmm_, x_.data() + static_cast<int64_t>(t) * tile, y);
   const ConvShape& s = shape_;
-  for (int i = 0; i < tile; ++i) {
-    const int64_t q = static_cast<int64_t>(t) * tile + i;
-    const int oy = static_cast<int>(q / wq_), ox = static_cast<int>(q % wq_);
-    if (oy >= s.out_h) break;
-    if (ox >= s.out_w) continue;
-    float* dst = output_image + (static_cast<int64_t>(oy) * s.out_w + ox) * s.out_c;
-    for (int c = 0; c < s.out_c; ++c) dst[c] = y[c * tile + i];
+  // Runs of valid positions (ox < out_w) within one output row each transpose in one go.
+  const int64_t q0 = static_cast<int64_t>(t) * tile, q1 = q0 + tile;
+  for (int oy = static_cast<int>(q0 / wq_); oy < s.out_h && static_cast<int64_t>(oy) * wq_ < q1;
+       ++oy) {
+    const int64_t row = static_cast<int64_t>(oy) * wq_;
+    const int ox0 = static_cast<int>(std::max<int64_t>(0, q0 - row));
+    const int ox1 = static_cast<int>(std::min<int64_t>(s.out_w, q1 - row));
+    if (ox1 <= ox0) continue;
+    variant_.transpose(y + (row + ox0 - q0), tile, s.out_c, ox1 - ox0, nullptr,
+                       output_image + (static_cast<int64_t>(oy) * s.out_w + ox0) * s.out_c,
+                       s.out_c);
   }
 }
 

@@ -11,19 +11,21 @@ struct Table {
   KernelVariant variants[4];
   int count = 0;
   Table() {
-    variants[count++] = {"reference", 0, nullptr};
+    variants[count++] = {"reference", 0, nullptr, TransposeReference};
 #if defined(HYBRID_SPARSE_HAVE_AVX2)
     if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
-      variants[count++] = {"avx2", 32, SpmmAvx2};
+      variants[count++] = {"avx2", 32, SpmmAvx2, TransposeAvx2};
 #endif
 #if defined(HYBRID_SPARSE_HAVE_AVX512)
-    if (__builtin_cpu_supports("avx512f")) variants[count++] = {"avx512", 64, SpmmAvx512};
+    // Its layout changes use the AVX2 transpose: every AVX-512F CPU has AVX2.
+    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx2"))
+      variants[count++] = {"avx512", 64, SpmmAvx512, TransposeAvx2};
 #endif
 #if defined(HYBRID_SPARSE_HAVE_NEON)
-    variants[count++] = {"neon", 16, SpmmNeon};  // NEON is mandatory on AArch64
+    variants[count++] = {"neon", 16, SpmmNeon, TransposeReference};  // NEON is mandatory on AArch64
 #endif
 #if defined(HYBRID_SPARSE_HAVE_RVV)
-    variants[count++] = {"rvv", RvvTile(), SpmmRvv};  // built only for rv64gcv targets
+    variants[count++] = {"rvv", RvvTile(), SpmmRvv, TransposeReference};  // built only for rv64gcv targets
 #endif
   }
 };

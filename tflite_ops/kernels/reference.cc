@@ -56,6 +56,17 @@ std::string ValidateSparseFilter(const SparseFilter& f) {
   return "";
 }
 
+void TransposeReference(const float* src, int64_t src_stride, int rows, int cols,
+                        const float* thresholds, float* dst, int64_t dst_stride) {
+  for (int p = 0; p < rows; ++p) {
+    const float* row = src + p * src_stride;
+    for (int c = 0; c < cols; ++c) {
+      const float v = row[c];
+      dst[c * dst_stride + p] = thresholds != nullptr && std::fabs(v) < thresholds[c] ? 0.0f : v;
+    }
+  }
+}
+
 void SparseConvRowsReference(const ConvArgs& a, int row_begin, int row_end) {
   const ConvShape& s = *a.shape;
   const SparseFilter& f = *a.filter;

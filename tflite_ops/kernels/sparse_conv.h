@@ -105,10 +105,22 @@ void SpmmNeon(const SpmmFilter& filter, const float* x, float* y);    // tile 16
 void SpmmRvv(const SpmmFilter& filter, const float* x, float* y);     // tile = VLEN/32 * 4
 int RvvTile();
 
+// The layout changes around the microkernel (NHWC input -> channel-major X, [channel][tile]
+// scratch -> NHWC output) are both this transpose:
+//   dst[c * dst_stride + p] = src[p * src_stride + c]   for p < rows, c < cols,
+// with dst set to 0 where |src| < thresholds[c] (thresholds may be nullptr).
+using TransposeFn = void (*)(const float* src, int64_t src_stride, int rows, int cols,
+                             const float* thresholds, float* dst, int64_t dst_stride);
+void TransposeReference(const float* src, int64_t src_stride, int rows, int cols,
+                        const float* thresholds, float* dst, int64_t dst_stride);
+void TransposeAvx2(const float* src, int64_t src_stride, int rows, int cols,
+                   const float* thresholds, float* dst, int64_t dst_stride);  // 8x8 blocks
+
 struct KernelVariant {
   const char* name;
-  int tile;                     // output positions per microkernel call; 0 for the reference
+  int tile;                       // output positions per microkernel call; 0 for the reference
   SpmmMicrokernelFn microkernel;  // nullptr for the reference
+  TransposeFn transpose;
 };
 
 // Every variant this build has and this CPU can run, reference first, fastest last.
