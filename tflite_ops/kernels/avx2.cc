@@ -41,31 +41,40 @@ inline void Transpose8x8(__m256 r[8]) {
 
 }  // namespace
 
+// Ragged edges use masked loads and stores (never touching memory outside the matrices), so
+// the whole transpose runs in 8x8 blocks.
 void TransposeAvx2(const float* src, int64_t src_stride, int rows, int cols,
                    const float* thresholds, float* dst, int64_t dst_stride) {
   const __m256 abs_mask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
-  int p = 0;
-  for (; p + 8 <= rows; p += 8) {
-    int c = 0;
-    for (; c + 8 <= cols; c += 8) {
+  const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+  for (int p = 0; p < rows; p += 8) {
+    const int np = rows - p < 8 ? rows - p : 8;
+    const __m256i store_mask = _mm256_cmpgt_epi32(_mm256_set1_epi32(np), lane);
+    for (int c = 0; c < cols; c += 8) {
+      const int nc = cols - c < 8 ? cols - c : 8;
+      const __m256i load_mask = _mm256_cmpgt_epi32(_mm256_set1_epi32(nc), lane);
       __m256 r[8];
-      for (int i = 0; i < 8; ++i) r[i] = _mm256_loadu_ps(src + (p + i) * src_stride + c);
+      for (int i = 0; i < 8; ++i) {
+        const float* row = src + (p + i) * src_stride + c;
+        r[i] = i >= np ? _mm256_setzero_ps()
+                       : (nc == 8 ? _mm256_loadu_ps(row) : _mm256_maskload_ps(row, load_mask));
+      }
       if (thresholds != nullptr) {
-        const __m256 t = _mm256_loadu_ps(thresholds + c);
+        const __m256 t = _mm256_maskload_ps(thresholds + c, load_mask);
         for (int i = 0; i < 8; ++i)
           r[i] = _mm256_and_ps(r[i], _mm256_cmp_ps(_mm256_and_ps(r[i], abs_mask), t, _CMP_GE_OQ));
       }
       Transpose8x8(r);
-      for (int i = 0; i < 8; ++i) _mm256_storeu_ps(dst + (c + i) * dst_stride + p, r[i]);
+      for (int i = 0; i < nc; ++i) {
+        float* out = dst + (c + i) * dst_stride + p;
+        if (np == 8) {
+          _mm256_storeu_ps(out, r[i]);
+        } else {
+          _mm256_maskstore_ps(out, store_mask, r[i]);
+        }
+      }
     }
-    if (c < cols)
-      TransposeReference(src + p * src_stride + c, src_stride, 8, cols - c,
-                         thresholds != nullptr ? thresholds + c : nullptr, dst + c * dst_stride + p,
-                         dst_stride);
   }
-  if (p < rows)
-    TransposeReference(src + p * src_stride, src_stride, rows - p, cols, thresholds,
-                       dst + p, dst_stride);
 }
 
 void SpmmAvx2(const SpmmFilter& f, const float* x, float* y) {

@@ -116,8 +116,8 @@ void ConvPlan::PackRow(const float* image, int row) {
     }
     for (int ic = 0; ic < s.in_c; ++ic) {
       float* d = dst_row + ic * channel_stride;
-      std::fill(d, d + lo, 0.0f);
-      std::fill(d + hi, d + wq_, 0.0f);
+      for (int i = 0; i < lo; ++i) d[i] = 0.0f;  // a few padding columns: no memset call
+      for (int i = hi; i < wq_; ++i) d[i] = 0.0f;
     }
     if (hi > lo) {
       const int ix = lo * sw + px - s.pad_left;
