@@ -18,8 +18,9 @@ def _cpu_flags() -> set[str]:
         return {w for line in f if line.startswith("flags") for w in line.split(":", 1)[1].split()}
 
 
-KERNELS = ["reference"] + (["avx2"] if platform.machine() == "x86_64"
-                           and {"avx2", "fma"} <= _cpu_flags() else [])
+_X86 = platform.machine() == "x86_64"
+KERNELS = (["reference"] + (["avx2"] if _X86 and {"avx2", "fma"} <= _cpu_flags() else [])
+           + (["avx512"] if _X86 and {"avx2", "avx512f"} <= _cpu_flags() else []))
 
 
 def _run(model: bytes, x: np.ndarray, ours: bool, num_threads: int = 1, kernel: str = ""

@@ -34,7 +34,8 @@ def make_interpreter(
     with_ops: bool = True, kernel: str = "",
 ) -> litert.Interpreter:
     """An interpreter on a model file or bytes; with_ops=False gives the stock one (XNNPACK).
-    `kernel` forces a kernel variant ("reference", "avx2"); "" picks the fastest here."""
+    `kernel` forces a kernel variant ("reference", "avx2", "avx512", "neon", "rvv", as built for
+    and supported by this CPU); "" picks the fastest here."""
     delegates = []
     if with_ops:
         options = {"num_threads": str(num_threads)}

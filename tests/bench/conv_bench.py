@@ -1,9 +1,13 @@
-"""Times HybridSparseConv2D (each kernel variant) against the builtin CONV_2D with XNNPACK on
-the same weights, side by side in one process, and prints ratios.
+"""Times HybridSparseConv2D against TFLite's builtin CONV_2D (XNNPACK on, same threads) on the
+same weights, side by side in one process, and prints ratios; then the whole demo model,
+pruned with our op vs unpruned with stock kernels.
 
-    ./bazelw run //tests/bench:conv_bench -- [--threads=1] [--output=FILE.md]
+    ./bazelw run //tests/bench:conv_bench -- --output=$PWD/benchmarks/results/conv_bench_x86.md
 
-The FLOP limit is dense time x (1 - weight sparsity): what a perfect sparse kernel would reach.
+Ratio = builtin time / our time (> 1: ours is faster). The FLOP limit is what a perfect sparse
+kernel would reach: dense time x (1 - weight sparsity), i.e. ratio 1 / (1 - sparsity).
+Timings alternate between the two sides for several rounds and keep each side's fastest
+round, so that a noisy neighbour on a shared machine penalises neither side alone.
 """
 
 from __future__ import annotations
@@ -13,87 +17,211 @@ import platform
 import time
 
 import numpy as np
-from absl import app, flags
+from absl import app, flags, logging
 
 from hybrid_pruning import io, op_format, runtime, tflite_model
 
 FLAGS = flags.FLAGS
-flags.DEFINE_integer("threads", 1, "Interpreter threads for both sides.")
-flags.DEFINE_float("min_seconds", 0.3, "Minimum timing per measurement.")
 flags.DEFINE_string("output", None, "Markdown file to write.")
-flags.DEFINE_list("kernels", ["avx2"], "Kernel variants of our op to time.")
+flags.DEFINE_string("kernel", "", "Our kernel variant ('' = the fastest on this CPU).")
+flags.DEFINE_float("min_seconds", 0.05, "Minimum time of one timing round.")
+flags.DEFINE_integer("rounds", 5, "Alternating timing rounds per measurement.")
+flags.DEFINE_bool("model", True, "Also time the whole demo model (prunes it first, ~1 min).")
 
-# (name, input HxW, in_c, out_c, kernel, stride)
+# (name, input HxW, in_c, out_c, kernel, stride): MobileNet-like pointwise and 3x3 layers, and
+# the demo model's largest layer.
 SHAPES = [
-    ("1x1 56x56 64->64", 56, 64, 64, 1, 1),
-    ("1x1 28x28 128->128", 28, 128, 128, 1, 1),
-    ("3x3 56x56 32->32", 56, 32, 32, 3, 1),
-    ("3x3 28x28 64->64", 28, 64, 64, 3, 1),
+    ("1x1 112x112 32->64", 112, 32, 64, 1, 1),
+    ("1x1 56x56 128->128", 56, 128, 128, 1, 1),
+    ("1x1 28x28 256->256", 28, 256, 256, 1, 1),
+    ("3x3 56x56 64->64", 56, 64, 64, 3, 1),
+    ("3x3 28x28 128->128", 28, 128, 128, 3, 1),
+    ("3x3/2 56x56 64->128", 56, 64, 128, 3, 2),
     ("demo conv2d_5 3x3 4x4 128->128", 4, 128, 128, 3, 1),
 ]
-SPARSITIES = [0.0, 0.5, 0.8, 0.9, 0.95]
+SPARSITIES = [0.0, 0.5, 0.7, 0.8, 0.9, 0.95]
+BLOCK = 4  # co-designed pruning: blocks of 4 output channels share one sparsity pattern
 
 
-def _seconds(it, x) -> float:
+def _invoker(model: bytes, x: np.ndarray, ours: bool, threads: int):
+    it = runtime.make_interpreter(model_content=model, num_threads=threads, with_ops=ours,
+                                  kernel=FLAGS.kernel if ours else "")
     inp = it.get_input_details()[0]["index"]
+    it.resize_tensor_input(inp, x.shape)
+    it.allocate_tensors()
     it.set_tensor(inp, x)
-    it.invoke()  # warm up
+    it.invoke()  # warm up (and the first-run allocations)
+    return it.invoke
+
+
+def _round(invoke) -> float:
     runs, start = 0, time.perf_counter()
     while True:
-        it.invoke()
+        invoke()
         runs += 1
         elapsed = time.perf_counter() - start
         if elapsed >= FLAGS.min_seconds and runs >= 3:
             return elapsed / runs
 
 
-def _interpreter(model: bytes, x, ours: bool, kernel: str = ""):
-    it = runtime.make_interpreter(model_content=model, num_threads=FLAGS.threads,
-                                  with_ops=ours, kernel=kernel)
-    it.resize_tensor_input(it.get_input_details()[0]["index"], x.shape)
-    it.allocate_tensors()
-    return it
+def _times(*invokes) -> list[float]:
+    best = [float("inf")] * len(invokes)
+    for _ in range(FLAGS.rounds):
+        for i, invoke in enumerate(invokes):
+            best[i] = min(best[i], _round(invoke))
+    return best
+
+
+def _weights(rng, cout: int, k: int, cin: int, sparsity: float, block: int) -> np.ndarray:
+    w = rng.standard_normal((cout, k, k, cin)).astype(np.float32)
+    blocks = -(-cout // block)
+    keep = rng.random((blocks, k, k, cin)) >= sparsity  # one pattern per block of channels
+    return w * np.repeat(keep, block, axis=0)[:cout]
+
+
+def _conv_models(x, w, b, g, block: int):
+    return (tflite_model.single_conv_model(x.shape, w, b, g, "builtin"),
+            tflite_model.single_conv_model(x.shape, w, b, g, "hybrid", block_size=block))
+
+
+def weight_sparsity_table(rng, lines: list[str]) -> None:
+    lines += [
+        "## Weight sparsity, 1 thread, dense inputs",
+        "",
+        f"Unstructured = any zero pattern (block 1); block {BLOCK} = pruned in blocks of "
+        f"{BLOCK} output channels sharing a pattern (what `--block_size={BLOCK}` prunes).",
+        "",
+        "| layer | weight sparsity | builtin ms | builtin GFLOP/s | ours ms, unstructured | "
+        f"ratio, unstructured | ours ms, block {BLOCK} | ratio, block {BLOCK} | FLOP-limit ratio |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    print("\n".join(lines[-6:]), flush=True)
+    for name, hw, cin, cout, k, stride in SHAPES:
+        g = op_format.ConvGeometry(k, k, cin, cout, stride, stride, 1, 1, "SAME", "RELU")
+        x = rng.standard_normal((1, hw, hw, cin)).astype(np.float32)
+        flops = 2.0 * (-(-hw // stride)) ** 2 * k * k * cin * cout
+        b = rng.standard_normal(cout).astype(np.float32)
+        for sparsity in SPARSITIES:
+            builtin, ours1 = _conv_models(x, _weights(rng, cout, k, cin, sparsity, 1), b, g, 1)
+            _, ours4 = _conv_models(x, _weights(rng, cout, k, cin, sparsity, BLOCK), b, g, BLOCK)
+            tb, t1, t4 = _times(_invoker(builtin, x, False, 1), _invoker(ours1, x, True, 1),
+                                _invoker(ours4, x, True, 1))
+            lines.append(
+                f"| {name} | {sparsity:.0%} | {tb * 1e3:.3f} | {flops / tb / 1e9:.1f} | "
+                f"{t1 * 1e3:.3f} | {tb / t1:.2f} | {t4 * 1e3:.3f} | {tb / t4:.2f} | "
+                f"{1 / max(1 - sparsity, 1e-9):.1f} |")
+            print(lines[-1], flush=True)
+    lines.append("")
+
+
+def threads_table(rng, lines: list[str]) -> None:
+    lines += [
+        "## Two threads (both sides), unstructured weights",
+        "",
+        "| layer | weight sparsity | builtin ms, 1 thread | builtin ms, 2 threads | "
+        "ours ms, 1 thread | ours ms, 2 threads | our speed-up 1->2 | ratio, 2 threads |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    print("\n".join(lines[-4:]), flush=True)
+    for name, hw, cin, cout, k, stride in SHAPES[:6]:
+        g = op_format.ConvGeometry(k, k, cin, cout, stride, stride, 1, 1, "SAME", "RELU")
+        x = rng.standard_normal((1, hw, hw, cin)).astype(np.float32)
+        b = rng.standard_normal(cout).astype(np.float32)
+        for sparsity in (0.8, 0.9):
+            builtin, ours = _conv_models(x, _weights(rng, cout, k, cin, sparsity, 1), b, g, 1)
+            b1, b2, o1, o2 = _times(_invoker(builtin, x, False, 1), _invoker(builtin, x, False, 2),
+                                    _invoker(ours, x, True, 1), _invoker(ours, x, True, 2))
+            lines.append(f"| {name} | {sparsity:.0%} | {b1 * 1e3:.3f} | {b2 * 1e3:.3f} | "
+                         f"{o1 * 1e3:.3f} | {o2 * 1e3:.3f} | {o1 / o2:.2f} | {b2 / o2:.2f} |")
+            print(lines[-1], flush=True)
+    lines.append("")
+
+
+def activation_table(rng, lines: list[str]) -> None:
+    lines += [
+        "## Input activation sparsity, 1 thread",
+        "",
+        "Half of the inputs exactly zero (as after ReLU or our activation pruning).",
+        "",
+        "| layer | weight sparsity | builtin ms | ours ms, dense inputs | ours ms, 50 % zero inputs "
+        "| gain from zero inputs | ratio vs builtin, 50 % zero inputs |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    print("\n".join(lines[-6:]), flush=True)
+    for name, hw, cin, cout, k, stride in (SHAPES[1], SHAPES[4]):
+        g = op_format.ConvGeometry(k, k, cin, cout, stride, stride, 1, 1, "SAME", "RELU")
+        x = rng.standard_normal((1, hw, hw, cin)).astype(np.float32)
+        xz = np.where(rng.random(x.shape) < 0.5, 0.0, x).astype(np.float32)
+        b = rng.standard_normal(cout).astype(np.float32)
+        for sparsity in (0.0, 0.8):
+            builtin, ours = _conv_models(x, _weights(rng, cout, k, cin, sparsity, 1), b, g, 1)
+            tb, td, tz = _times(_invoker(builtin, xz, False, 1), _invoker(ours, x, True, 1),
+                                _invoker(ours, xz, True, 1))
+            lines.append(f"| {name} | {sparsity:.0%} | {tb * 1e3:.3f} | {td * 1e3:.3f} | "
+                         f"{tz * 1e3:.3f} | {td / tz:.2f} | {tb / tz:.2f} |")
+            print(lines[-1], flush=True)
+    lines.append("")
+
+
+def model_table(lines: list[str]) -> None:
+    from hybrid_pruning import convert, data, pipeline
+
+    _, _, x_test, _ = data.digits_split()
+    unpruned = convert.to_tflite(io.load_keras_model(str(io.DEMO_MODEL)))
+    logging.info("Pruning the demo model with the defaults of //python:prune")
+    pruned = pipeline.compress(io.load_keras_model(str(io.DEMO_MODEL)),
+                               pipeline.PruneConfig(quiet=True)).tflite
+    lines += [
+        "## Whole demo model (digits CNN, 8x8 inputs): pruned with defaults vs unpruned",
+        "",
+        "Unpruned runs on stock LiteRT (XNNPACK); pruned runs on stock LiteRT plus our delegate.",
+        "",
+        "| batch | threads | unpruned ms | pruned ms | ratio |",
+        "| ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for batch in (1, 64):
+        x = np.asarray(x_test[:batch], np.float32)
+        for threads in (1, 2):
+            tu, tp = _times(_invoker(unpruned, x, False, threads), _invoker(pruned, x, True, threads))
+            lines.append(f"| {batch} | {threads} | {tu * 1e3:.3f} | {tp * 1e3:.3f} | {tu / tp:.2f} |")
+            print(lines[-1], flush=True)
+    lines.append("")
 
 
 def main(argv):
     del argv
     rng = np.random.default_rng(0)
-    kernels = FLAGS.kernels
     lines = [
         "# HybridSparseConv2D vs builtin CONV_2D (XNNPACK)",
         "",
-        f"Date: {datetime.date.today()}. Machine: {platform.machine()}, threads {FLAGS.threads}.",
-        "Command: `./bazelw run //tests/bench:conv_bench -- --threads=N --output=...`",
+        f"Date: {datetime.date.today()}. Machine: {platform.machine()}, {platform.processor() or ''} "
+        f"{_cpu_name()}. Our kernel: {FLAGS.kernel or 'fastest available'}.",
+        "Command: `./bazelw run //tests/bench:conv_bench -- --output=...`",
         "",
-        "Ratio = builtin time / our time (> 1: ours is faster). Unstructured weight sparsity, "
-        "dense inputs (no activation zeros).",
+        "Ratio = builtin time / our time (> 1: ours is faster). FLOP-limit ratio = 1 / (1 - "
+        "weight sparsity). Times are the best of alternating rounds.",
         "",
-        "| layer | weight sparsity | builtin ms | GFLOP/s builtin | "
-        + " | ".join(f"{k} ms | {k} ratio" for k in kernels) + " | FLOP-limit ratio |",
-        "| --- | ---: | ---: | ---: | " + " | ".join("---: | ---:" for _ in kernels) + " | ---: |",
     ]
-    print("\n".join(lines), flush=True)
-    for name, hw, cin, cout, k, stride in SHAPES:
-        g = op_format.ConvGeometry(k, k, cin, cout, stride, stride, 1, 1, "SAME", "RELU")
-        x = rng.standard_normal((1, hw, hw, cin)).astype(np.float32)
-        flops = 2.0 * hw * hw * k * k * cin * cout / stride ** 2
-        for sparsity in SPARSITIES:
-            w = rng.standard_normal((cout, k, k, cin)).astype(np.float32)
-            w[rng.random(w.shape) < sparsity] = 0
-            b = rng.standard_normal(cout).astype(np.float32)
-            builtin = _seconds(_interpreter(
-                tflite_model.single_conv_model(x.shape, w, b, g, "builtin"), x, False), x)
-            ours_model = tflite_model.single_conv_model(x.shape, w, b, g, "hybrid")
-            cells = []
-            for kernel in kernels:
-                t = _seconds(_interpreter(ours_model, x, True, kernel), x)
-                cells.append(f"{t * 1e3:.3f} | {builtin / t:.2f}")
-            limit = 1 / max(1 - sparsity, 1e-9)
-            lines.append(f"| {name} | {sparsity:.0%} | {builtin * 1e3:.3f} | "
-                         f"{flops / builtin / 1e9:.1f} | " + " | ".join(cells) + f" | {limit:.1f} |")
-            print(lines[-1], flush=True)
+    weight_sparsity_table(rng, lines)
+    threads_table(rng, lines)
+    activation_table(rng, lines)
+    if FLAGS.model:
+        model_table(lines)
     if FLAGS.output:
         io.write_bytes_atomic(io.user_path(FLAGS.output), ("\n".join(lines) + "\n").encode())
+
+
+def _cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            info = f.read()
+    except OSError:
+        return ""
+    name = next((l.split(":", 1)[1].strip() for l in info.splitlines()
+                 if l.startswith("model name")), "")
+    flags_line = next((l for l in info.splitlines() if l.startswith("flags")), "")
+    isa = [f for f in ("avx2", "fma", "avx512f") if f" {f}" in flags_line]
+    return f"({name}; {', '.join(isa)}; {len(info.split('processor')) - 1} logical CPUs)"
 
 
 if __name__ == "__main__":

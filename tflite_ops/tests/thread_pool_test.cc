@@ -1,0 +1,78 @@
+// The pool runs every task exactly once per For, with worker ids in range, For after For, and
+// the kernels give the same result through it as serially.
+#include "tflite_ops/kernels/thread_pool.h"
+
+#include <atomic>
+#include <random>
+#include <vector>
+
+#include <gtest/gtest.h>
+
+#include "tflite_ops/kernels/conv_plan.h"
+
+namespace hybrid_sparse {
+namespace {
+
+TEST(ThreadPool, RunsEveryTaskOnceWithWorkerIdsInRange) {
+  for (int threads : {1, 2, 3, 4}) {
+    ThreadPool pool(threads);
+    EXPECT_EQ(pool.threads(), threads);
+    for (int round = 0; round < 200; ++round) {
+      const int tasks = round % 37;
+      const int max_workers = 1 + round % 5;
+      std::vector<std::atomic<int>> runs(tasks);
+      std::atomic<int> bad_worker{0};
+      pool.For(tasks, max_workers, [&](int task, int worker) {
+        runs[task].fetch_add(1);
+        if (worker < 0 || worker >= max_workers || worker >= threads) bad_worker.fetch_add(1);
+      });
+      for (int t = 0; t < tasks; ++t) ASSERT_EQ(runs[t].load(), 1) << "task " << t;
+      ASSERT_EQ(bad_worker.load(), 0);
+    }
+  }
+}
+
+TEST(ThreadPool, ConvPlanGivesTheSerialResult) {
+  ConvShape s;
+  s.batch = 2, s.in_h = 23, s.in_w = 19, s.in_c = 12, s.out_c = 20;
+  s.kernel_h = 3, s.kernel_w = 3, s.stride_h = 2, s.stride_w = 1;
+  ASSERT_TRUE(ComputeConvShape(Padding::kSame, &s));
+  std::mt19937 rng(3);
+  std::normal_distribution<float> normal;
+  const int cols = 9 * s.in_c;
+  std::vector<int32_t> col_ptr{0};
+  std::vector<int16_t> row_block;
+  std::vector<float> values;
+  for (int k = 0; k < cols; ++k) {
+    for (int b = 0; b < s.out_c; ++b) {
+      if (rng() % 4 != 0) continue;
+      row_block.push_back(static_cast<int16_t>(b));
+      values.push_back(normal(rng));
+    }
+    col_ptr.push_back(static_cast<int32_t>(row_block.size()));
+  }
+  SparseFilter f;
+  f.out_c = s.out_c, f.num_cols = cols, f.block_size = 1, f.num_blocks = s.out_c;
+  f.num_nonzero_blocks = static_cast<int>(row_block.size());
+  f.col_ptr = col_ptr.data(), f.row_block = row_block.data(), f.values = values.data();
+  std::vector<float> input(static_cast<size_t>(s.batch) * s.in_h * s.in_w * s.in_c);
+  for (float& v : input) v = normal(rng);
+  const size_t out_size = static_cast<size_t>(s.batch) * s.out_h * s.out_w * s.out_c;
+  int count = 0;
+  const KernelVariant* variants = AvailableKernels(&count);
+  for (int v = 0; v < count; ++v) {
+    ConvPlan plan;
+    ASSERT_EQ(plan.Build(s, f, nullptr, nullptr, Activation::kRelu, variants[v], 2), "");
+    std::vector<float> serial(out_size), pooled(out_size, -1.0f);
+    SerialParallel one;
+    plan.Run(input.data(), serial.data(), &one, 1);
+    ThreadPool pool(2);
+    for (int repeat = 0; repeat < 3; ++repeat) {
+      plan.Run(input.data(), pooled.data(), &pool, 2);
+      EXPECT_EQ(serial, pooled) << variants[v].name;
+    }
+  }
+}
+
+}  // namespace
+}  // namespace hybrid_sparse
