@@ -79,6 +79,13 @@ def _weights(rng, cout: int, k: int, cin: int, sparsity: float, block: int) -> n
     return w * np.repeat(keep, block, axis=0)[:cout]
 
 
+def _layer(rng, hw: int, cin: int, cout: int, k: int, stride: int):
+    """Geometry, a random input and bias of one benchmark layer (SAME padding, fused ReLU)."""
+    g = op_format.ConvGeometry(k, k, cin, cout, stride, stride, 1, 1, "SAME", "RELU")
+    x = rng.standard_normal((1, hw, hw, cin)).astype(np.float32)
+    return g, x, rng.standard_normal(cout).astype(np.float32)
+
+
 def _conv_models(x, w, b, g, block: int):
     return (tflite_model.single_conv_model(x.shape, w, b, g, "builtin"),
             tflite_model.single_conv_model(x.shape, w, b, g, "hybrid", block_size=block))
@@ -97,10 +104,8 @@ def weight_sparsity_table(rng, lines: list[str]) -> None:
     ]
     print("\n".join(lines[-6:]), flush=True)
     for name, hw, cin, cout, k, stride in SHAPES:
-        g = op_format.ConvGeometry(k, k, cin, cout, stride, stride, 1, 1, "SAME", "RELU")
-        x = rng.standard_normal((1, hw, hw, cin)).astype(np.float32)
+        g, x, b = _layer(rng, hw, cin, cout, k, stride)
         flops = 2.0 * (-(-hw // stride)) ** 2 * k * k * cin * cout
-        b = rng.standard_normal(cout).astype(np.float32)
         for sparsity in SPARSITIES:
             builtin, ours1 = _conv_models(x, _weights(rng, cout, k, cin, sparsity, 1), b, g, 1)
             _, ours4 = _conv_models(x, _weights(rng, cout, k, cin, sparsity, BLOCK), b, g, BLOCK)
@@ -124,9 +129,7 @@ def threads_table(rng, lines: list[str]) -> None:
     ]
     print("\n".join(lines[-4:]), flush=True)
     for name, hw, cin, cout, k, stride in SHAPES[:6]:
-        g = op_format.ConvGeometry(k, k, cin, cout, stride, stride, 1, 1, "SAME", "RELU")
-        x = rng.standard_normal((1, hw, hw, cin)).astype(np.float32)
-        b = rng.standard_normal(cout).astype(np.float32)
+        g, x, b = _layer(rng, hw, cin, cout, k, stride)
         for sparsity in (0.8, 0.9):
             builtin, ours = _conv_models(x, _weights(rng, cout, k, cin, sparsity, 1), b, g, 1)
             b1, b2, o1, o2 = _times(_invoker(builtin, x, False, 1), _invoker(builtin, x, False, 2),
@@ -149,10 +152,8 @@ def activation_table(rng, lines: list[str]) -> None:
     ]
     print("\n".join(lines[-6:]), flush=True)
     for name, hw, cin, cout, k, stride in (SHAPES[1], SHAPES[4]):
-        g = op_format.ConvGeometry(k, k, cin, cout, stride, stride, 1, 1, "SAME", "RELU")
-        x = rng.standard_normal((1, hw, hw, cin)).astype(np.float32)
+        g, x, b = _layer(rng, hw, cin, cout, k, stride)
         xz = np.where(rng.random(x.shape) < 0.5, 0.0, x).astype(np.float32)
-        b = rng.standard_normal(cout).astype(np.float32)
         for sparsity in (0.0, 0.8):
             builtin, ours = _conv_models(x, _weights(rng, cout, k, cin, sparsity, 1), b, g, 1)
             tb, td, tz = _times(_invoker(builtin, xz, False, 1), _invoker(ours, x, True, 1),

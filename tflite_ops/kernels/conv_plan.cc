@@ -92,19 +92,20 @@ std::string ConvPlan::Build(const ConvShape& s, const SparseFilter& f, const flo
   spmm_.bias = bias_padded_.data();
   spmm_.min = activation == Activation::kNone ? -std::numeric_limits<float>::infinity() : 0.0f;
   spmm_.max = activation == Activation::kRelu6 ? 6.0f : std::numeric_limits<float>::infinity();
-  x_.assign(x_size, 0.0f);
+  x_image_ = x_size;
+  x_.assign(x_size * s.batch, 0.0f);
   scratch_.assign(static_cast<size_t>(max_workers_) * padded_c_ * tile, 0.0f);
   return "";
 }
 
-void ConvPlan::PackRow(const float* image, int row) {
+void ConvPlan::PackRow(const float* image, int row, float* x) {
   const ConvShape& s = shape_;
   const int sh = s.stride_h, sw = s.stride_w;
   const int yq = row / sh, py = row % sh;
   const int iy = yq * sh + py - s.pad_top;
   const int64_t channel_stride = plane_ * sh * sw;
   for (int px = 0; px < sw; ++px) {
-    float* dst_row = x_.data() + (static_cast<int64_t>(py) * sw + px) * plane_ +
+    float* dst_row = x + (static_cast<int64_t>(py) * sw + px) * plane_ +
                      static_cast<int64_t>(yq) * wq_;
     // Columns xq whose input column ix = xq * sw + px - pad_left lies inside the image.
     int lo = 0, hi = 0;
@@ -128,9 +129,9 @@ void ConvPlan::PackRow(const float* image, int row) {
   }
 }
 
-void ConvPlan::ComputeTile(int t, float* y, float* output_image) const {
+void ConvPlan::ComputeTile(const float* x, int t, float* y, float* output_image) const {
   const int tile = variant_.tile;
-  variant_.microkernel(spmm_, x_.data() + static_cast<int64_t>(t) * tile, y);
+  variant_.microkernel(spmm_, x + static_cast<int64_t>(t) * tile, y);
   const ConvShape& s = shape_;
   // Runs of valid positions (ox < out_w) within one output row each transpose in one go.
   const int64_t q0 = static_cast<int64_t>(t) * tile, q1 = q0 + tile;
@@ -146,29 +147,33 @@ void ConvPlan::ComputeTile(int t, float* y, float* output_image) const {
   }
 }
 
+// All images go through each pass at once: a pass is one For, and a For costs a wake-up of
+// the pool, which for small layers is worth more than the pass itself.
 void ConvPlan::Run(const float* input, float* output, Parallel* parallel, int workers) {
   const ConvShape& s = shape_;
   workers = std::max(1, std::min(workers, max_workers_));
   const int64_t in_image = static_cast<int64_t>(s.in_h) * s.in_w * s.in_c;
   const int64_t out_image = static_cast<int64_t>(s.out_h) * s.out_w * s.out_c;
-  for (int n = 0; n < s.batch; ++n) {
-    if (variant_.microkernel == nullptr) {
-      parallel->For(s.out_h, workers, [&](int row, int worker) {
-        const ConvArgs args{&s,         &filter_, input,  bias_,
-                            thresholds_, activation_, output,
-                            scratch_.data() + static_cast<size_t>(worker) * padded_c_};
-        SparseConvRowsReference(args, n * s.out_h + row, n * s.out_h + row + 1);
-      });
-      continue;
-    }
-    const float* image = input + n * in_image;
-    float* out = output + n * out_image;
-    parallel->For(hq_ * s.stride_h, workers, [&](int row, int) { PackRow(image, row); });
-    const size_t per_worker = static_cast<size_t>(padded_c_) * variant_.tile;
-    parallel->For(num_tiles_, workers, [&](int t, int worker) {
-      ComputeTile(t, scratch_.data() + worker * per_worker, out);
+  if (variant_.microkernel == nullptr) {
+    parallel->For(s.batch * s.out_h, workers, [&](int row, int worker) {
+      const ConvArgs args{&s,          &filter_,    input,  bias_,
+                          thresholds_, activation_, output,
+                          scratch_.data() + static_cast<size_t>(worker) * padded_c_};
+      SparseConvRowsReference(args, row, row + 1);
     });
+    return;
   }
+  const int rows = hq_ * s.stride_h;
+  parallel->For(s.batch * rows, workers, [&](int task, int) {
+    const int n = task / rows;
+    PackRow(input + n * in_image, task % rows, x_.data() + n * x_image_);
+  });
+  const size_t per_worker = static_cast<size_t>(padded_c_) * variant_.tile;
+  parallel->For(s.batch * num_tiles_, workers, [&](int task, int worker) {
+    const int n = task / num_tiles_;
+    ComputeTile(x_.data() + n * x_image_, task % num_tiles_,
+                scratch_.data() + worker * per_worker, output + n * out_image);
+  });
 }
 
 }  // namespace hybrid_sparse

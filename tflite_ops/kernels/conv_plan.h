@@ -1,7 +1,7 @@
 // A HybridSparseConv2D layer made ready to run by one kernel variant: the driver around the
 // microkernels. Plain C++, no TFLite types.
 //
-// Per image, Run does two parallel passes:
+// Run does two parallel passes over the batch:
 //  1. Pack the input into a channel-major buffer X[ic][py][px][yq][xq]: zero padding is
 //     materialised and strides are split into phases (padded y = yq * stride_h + py, likewise
 //     x), so that for every filter tap the inputs of consecutive output positions are
@@ -55,8 +55,8 @@ class ConvPlan {
   int64_t macs() const { return macs_; }
 
  private:
-  void PackRow(const float* image, int row);
-  void ComputeTile(int tile, float* y, float* output_image) const;
+  void PackRow(const float* image, int row, float* x);
+  void ComputeTile(const float* x, int tile, float* y, float* output_image) const;
 
   ConvShape shape_;
   SparseFilter filter_;
@@ -75,7 +75,8 @@ class ConvPlan {
   std::vector<int32_t> block_ptr_, offset_;
   std::vector<float> values_, bias_padded_;
   SpmmFilter spmm_;
-  std::vector<float> x_;        // packed input of one image, plus slack for the last tile
+  int64_t x_image_ = 0;         // floats of one packed image, slack for the last tile included
+  std::vector<float> x_;        // packed input of every image of the batch
   std::vector<float> scratch_;  // per worker: [padded_c_][tile] (reference: [padded_c_])
 };
 
