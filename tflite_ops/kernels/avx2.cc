@@ -10,6 +10,7 @@ namespace {
 struct Avx2 {
   using Vec = __m256;
   static constexpr int kLanes = 8, kTile = 32, kMaxRows = 2;
+  static constexpr int kChains = 12, kMaxAccumulators = 14;
   static Vec Load(const float* p) { return _mm256_loadu_ps(p); }
   static void Store(float* p, Vec v) { _mm256_storeu_ps(p, v); }
   static Vec Set1(float v) { return _mm256_set1_ps(v); }

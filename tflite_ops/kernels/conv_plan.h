@@ -73,8 +73,10 @@ class ConvPlan {
   int num_tiles_ = 0;
   int padded_c_ = 0;      // num_blocks * block_size
   std::vector<int32_t> block_ptr_, offset_;
+  std::vector<int32_t> bounds_;  // [groups + 1][num_blocks]: group g of block b starts at
+                                 // bounds_[g][b]
   std::vector<float> values_, bias_padded_;
-  SpmmFilter spmm_;
+  std::vector<SpmmFilter> groups_;  // one microkernel call per input-channel group
   int64_t x_image_ = 0;         // floats of one packed image, slack for the last tile included
   std::vector<float> x_;        // packed input of every image of the batch
   std::vector<float> scratch_;  // per worker: [padded_c_][tile] (reference: [padded_c_])

@@ -14,12 +14,16 @@ template <int kRows>
 void BlockRows(const SpmmFilter& f, const float* x, int b, int r0, float* y, size_t vl) {
   const int bs = f.block_size;
   const int c0 = b * bs + r0;
-  vfloat32m4_t a0 = __riscv_vfmv_v_f_f32m4(f.bias[c0], vl);
-  vfloat32m4_t a1 = __riscv_vfmv_v_f_f32m4(kRows > 1 ? f.bias[c0 + 1] : 0.0f, vl);
-  vfloat32m4_t a2 = __riscv_vfmv_v_f_f32m4(kRows > 2 ? f.bias[c0 + 2] : 0.0f, vl);
-  vfloat32m4_t a3 = __riscv_vfmv_v_f_f32m4(kRows > 3 ? f.bias[c0 + 3] : 0.0f, vl);
+  auto start = [&](int r) {
+    return f.accumulate ? __riscv_vle32_v_f32m4(y + static_cast<int64_t>(c0 + r) * vl, vl)
+                        : __riscv_vfmv_v_f_f32m4(f.bias[c0 + r], vl);
+  };
+  vfloat32m4_t a0 = start(0);
+  vfloat32m4_t a1 = kRows > 1 ? start(1) : a0;
+  vfloat32m4_t a2 = kRows > 2 ? start(2) : a0;
+  vfloat32m4_t a3 = kRows > 3 ? start(3) : a0;
   const float* w = f.values + r0;
-  for (int32_t j = f.block_ptr[b]; j < f.block_ptr[b + 1]; ++j) {
+  for (int32_t j = f.block_begin[b]; j < f.block_end[b]; ++j) {
     const vfloat32m4_t in = __riscv_vle32_v_f32m4(x + f.offset[j], vl);
     const float* wj = w + static_cast<int64_t>(j) * bs;
     a0 = __riscv_vfmacc_vf_f32m4(a0, wj[0], in, vl);

@@ -81,21 +81,28 @@ inline float ApplyActivation(float v, Activation act) {
 // (batch * out_h) range.
 void SparseConvRowsReference(const ConvArgs& args, int row_begin, int row_end);
 
-// The row-wise packed filter a microkernel runs (built by ConvPlan).
+// The row-wise packed filter a microkernel runs (built by ConvPlan). Block b's nonzeros are
+// [block_begin[b], block_end[b]). ConvPlan may split a row into groups of input channels and
+// call the microkernel once per group, the later calls accumulating onto y, so that the inputs
+// one group touches stay in L1 across all output channels.
 struct SpmmFilter {
   int block_size = 1;
   int num_blocks = 0;
-  const int32_t* block_ptr = nullptr;  // [num_blocks + 1]: nonzeros of block b
-  const int32_t* offset = nullptr;     // [nonzeros]: input offset in floats, pixel-independent
-  const float* values = nullptr;       // [nonzeros * block_size]
-  const float* bias = nullptr;         // [num_blocks * block_size], zero-padded
-  float min = 0.0f, max = 0.0f;        // output clamp (the fused activation)
+  const int32_t* block_begin = nullptr;  // [num_blocks]
+  const int32_t* block_end = nullptr;    // [num_blocks]
+  const int32_t* offset = nullptr;  // [nonzeros]: input offset in floats, pixel-independent
+  const float* values = nullptr;    // [nonzeros * block_size]
+  const float* bias = nullptr;      // [num_blocks * block_size], zero-padded
+  bool accumulate = false;          // start from y instead of bias
+  float min = 0.0f, max = 0.0f;     // output clamp (the fused activation; +-inf until the
+                                    // last group)
 };
 
 // The microkernel signature every fast variant implements. For one tile of `tile` consecutive
 // output positions whose input sits at x (channel-major copy, see conv_plan.h):
-//   y[c * tile + i] = clamp(bias[c] + sum over nonzeros j of block c/bs of
-//                           values[j * bs + c % bs] * x[offset[j] + i]),   i < tile.
+//   y[c * tile + i] = clamp(start + sum over nonzeros j of block c/bs of
+//                           values[j * bs + c % bs] * x[offset[j] + i]),   i < tile,
+// where start is bias[c], or y[c * tile + i] itself when accumulating.
 // Reads x only at offsets + [0, tile); y holds num_blocks * block_size rows of `tile` floats.
 using SpmmMicrokernelFn = void (*)(const SpmmFilter& filter, const float* x, float* y);
 

@@ -3,7 +3,9 @@
 // flags. (RVV's vector types are sizeless and cannot live in arrays; rvv.cc has its own body.)
 //
 // Traits: Vec, kLanes, kTile (multiple of kLanes), kMaxRows (rows of a block computed per pass,
-// bounded by the register file), Load, Store, Set1, Fma(a, b, acc) = acc + a * b, Min, Max.
+// bounded by the register file), kChains (independent accumulators that hide FMA latency),
+// kMaxAccumulators (registers left for them), Load, Store, Set1, Fma(a, b, acc) = acc + a * b,
+// Add, Min, Max.
 #ifndef TFLITE_OPS_KERNELS_SPMM_FIXED_WIDTH_H_
 #define TFLITE_OPS_KERNELS_SPMM_FIXED_WIDTH_H_
 
@@ -13,30 +15,36 @@ namespace hybrid_sparse {
 namespace spmm_internal {
 
 // Rows [r0, r0 + kRows) of block b. Every nonzero loads kTile inputs once and updates all
-// kRows channels; with few accumulators two sets alternate so that FMA latency is hidden.
+// kRows channels; with few accumulators, several sets take turns so that FMA latency is hidden.
 template <typename Isa, int kRows>
 inline void BlockRows(const SpmmFilter& f, const float* x, int b, int r0, float* y) {
   using Vec = typename Isa::Vec;
   constexpr int kVecs = Isa::kTile / Isa::kLanes;
-  constexpr int kSets = kRows * kVecs >= 8 ? 1 : 2;
+  // Enough independent accumulator chains to cover FMA latency, within the register file.
+  constexpr int kPerSet = kRows * kVecs;
+  constexpr int kWanted = (Isa::kChains + kPerSet - 1) / kPerSet;
+  constexpr int kFit = Isa::kMaxAccumulators / kPerSet;
+  constexpr int kSets = kWanted < kFit ? kWanted : (kFit > 0 ? kFit : 1);
   const int bs = f.block_size;
   const int c0 = b * bs + r0;
   Vec acc[kSets][kRows][kVecs];
 #pragma GCC unroll 16
   for (int r = 0; r < kRows; ++r) {
     const Vec v = Isa::Set1(f.bias[c0 + r]);
+    const float* yr = y + static_cast<int64_t>(c0 + r) * Isa::kTile;
 #pragma GCC unroll 16
     for (int i = 0; i < kVecs; ++i) {
-#pragma GCC unroll 2
-      for (int u = 0; u < kSets; ++u) acc[u][r][i] = u == 0 ? v : Isa::Set1(0.0f);
+      acc[0][r][i] = f.accumulate ? Isa::Load(yr + i * Isa::kLanes) : v;
+#pragma GCC unroll 4
+      for (int u = 1; u < kSets; ++u) acc[u][r][i] = Isa::Set1(0.0f);
     }
   }
-  const int32_t begin = f.block_ptr[b], end = f.block_ptr[b + 1];
+  const int32_t begin = f.block_begin[b], end = f.block_end[b];
   const int32_t* offset = f.offset;
   const float* w = f.values + r0;
   int32_t j = begin;
   for (; j + kSets <= end; j += kSets) {
-#pragma GCC unroll 2
+#pragma GCC unroll 4
     for (int u = 0; u < kSets; ++u) {
       const float* xp = x + offset[j + u];
       Vec in[kVecs];
@@ -51,7 +59,7 @@ inline void BlockRows(const SpmmFilter& f, const float* x, int b, int r0, float*
       }
     }
   }
-  if (kSets == 2 && j < end) {
+  for (; j < end; ++j) {
     const float* xp = x + offset[j];
     const float* wj = w + static_cast<int64_t>(j) * bs;
 #pragma GCC unroll 16
@@ -68,7 +76,8 @@ inline void BlockRows(const SpmmFilter& f, const float* x, int b, int r0, float*
 #pragma GCC unroll 16
     for (int i = 0; i < kVecs; ++i) {
       Vec v = acc[0][r][i];
-      if (kSets == 2) v = Isa::Add(v, acc[kSets - 1][r][i]);
+#pragma GCC unroll 4
+      for (int u = 1; u < kSets; ++u) v = Isa::Add(v, acc[u][r][i]);
       Isa::Store(y + static_cast<int64_t>(c0 + r) * Isa::kTile + i * Isa::kLanes,
                  Isa::Min(Isa::Max(v, lo), hi));
     }
