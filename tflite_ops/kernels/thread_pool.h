@@ -1,5 +1,6 @@
 // A persistent pool for ConvPlan::Run: threads are started once per delegate, not per invoke
-// (starting threads cost more than a small layer's whole run).
+// (starting threads cost more than a small layer's whole run), and spin briefly between
+// passes before sleeping.
 #ifndef TFLITE_OPS_KERNELS_THREAD_POOL_H_
 #define TFLITE_OPS_KERNELS_THREAD_POOL_H_
 
@@ -31,12 +32,12 @@ class ThreadPool : public Parallel {
   void Drain(int worker);
 
   std::vector<std::thread> workers_;
-  std::mutex mu_;
-  std::condition_variable start_, done_;
-  uint64_t generation_ = 0;
-  bool stop_ = false;
-  int participants_ = 0;  // workers (caller included) of the current For
-  int pending_ = 0;       // started workers that have not finished the current For
+  std::mutex mu_;  // guards the fields of a For against workers going to sleep
+  std::condition_variable start_;
+  std::atomic<uint64_t> generation_{0};  // one per For
+  std::atomic<bool> stop_{false};
+  int participants_ = 0;          // workers (caller included) of the current For
+  std::atomic<int> pending_{0};   // participating workers still draining the current For
   int num_tasks_ = 0;
   const std::function<void(int, int)>* fn_ = nullptr;
   std::atomic<int> next_{0};
