@@ -44,6 +44,11 @@ flags.DEFINE_float("max_sparsity", 0.99, "Upper bound of any layer's weight spar
                    lower_bound=0.0, upper_bound=1.0)
 flags.DEFINE_integer("block_size", 1, "Prune blocks of this many consecutive output channels "
                      "(1 = unstructured).", lower_bound=1, upper_bound=64)
+flags.DEFINE_float("dense_below", 0.0, "Dense fallback: a Conv2D whose weight sparsity ends up "
+                   "below this stays TFLite's builtin CONV_2D (faster there) and keeps no "
+                   "activation thresholds. Measured break-even on x86 (benchmarks/results/"
+                   "conv_bench_x86.md): about 0.7 unstructured, 0.5 with --block_size=4.",
+                   lower_bound=0.0, upper_bound=1.0)
 flags.DEFINE_enum("probe", "bn", ["bn", "random"], "Data-free probe inputs: 'bn' matches the "
                   "BatchNorm statistics stored in the model, 'random' is uniform noise.")
 flags.DEFINE_integer("probe_count", 128, "Number of probe inputs.", lower_bound=1)
@@ -87,7 +92,8 @@ def main(argv):
             merge_error_budget=FLAGS.merge_error_budget, target_macs=FLAGS.target_macs,
             min_agreement=FLAGS.min_agreement, max_kl=FLAGS.max_kl,
             max_sparsity=FLAGS.max_sparsity,
-            block_size=FLAGS.block_size, probe=FLAGS.probe, probe_count=FLAGS.probe_count,
+            block_size=FLAGS.block_size, dense_below=FLAGS.dense_below, probe=FLAGS.probe,
+            probe_count=FLAGS.probe_count,
             input_range=_input_range(), seed=FLAGS.seed, num_threads=FLAGS.num_threads,
             quiet=FLAGS.quiet)
         given = [f"--{f}" for f in ("target_macs", "min_agreement", "max_kl")

@@ -23,7 +23,7 @@ namespace hybrid_sparse {
 namespace {
 
 // Below this many multiply-adds per worker, waking a pool thread costs more than it saves
-// (measured: a wake-up is tens of microseconds on a shared VM).
+// (the pool spins between passes, so this is about splitting overhead, not wake-ups).
 constexpr int64_t kMinMacsPerThread = 1 << 20;
 
 struct DelegateConfig {

@@ -32,6 +32,10 @@ class PruneConfig:
     max_kl: float | None = None  # KL divergence from the original on probes
     max_sparsity: float = 0.99
     block_size: int = 1
+    # Convs whose weight sparsity ends up below this stay builtin CONV_2D (XNNPACK's dense
+    # kernel is faster there; their activation thresholds are dropped, which only brings them
+    # back towards the original). 0 = every pruned conv runs our op.
+    dense_below: float = 0.0
     probe: str = "bn"
     probe_count: int = 128
     input_range: tuple[float, float] = (0.0, 1.0)
@@ -48,7 +52,8 @@ class PruneResult:
 
 
 
-def _to_ours(model, layers, thresholds_by_layer: dict, block_size: int):
+def _to_ours(model, layers, thresholds_by_layer: dict, block_size: int,
+             dense_below: float = 0.0):
     """Converts the Keras model and rewrites its pruned convs to our op."""
     flat = convert.to_tflite(model)
     names = tflite_rewrite.match_layers(flat, {pl.name: pl.folded_kernel for pl in layers
@@ -56,7 +61,8 @@ def _to_ours(model, layers, thresholds_by_layer: dict, block_size: int):
     thresholds = {i: thresholds_by_layer[n] for i, n in names.items()
                   if thresholds_by_layer.get(n) is not None}
     return tflite_rewrite.rewrite(flat, block_sizes={i: block_size for i in names},
-                                  thresholds=thresholds, layer_names=names)
+                                  thresholds=thresholds, layer_names=names,
+                                  dense_below=dense_below)
 
 
 def compress(model, config: PruneConfig) -> PruneResult:
@@ -111,7 +117,7 @@ def compress(model, config: PruneConfig) -> PruneResult:
                 layers, inputs, config.activation_error_budget)
             bar.update(1)
     tflite, records = _to_ours(model, layers, {a.name: a.thresholds for a in activations},
-                               config.block_size)
+                               config.block_size, config.dense_below)
     runs_as = {r.layer: r.runs_as for r in records if r.layer}
     fid = fidelity.compare(reference, runtime.predict(tflite, probes, config.num_threads))
 
@@ -120,6 +126,9 @@ def compress(model, config: PruneConfig) -> PruneResult:
         ch_before, params_before, macs_before = before[pl.name]
         ours = runs_as.get(pl.name) == "HybridSparseConv2D"
         act_sparsity = a.activation_sparsity if ours else 0.0
+        # A conv left to the builtin kernel computes its zeros too (Dense keeps the budget's
+        # convention: its zeros count as removed).
+        weight_sparsity = w.sparsity if ours or pl.kind == "dense" else 0.0
         macs_after = pl.macs
         rows.append({
             "layer": pl.name, "kind": pl.kind, "batch_norm_folded": pl.batch_norm is not None,
@@ -133,7 +142,7 @@ def compress(model, config: PruneConfig) -> PruneResult:
             "activation_thresholds": a.thresholds is not None and ours,
             "activation_error": a.relative_error if ours else 0.0,
             "macs_before": macs_before, "macs_after_dense": macs_after,
-            "effective_macs": int(round(macs_after * (1 - w.sparsity) * (1 - act_sparsity))),
+            "effective_macs": int(round(macs_after * (1 - weight_sparsity) * (1 - act_sparsity))),
             "runs_as": runs_as.get(pl.name, "FULLY_CONNECTED" if pl.kind == "dense"
                                    else "CONV_2D (not matched)"),
         })

@@ -50,10 +50,11 @@ def match_layers(model_bytes: bytes, folded_kernels: dict[str, np.ndarray]) -> d
 
 
 def rewrite(model_bytes: bytes, min_sparsity: float = 1e-6, block_sizes: dict[int, int] | None = None,
-            thresholds: dict[int, np.ndarray] | None = None, layer_names: dict[int, str] | None = None
-            ) -> tuple[bytes, list[ConvOpRecord]]:
+            thresholds: dict[int, np.ndarray] | None = None, layer_names: dict[int, str] | None = None,
+            dense_below: float = 0.0) -> tuple[bytes, list[ConvOpRecord]]:
     """Replaces every CONV_2D whose filter has at least `min_sparsity` zeros, or that has
-    activation thresholds, by our op."""
+    activation thresholds, by our op; except the dense fallback: a filter with less than
+    `dense_below` zeros stays CONV_2D, and its thresholds are dropped."""
     block_sizes = block_sizes or {}
     thresholds = thresholds or {}
     layer_names = layer_names or {}
@@ -79,6 +80,9 @@ def rewrite(model_bytes: bytes, min_sparsity: float = 1e-6, block_sizes: dict[in
         geometry = tflite_model.conv_geometry(op, w.shape)
         if geometry is None:
             record.runs_as = "CONV_2D (fused activation or padding not supported by our op)"
+            continue
+        if record.sparsity < dense_below:
+            record.runs_as = "CONV_2D (dense fallback: sparsity below dense_below)"
             continue
         if record.sparsity < min_sparsity and thresholds.get(i) is None:
             record.runs_as = "CONV_2D (dense)"
