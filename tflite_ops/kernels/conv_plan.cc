@@ -32,10 +32,13 @@ std::string ConvPlan::Build(const ConvShape& s, const SparseFilter& f, const flo
   }
 
   const int sh = s.stride_h, sw = s.stride_w;
+  const int tile = variant.tile;
   hq_ = s.out_h + (s.kernel_h - 1) * s.dilation_h / sh;
   wq_ = s.out_w + (s.kernel_w - 1) * s.dilation_w / sw;
-  plane_ = static_cast<int64_t>(hq_) * wq_;
-  const int tile = variant.tile;
+  // Pointwise convs need no padding or phases: each tile packs its own slice of the input
+  // just before use (per worker, in L1) instead of a whole-image copy making a trip to L3.
+  pointwise_ = s.kernel_h == 1 && s.kernel_w == 1 && sh == 1 && sw == 1;
+  plane_ = pointwise_ ? tile : static_cast<int64_t>(hq_) * wq_;
   // Offsets reach at most one plane plus a row past the last channel's planes (wasted lanes
   // of the last tile), hence the slack.
   const int64_t x_size = plane_ * sh * sw * s.in_c + tile + wq_;
@@ -121,7 +124,7 @@ std::string ConvPlan::Build(const ConvShape& s, const SparseFilter& f, const flo
     sf.max = last && activation == Activation::kRelu6 ? 6.0f : kInf;
   }
   x_image_ = x_size;
-  x_.assign(x_size * s.batch, 0.0f);
+  x_.assign(x_size * (pointwise_ ? max_workers_ : s.batch), 0.0f);
   scratch_.assign(static_cast<size_t>(max_workers_) * padded_c_ * tile, 0.0f);
   return "";
 }
@@ -157,10 +160,9 @@ void ConvPlan::PackRow(const float* image, int row, float* x) {
   }
 }
 
-void ConvPlan::ComputeTile(const float* x, int t, float* y, float* output_image) const {
+void ConvPlan::ComputeTile(const float* x_tile, int t, float* y, float* output_image) const {
   const int tile = variant_.tile;
-  for (const SpmmFilter& group : groups_)
-    variant_.microkernel(group, x + static_cast<int64_t>(t) * tile, y);
+  for (const SpmmFilter& group : groups_) variant_.microkernel(group, x_tile, y);
   const ConvShape& s = shape_;
   // Runs of valid positions (ox < out_w) within one output row each transpose in one go.
   const int64_t q0 = static_cast<int64_t>(t) * tile, q1 = q0 + tile;
@@ -192,15 +194,28 @@ void ConvPlan::Run(const float* input, float* output, Parallel* parallel, int wo
     });
     return;
   }
+  const size_t per_worker = static_cast<size_t>(padded_c_) * variant_.tile;
+  if (pointwise_) {
+    const int64_t pixels = static_cast<int64_t>(s.out_h) * s.out_w;
+    parallel->For(s.batch * num_tiles_, workers, [&](int task, int worker) {
+      const int n = task / num_tiles_, t = task % num_tiles_;
+      const int64_t first = static_cast<int64_t>(t) * variant_.tile;
+      float* x = x_.data() + worker * x_image_;
+      variant_.transpose(input + n * in_image + first * s.in_c, s.in_c,
+                         static_cast<int>(std::min<int64_t>(variant_.tile, pixels - first)),
+                         s.in_c, thresholds_, x, variant_.tile);
+      ComputeTile(x, t, scratch_.data() + worker * per_worker, output + n * out_image);
+    });
+    return;
+  }
   const int rows = hq_ * s.stride_h;
   parallel->For(s.batch * rows, workers, [&](int task, int) {
     const int n = task / rows;
     PackRow(input + n * in_image, task % rows, x_.data() + n * x_image_);
   });
-  const size_t per_worker = static_cast<size_t>(padded_c_) * variant_.tile;
   parallel->For(s.batch * num_tiles_, workers, [&](int task, int worker) {
-    const int n = task / num_tiles_;
-    ComputeTile(x_.data() + n * x_image_, task % num_tiles_,
+    const int n = task / num_tiles_, t = task % num_tiles_;
+    ComputeTile(x_.data() + n * x_image_ + static_cast<int64_t>(t) * variant_.tile, t,
                 scratch_.data() + worker * per_worker, output + n * out_image);
   });
 }

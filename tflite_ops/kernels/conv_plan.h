@@ -2,7 +2,8 @@
 // microkernels. Plain C++, no TFLite types.
 //
 // Run does two parallel passes over the batch:
-//  1. Pack the input into a channel-major buffer X[ic][py][px][yq][xq]: zero padding is
+//  1. Pack the input into a channel-major buffer X[ic][py][px][yq][xq] (pointwise convs: per
+//     tile, just before step 2, into a per-worker buffer X[ic][tile]): zero padding is
 //     materialised and strides are split into phases (padded y = yq * stride_h + py, likewise
 //     x), so that for every filter tap the inputs of consecutive output positions are
 //     consecutive floats. Activation thresholds are applied here, once per input value.
@@ -56,7 +57,9 @@ class ConvPlan {
 
  private:
   void PackRow(const float* image, int row, float* x);
-  void ComputeTile(const float* x, int tile, float* y, float* output_image) const;
+  // Runs the microkernel on the tile whose packed input starts at x_tile and stores its
+  // valid positions into the NHWC output image.
+  void ComputeTile(const float* x_tile, int tile, float* y, float* output_image) const;
 
   ConvShape shape_;
   SparseFilter filter_;
@@ -69,7 +72,8 @@ class ConvPlan {
 
   // Fast path geometry (unused by the reference).
   int hq_ = 0, wq_ = 0;   // per-phase padded height and width
-  int64_t plane_ = 0;     // hq_ * wq_
+  int64_t plane_ = 0;     // hq_ * wq_; pointwise: tile
+  bool pointwise_ = false;  // 1x1 stride 1: each tile packs its own input slice
   int num_tiles_ = 0;
   int padded_c_ = 0;      // num_blocks * block_size
   std::vector<int32_t> block_ptr_, offset_;
@@ -78,7 +82,7 @@ class ConvPlan {
   std::vector<float> values_, bias_padded_;
   std::vector<SpmmFilter> groups_;  // one microkernel call per input-channel group
   int64_t x_image_ = 0;         // floats of one packed image, slack for the last tile included
-  std::vector<float> x_;        // packed input of every image of the batch
+  std::vector<float> x_;        // packed input of every image (pointwise: of every worker)
   std::vector<float> scratch_;  // per worker: [padded_c_][tile] (reference: [padded_c_])
 };
 

@@ -37,6 +37,23 @@ TEST_P(KernelVariants, MatchDenseConvolutionOnRandomCases) {
   }
 }
 
+// Pointwise convs take their own path (each tile packs its input slice); the random cases above
+// rarely draw one.
+TEST_P(KernelVariants, PointwiseCasesMatchDenseConvolution) {
+  std::mt19937 rng(7);
+  const int cases = TestCases() / 10;
+  for (int i = 0; i < cases; ++i) {
+    testing::Case c = testing::RandomCase(&rng, /*small=*/cases < 40);
+    ConvShape& s = c.shape;
+    s.kernel_h = s.kernel_w = 1;
+    s.stride_h = s.stride_w = 1;
+    s.in_w += static_cast<int>(rng() % 40);  // several tiles and a partial one
+    ASSERT_TRUE(ComputeConvShape(c.padding, &s));
+    EXPECT_LE(testing::MaxRelativeError(variant(), c, i), 1e-5)
+        << variant().name << ": " << c.Describe();
+  }
+}
+
 TEST_P(KernelVariants, FullySparseFilterGivesBiasThroughActivation) {
   testing::Case c;
   c.shape = {1, 5, 11, 3, 0, 0, 4, 3, 3};
