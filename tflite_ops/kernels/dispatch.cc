@@ -22,7 +22,7 @@ struct Table {
       variants[count++] = {"avx512", 64, SpmmAvx512, TransposeAvx2};
 #endif
 #if defined(HYBRID_SPARSE_HAVE_NEON)
-    variants[count++] = {"neon", 16, SpmmNeon, TransposeReference};  // NEON is mandatory on AArch64
+    variants[count++] = {"neon", 16, SpmmNeon, TransposeNeon};  // NEON is mandatory on AArch64
 #endif
 #if defined(HYBRID_SPARSE_HAVE_RVV)
     variants[count++] = {"rvv", RvvTile(), SpmmRvv, TransposeReference};  // built only for rv64gcv targets

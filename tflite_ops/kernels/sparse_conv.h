@@ -122,6 +122,8 @@ void TransposeReference(const float* src, int64_t src_stride, int rows, int cols
                         const float* thresholds, float* dst, int64_t dst_stride);
 void TransposeAvx2(const float* src, int64_t src_stride, int rows, int cols,
                    const float* thresholds, float* dst, int64_t dst_stride);  // 8x8 blocks
+void TransposeNeon(const float* src, int64_t src_stride, int rows, int cols,
+                   const float* thresholds, float* dst, int64_t dst_stride);  // 4x4 blocks
 
 struct KernelVariant {
   const char* name;
