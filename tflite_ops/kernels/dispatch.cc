@@ -25,7 +25,7 @@ struct Table {
     variants[count++] = {"neon", 16, SpmmNeon, TransposeNeon};  // NEON is mandatory on AArch64
 #endif
 #if defined(HYBRID_SPARSE_HAVE_RVV)
-    variants[count++] = {"rvv", RvvTile(), SpmmRvv, TransposeReference};  // built only for rv64gcv targets
+    variants[count++] = {"rvv", RvvTile(), SpmmRvv, TransposeRvv};  // built only for rv64gcv targets
 #endif
   }
 };

@@ -1,4 +1,4 @@
-// RISC-V V 1.0 microkernel, vector-length agnostic: a tile is one LMUL=4 register group of
+// RISC-V V 1.0 microkernel and transpose, vector-length agnostic: a tile is one LMUL=4 register group of
 // floats (16 positions at VLEN=128, 64 at VLEN=512), up to 4 channels per pass (4 accumulator
 // groups + 1 input group of the 8). vfmacc.vf takes the weight as a scalar, so no broadcast.
 // Vector types are sizeless (no arrays), hence explicit accumulators instead of
@@ -42,6 +42,27 @@ void BlockRows(const SpmmFilter& f, const float* x, int b, int r0, float* y, siz
 }
 
 }  // namespace
+
+// One strided load gathers a column of src (one input channel over consecutive pixels),
+// stored as a contiguous row of dst.
+void TransposeRvv(const float* src, int64_t src_stride, int rows, int cols,
+                  const float* thresholds, float* dst, int64_t dst_stride) {
+  const ptrdiff_t stride_bytes = static_cast<ptrdiff_t>(src_stride * sizeof(float));
+  for (int c = 0; c < cols; ++c) {
+    float* out = dst + c * dst_stride;
+    for (int p = 0; p < rows;) {
+      const size_t vl = __riscv_vsetvl_e32m4(rows - p);
+      vfloat32m4_t v = __riscv_vlse32_v_f32m4(src + p * src_stride + c, stride_bytes, vl);
+      if (thresholds != nullptr) {
+        const vbool8_t small = __riscv_vmflt_vf_f32m4_b8(__riscv_vfabs_v_f32m4(v, vl),
+                                                         thresholds[c], vl);
+        v = __riscv_vfmerge_vfm_f32m4(v, 0.0f, small, vl);
+      }
+      __riscv_vse32_v_f32m4(out + p, v, vl);
+      p += static_cast<int>(vl);
+    }
+  }
+}
 
 int RvvTile() { return static_cast<int>(__riscv_vsetvlmax_e32m4()); }
 

@@ -124,6 +124,8 @@ void TransposeAvx2(const float* src, int64_t src_stride, int rows, int cols,
                    const float* thresholds, float* dst, int64_t dst_stride);  // 8x8 blocks
 void TransposeNeon(const float* src, int64_t src_stride, int rows, int cols,
                    const float* thresholds, float* dst, int64_t dst_stride);  // 4x4 blocks
+void TransposeRvv(const float* src, int64_t src_stride, int rows, int cols,
+                  const float* thresholds, float* dst, int64_t dst_stride);  // strided loads
 
 struct KernelVariant {
   const char* name;
