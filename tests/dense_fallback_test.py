@@ -75,6 +75,7 @@ class PipelineTest(absltest.TestCase):
             self.assertGreater(row["weight_sparsity"], 0.0, row)  # pruned, yet dense at run time
             self.assertStartsWith(row["runs_as"], "CONV_2D (dense fallback", row)
             self.assertEqual(row["effective_macs"], row["macs_after_dense"], row)
+            self.assertEqual(row["vector_kernel_macs"], row["macs_after_dense"], row)
             self.assertFalse(row["activation_thresholds"], row)
 
 

@@ -19,6 +19,10 @@ def summary(report: dict) -> str:
         f"{'total':<33}{t['parameters_before']:>9}  params -> {t['nonzero_parameters']} nonzero "
         f"({t['parameter_reduction']:.1%} fewer); MACs {t['macs_before']} -> "
         f"{t['effective_macs']} effective ({1 - t['effective_macs'] / t['macs_before']:.1%} fewer)")
+    lines.append(
+        f"{'':<33}the vector kernels (AVX2/AVX-512/NEON/RVV) skip zero weights only: "
+        f"{t['vector_kernel_macs']} MACs ({1 - t['vector_kernel_macs'] / t['macs_before']:.1%} "
+        "fewer); the reference kernel also skips zero activations")
     lines.append(f".tflite size: {t['tflite_bytes_dense']} B dense -> {t['tflite_bytes']} B "
                  f"({t['tflite_bytes'] / t['tflite_bytes_dense']:.1%})")
     fid = ", ".join(f"{k} {v:.4f}" for k, v in report["fidelity_on_probes"].items())
