@@ -1,8 +1,8 @@
-// RISC-V V 1.0 microkernel and transpose, vector-length agnostic: a tile is one LMUL=4 register group of
-// floats (16 positions at VLEN=128, 64 at VLEN=512), up to 4 channels per pass (4 accumulator
-// groups + 1 input group of the 8). vfmacc.vf takes the weight as a scalar, so no broadcast.
-// Vector types are sizeless (no arrays), hence explicit accumulators instead of
-// spmm_fixed_width.h.
+// RISC-V V 1.0 microkernel and transpose, vector-length agnostic: a tile is one LMUL=4
+// register group of floats (16 positions at VLEN=128, 64 at VLEN=512), up to 4 channels per
+// pass (4 accumulator groups + 1 input group of the 8). vfmacc.vf takes the weight as a scalar,
+// so no broadcast. Vector types are sizeless (no arrays), hence explicit accumulators instead
+// of spmm_fixed_width.h.
 #include <riscv_vector.h>
 
 #include "tflite_ops/kernels/sparse_conv.h"
