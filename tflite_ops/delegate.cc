@@ -43,7 +43,6 @@ struct OpKernel {
   SparseFilter filter;
   int input_tensor = -1;
   int output_tensor = -1;
-  ConvShape shape;
   const KernelVariant* kernel = nullptr;
   ThreadPool* pool = nullptr;
   ConvPlan plan;  // rebuilt by every Prepare: it depends on the input shape
@@ -185,7 +184,7 @@ TfLiteStatus KernelPrepare(TfLiteContext* ctx, TfLiteNode* node) {
     return Fail(ctx, k, "input has " + std::to_string(in.dims->data[3]) +
                             " channels, options say in_channels = " +
                             std::to_string(o.in_channels));
-  ConvShape& s = k->shape;
+  ConvShape s;
   s.batch = in.dims->data[0];
   s.in_h = in.dims->data[1];
   s.in_w = in.dims->data[2];
