@@ -16,6 +16,7 @@ from absl.testing import absltest
 _RUNFILES = pathlib.Path(__file__).parent.parent
 PRUNE = _RUNFILES / "python" / "prune"
 EVALUATE = _RUNFILES / "python" / "evaluate"
+BENCHMARK = _RUNFILES / "python" / "benchmark"
 DEMO = _RUNFILES / "python" / "demo" / "digits_cnn.keras"
 
 
@@ -112,6 +113,47 @@ class PruneCliRunTest(absltest.TestCase):
         proc = _run(EVALUATE, "--model=demo", "--data=d.npz", cwd=work)
         self.assertNotEqual(proc.returncode, 0)
         self.assertIn("missing array", proc.stderr)
+
+
+class BenchmarkCliTest(absltest.TestCase):
+
+    def setUp(self):
+        import numpy as np
+
+        from hybrid_pruning import op_format, tflite_model
+
+        self.dir = tempfile.mkdtemp(dir=os.environ.get("TEST_TMPDIR"))
+        rng = np.random.default_rng(0)
+        g = op_format.ConvGeometry(3, 3, 8, 16)
+        w = rng.standard_normal((16, 3, 3, 8)).astype(np.float32)
+        w[rng.random(w.shape) < 0.8] = 0.0
+        for name, op, shape in (("ours.tflite", "hybrid", (1, 12, 12, 8)),
+                                ("dense.tflite", "builtin", (1, 12, 12, 8)),
+                                ("other.tflite", "builtin", (1, 10, 10, 8))):
+            pathlib.Path(self.dir, name).write_bytes(
+                tflite_model.single_conv_model(shape, w, None, g, op))
+
+    def test_times_model_against_baseline(self):
+        proc = _run(BENCHMARK, "--model=ours.tflite", "--baseline=dense.tflite", "--batch=2",
+                    "--rounds=1", "--min_seconds=0.01", cwd=self.dir)
+        self.assertEqual(proc.returncode, 0, proc.stderr[-3000:])
+        result = json.loads(proc.stdout.strip().splitlines()[-1])
+        self.assertGreater(result["model_ms"], 0.0)
+        self.assertGreater(result["baseline_ms"], 0.0)
+        self.assertAlmostEqual(result["speedup"], result["baseline_ms"] / result["model_ms"])
+        self.assertEqual(result["batch"], 2)
+
+    def test_bad_inputs_name_the_flag_and_file(self):
+        pathlib.Path(self.dir, "junk.tflite").write_bytes(b"not a flatbuffer")
+        for args, expected in (
+                (["--model=missing.tflite"], ["--model=", "missing.tflite"]),
+                (["--model=ours.keras"], ["--model=", "expected a .tflite"]),
+                (["--model=junk.tflite"], ["--model=", "junk.tflite", "not a TFLite model"]),
+                (["--model=ours.tflite", "--baseline=other.tflite"], ["--baseline", "differs"])):
+            proc = _run(BENCHMARK, *args, "--rounds=1", "--min_seconds=0", cwd=self.dir)
+            self.assertNotEqual(proc.returncode, 0, args)
+            for text in expected:
+                self.assertIn(text, proc.stderr, args)
 
 
 if __name__ == "__main__":

@@ -7,19 +7,18 @@ pruned with our op vs unpruned with stock kernels.
 Ratio = builtin time / our time (> 1: ours is faster). The FLOP limit is what a perfect sparse
 kernel would reach: dense time x (1 - weight sparsity), i.e. ratio 1 / (1 - sparsity).
 Timings alternate between the two sides for several rounds and keep each side's fastest
-round, so that a noisy neighbour on a shared machine penalises neither side alone.
+round (hybrid_pruning.timing).
 """
 
 from __future__ import annotations
 
 import datetime
 import platform
-import time
 
 import numpy as np
 from absl import app, flags, logging
 
-from hybrid_pruning import io, op_format, runtime, tflite_model
+from hybrid_pruning import io, op_format, runtime, timing, tflite_model
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("output", None, "Markdown file to write.")
@@ -45,32 +44,11 @@ BLOCK = 4  # co-designed pruning: blocks of 4 output channels share one sparsity
 
 
 def _invoker(model: bytes, x: np.ndarray, ours: bool, threads: int):
-    it = runtime.make_interpreter(model_content=model, num_threads=threads, with_ops=ours,
-                                  kernel=FLAGS.kernel if ours else "")
-    inp = it.get_input_details()[0]["index"]
-    it.resize_tensor_input(inp, x.shape)
-    it.allocate_tensors()
-    it.set_tensor(inp, x)
-    it.invoke()  # warm up (and the first-run allocations)
-    return it.invoke
-
-
-def _round(invoke) -> float:
-    runs, start = 0, time.perf_counter()
-    while True:
-        invoke()
-        runs += 1
-        elapsed = time.perf_counter() - start
-        if elapsed >= FLAGS.min_seconds and runs >= 3:
-            return elapsed / runs
+    return timing.invoker(model, x, ours, threads, FLAGS.kernel)
 
 
 def _times(*invokes) -> list[float]:
-    best = [float("inf")] * len(invokes)
-    for _ in range(FLAGS.rounds):
-        for i, invoke in enumerate(invokes):
-            best[i] = min(best[i], _round(invoke))
-    return best
+    return timing.best_times(*invokes, rounds=FLAGS.rounds, min_seconds=FLAGS.min_seconds)
 
 
 def _weights(rng, cout: int, k: int, cin: int, sparsity: float, block: int) -> np.ndarray:
