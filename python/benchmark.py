@@ -2,8 +2,8 @@
 XNNPACK) on this machine, side by side, and prints one JSON line. Run it on the target device
 to see what pruning buys there.
 
-    ./bazelw run //python:benchmark -- --model=/tmp/demo_pruned.tflite \\
-        --baseline=/tmp/demo.tflite [--batch=1] [--threads=1]
+    ./bazelw run //python:benchmark -- --model=/tmp/demo_pruned.tflite --baseline=demo \\
+        [--batch=1] [--threads=1]
 """
 
 from __future__ import annotations
@@ -16,7 +16,8 @@ from absl import app, flags
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("model", None, "The pruned .tflite (runs with our delegate).")
-flags.DEFINE_string("baseline", None, "Optional .tflite to compare with (stock interpreter).")
+flags.DEFINE_string("baseline", None, "Optional model to compare with, run by the stock "
+                    "interpreter: a .tflite, or a Keras model (or 'demo') converted as is.")
 flags.DEFINE_integer("batch", 1, "Batch size of the random input.", lower_bound=1)
 flags.DEFINE_integer("threads", 1, "Interpreter threads, both models.", lower_bound=1)
 flags.DEFINE_integer("rounds", 5, "Alternating timing rounds.", lower_bound=1)
@@ -25,17 +26,20 @@ flags.DEFINE_string("kernel", "", "Our kernel variant ('' = the fastest on this 
 flags.mark_flag_as_required("model")
 
 
-def _load(flag: str, path: str) -> tuple[bytes, tuple[int, ...]]:
+def _load(flag: str, path: str, keras_ok: bool = False) -> tuple[bytes, tuple[int, ...]]:
     from ai_edge_litert import interpreter as litert
 
-    from hybrid_pruning import io
+    from hybrid_pruning import convert, io
 
-    if not path.endswith(".tflite"):
+    if keras_ok and not path.endswith(".tflite"):
+        content = convert.to_tflite(io.load_keras_model(path))
+    elif not path.endswith(".tflite"):
         raise io.UserError(f"--{flag}={path}: expected a .tflite file")
-    try:
-        content = open(path, "rb").read()
-    except OSError as e:
-        raise io.UserError(f"--{flag}={path}: {e.strerror}") from e
+    else:
+        try:
+            content = open(path, "rb").read()
+        except OSError as e:
+            raise io.UserError(f"--{flag}={path}: {e.strerror}") from e
     try:
         details = litert.Interpreter(model_content=content).get_input_details()
     except (ValueError, RuntimeError) as e:
@@ -53,7 +57,8 @@ def main(argv):
         model, shape = _load("model", io.user_path(FLAGS.model))
         baseline = None
         if FLAGS.baseline:
-            baseline, base_shape = _load("baseline", io.user_path(FLAGS.baseline))
+            baseline, base_shape = _load("baseline", io.model_path(FLAGS.baseline),
+                                         keras_ok=True)
             if base_shape != shape:
                 raise io.UserError(f"--baseline: input shape {base_shape} differs from "
                                    f"--model's {shape}")

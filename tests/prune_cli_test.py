@@ -87,7 +87,7 @@ class PruneCliErrorsTest(absltest.TestCase):
 
 class PruneCliRunTest(absltest.TestCase):
 
-    def test_prune_then_evaluate(self):
+    def test_prune_then_evaluate_then_benchmark(self):
         work = tempfile.mkdtemp(dir=os.environ.get("TEST_TMPDIR"))
         before = hashlib.sha256(DEMO.read_bytes()).hexdigest()
         # Relative paths resolve against the user's directory, not Bazel's runfiles.
@@ -104,6 +104,11 @@ class PruneCliRunTest(absltest.TestCase):
         result = json.loads(proc.stdout.strip().splitlines()[-1])
         self.assertEqual(result["samples"], 450)
         self.assertGreater(result["top1_accuracy"], 0.97)
+        # ... and time it against the original Keras model (converted as is).
+        proc = _run(BENCHMARK, "--model=pruned.tflite", "--baseline=demo", "--rounds=1",
+                    "--min_seconds=0.01", cwd=work)
+        self.assertEqual(proc.returncode, 0, proc.stderr[-3000:])
+        self.assertGreater(json.loads(proc.stdout.strip().splitlines()[-1])["speedup"], 0.0)
 
     def test_evaluate_rejects_bad_data(self):
         work = tempfile.mkdtemp(dir=os.environ.get("TEST_TMPDIR"))
