@@ -50,13 +50,12 @@ std::string ConvPlan::Build(const ConvShape& s, const SparseFilter& f, const flo
   // Row-wise repack: block b's nonzeros, each as (input offset, block_size weights), sorted by
   // offset so that the microkernel walks X forwards.
   const int bs = f.block_size;
-  std::vector<int32_t> count(f.num_blocks + 1, 0);
-  for (int j = 0; j < f.num_nonzero_blocks; ++j) ++count[f.row_block[j] + 1];
-  block_ptr_.assign(count.begin(), count.end());
-  std::partial_sum(block_ptr_.begin(), block_ptr_.end(), block_ptr_.begin());
+  std::vector<int32_t> block_ptr(f.num_blocks + 1, 0);  // block b: [block_ptr[b], [b + 1])
+  for (int j = 0; j < f.num_nonzero_blocks; ++j) ++block_ptr[f.row_block[j] + 1];
+  std::partial_sum(block_ptr.begin(), block_ptr.end(), block_ptr.begin());
   std::vector<int32_t> source(f.num_nonzero_blocks);  // which file nonzero each entry is
   offset_.assign(f.num_nonzero_blocks, 0);
-  std::vector<int32_t> fill(block_ptr_.begin(), block_ptr_.end() - 1);
+  std::vector<int32_t> fill(block_ptr.begin(), block_ptr.end() - 1);
   for (int k = 0; k < f.num_cols; ++k) {
     const int ic = k % s.in_c, tap = k / s.in_c;
     const int dy = (tap / s.kernel_w) * s.dilation_h, dx = (tap % s.kernel_w) * s.dilation_w;
@@ -71,7 +70,7 @@ std::string ConvPlan::Build(const ConvShape& s, const SparseFilter& f, const flo
   std::vector<int32_t> order(f.num_nonzero_blocks);
   std::iota(order.begin(), order.end(), 0);
   for (int b = 0; b < f.num_blocks; ++b) {
-    std::sort(order.begin() + block_ptr_[b], order.begin() + block_ptr_[b + 1],
+    std::sort(order.begin() + block_ptr[b], order.begin() + block_ptr[b + 1],
               [this](int32_t l, int32_t r) { return offset_[l] < offset_[r]; });
   }
   std::vector<int32_t> sorted_offset(f.num_nonzero_blocks);
@@ -94,13 +93,13 @@ std::string ConvPlan::Build(const ConvShape& s, const SparseFilter& f, const flo
   const int nb = f.num_blocks;
   bounds_.assign(static_cast<size_t>(groups + 1) * nb, 0);
   for (int b = 0; b < nb; ++b) {
-    for (int g = 0; g <= groups; ++g) {
-      const int64_t first_offset = std::min(planes, g * group_planes) * plane_;
+    for (int g = 0; g < groups; ++g) {
+      const int64_t first_offset = g * group_planes * plane_;
       bounds_[static_cast<size_t>(g) * nb + b] = static_cast<int32_t>(
-          std::lower_bound(offset_.begin() + block_ptr_[b], offset_.begin() + block_ptr_[b + 1],
+          std::lower_bound(offset_.begin() + block_ptr[b], offset_.begin() + block_ptr[b + 1],
                            first_offset) - offset_.begin());
     }
-    bounds_[static_cast<size_t>(groups) * nb + b] = block_ptr_[b + 1];
+    bounds_[static_cast<size_t>(groups) * nb + b] = block_ptr[b + 1];
   }
   bias_padded_.assign(padded_c_, 0.0f);
   if (bias != nullptr) std::copy_n(bias, s.out_c, bias_padded_.begin());

@@ -76,7 +76,7 @@ class ConvPlan {
   bool pointwise_ = false;  // 1x1 stride 1: each tile packs its own input slice
   int num_tiles_ = 0;
   int padded_c_ = 0;      // num_blocks * block_size
-  std::vector<int32_t> block_ptr_, offset_;
+  std::vector<int32_t> offset_;
   std::vector<int32_t> bounds_;  // [groups + 1][num_blocks]: group g of block b starts at
                                  // bounds_[g][b]
   std::vector<float> values_, bias_padded_;
