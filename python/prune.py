@@ -57,7 +57,32 @@ flags.DEFINE_integer("seed", 0, "Seed of the probe inputs.")
 flags.DEFINE_integer("num_threads", 1, "Threads for checking the result in the interpreter.",
                      lower_bound=1)
 flags.DEFINE_bool("quiet", False, "No progress bar and no summary.")
+flags.DEFINE_bool("verbose", False, "Also show TensorFlow's, Keras' and the converter's own "
+                  "messages (hidden by default).")
+flags.DEFINE_list("input_shape", None, "H,W,C to prune for, when the model's input has "
+                  "dynamic dimensions (e.g. a fully convolutional model); the .tflite gets it.")
+flags.DEFINE_float("guard_agreement", 0.8,
+                   "Fidelity guard for classifier outputs: top-1 agreement of the written "
+                   "model with the original on the probes must be at least this (per-layer "
+                   "budgets are scaled down until it holds).", lower_bound=0.0, upper_bound=1.0)
+flags.DEFINE_float("guard_output_error", 0.1,
+                   "Fidelity guard for other outputs (dense maps, regression): relative RMS "
+                   "error ||y' - y|| / ||y|| on the probes must be at most this.",
+                   lower_bound=0.0)
+flags.DEFINE_bool("backoff", True, "With per-layer budgets: when the guard is missed, retry "
+                  "with the budgets halved (down to no pruning) instead of failing.")
+flags.DEFINE_bool("write_anyway", False, "Write the output even when it misses the fidelity "
+                  "guard (the exit status is still 3).")
 flags.mark_flags_as_required(["model", "output"])
+flags.register_multi_flags_validator(
+    ["target_macs", "min_agreement", "max_kl"],
+    lambda v: sum(x is not None for x in v.values()) <= 1,
+    message="give at most one global budget: --target_macs, --min_agreement or --max_kl")
+
+
+@flags.validator("input_shape", message="--input_shape: expected three positive integers H,W,C")
+def _valid_input_shape(value):
+    return value is None or (len(value) == 3 and all(v.isdigit() and int(v) > 0 for v in value))
 
 
 def _input_range() -> tuple[float, float]:
@@ -73,9 +98,25 @@ def _input_range() -> tuple[float, float]:
     return lo, hi
 
 
+def _guard():
+    from hybrid_pruning import fidelity
+
+    guard = fidelity.Guard(min_agreement=FLAGS.guard_agreement,
+                           max_relative_error=FLAGS.guard_output_error)
+    if FLAGS.min_agreement is not None:  # the global target is the guard too
+        guard.min_agreement, guard.agreement_flag = FLAGS.min_agreement, "--min_agreement"
+    if FLAGS.max_kl is not None:
+        guard.max_kl = FLAGS.max_kl
+    return guard
+
+
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    if not FLAGS.verbose:
+        from hybrid_pruning import console
+
+        console.quiet_libraries()
     from hybrid_pruning import io, pipeline, report as report_lib
 
     try:
@@ -95,17 +136,21 @@ def main(argv):
             block_size=FLAGS.block_size, dense_below=FLAGS.dense_below, probe=FLAGS.probe,
             probe_count=FLAGS.probe_count,
             input_range=_input_range(), seed=FLAGS.seed, num_threads=FLAGS.num_threads,
-            quiet=FLAGS.quiet)
-        given = [f"--{f}" for f in ("target_macs", "min_agreement", "max_kl")
-                 if getattr(FLAGS, f) is not None]
-        if len(given) > 1:
-            raise io.UserError(f"{' and '.join(given)}: give at most one global budget")
+            quiet=FLAGS.quiet, guard=_guard(), auto_backoff=FLAGS.backoff,
+            input_shape=tuple(int(v) for v in FLAGS.input_shape) if FLAGS.input_shape
+            else None)
         model = io.load_keras_model(model_path)
         result = pipeline.compress(model, config)
     except io.UserError as e:
         sys.exit(f"prune: error: {e}")
     result.report["model"] = model_path
     result.report["output"] = output
+    miss = result.fidelity_miss
+    if miss and not FLAGS.write_anyway:
+        if not FLAGS.quiet:
+            print(report_lib.summary(result.report))
+        sys.exit(f"prune: error: the pruned model misses the fidelity guard: {miss}. Nothing "
+                 f"was written (--write_anyway writes it regardless).")
     io.write_bytes_atomic(output, result.tflite)
     if report_path:
         io.write_bytes_atomic(report_path, (json.dumps(result.report, indent=2) + "\n").encode())
@@ -115,6 +160,9 @@ def main(argv):
     if not FLAGS.quiet:
         print(report_lib.summary(result.report))
     logging.info("wrote %s", output)
+    if miss:
+        print(f"prune: warning: {output} misses the fidelity guard: {miss}", file=sys.stderr)
+        sys.exit(3)
 
 
 if __name__ == "__main__":

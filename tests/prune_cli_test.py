@@ -20,11 +20,13 @@ BENCHMARK = _RUNFILES / "python" / "benchmark"
 DEMO = _RUNFILES / "python" / "demo" / "digits_cnn.keras"
 
 
-def _run(binary: pathlib.Path, *args: str, cwd: str) -> subprocess.CompletedProcess:
+def _run(binary: pathlib.Path, *args: str, cwd: str, umask: int = 0o022
+         ) -> subprocess.CompletedProcess:
     env = dict(os.environ, HYBRID_PRUNING_USER_CWD=cwd)
     env.pop("BUILD_WORKING_DIRECTORY", None)
     return subprocess.run([str(binary), *args], capture_output=True, text=True, env=env,
-                          cwd=cwd, timeout=600, stdin=subprocess.DEVNULL)
+                          cwd=cwd, timeout=600, stdin=subprocess.DEVNULL,
+                          preexec_fn=lambda: os.umask(umask))
 
 
 class PruneCliErrorsTest(absltest.TestCase):
@@ -82,7 +84,9 @@ class PruneCliErrorsTest(absltest.TestCase):
         self.assertFails(["--model=demo"], "output")
         self.assertFails(["--model=demo", f"--output={self.out}", "--plot=x.jpg"], "--plot")
         self.assertFails(["--model=demo", f"--output={self.out}", "--target_macs=0.2",
-                          "--max_kl=0.1"], "--target_macs and --max_kl")
+                          "--max_kl=0.1"], "give at most one global budget")
+        self.assertFails(["--model=demo", f"--output={self.out}", "--input_shape=16,16"],
+                         "--input_shape")
 
 
 class PruneCliRunTest(absltest.TestCase):
@@ -92,10 +96,16 @@ class PruneCliRunTest(absltest.TestCase):
         before = hashlib.sha256(DEMO.read_bytes()).hexdigest()
         # Relative paths resolve against the user's directory, not Bazel's runfiles.
         proc = _run(PRUNE, "--model=demo", "--output=pruned.tflite", "--report=report.json",
-                    "--plot=report.png", "--quiet", cwd=work)
+                    "--plot=report.png", "--quiet", cwd=work, umask=0o027)
         self.assertEqual(proc.returncode, 0, proc.stderr[-3000:])
         self.assertEqual(hashlib.sha256(DEMO.read_bytes()).hexdigest(), before)
         self.assertEqual(sorted(os.listdir(work)), ["pruned.tflite", "report.json", "report.png"])
+        # Outputs get the permissions of the user's umask.
+        for name in ("pruned.tflite", "report.json", "report.png"):
+            self.assertEqual(os.stat(pathlib.Path(work, name)).st_mode & 0o777, 0o640, name)
+        # A quiet console: none of TensorFlow's, the converter's or LiteRT's own messages.
+        for noise in ("oneDNN", "XNNPACK", "tf.function", "SavedModel", "absl::"):
+            self.assertNotIn(noise, proc.stderr)
         self.assertEqual(pathlib.Path(work, "report.png").read_bytes()[:8], b"\x89PNG\r\n\x1a\n")
         report = json.loads(pathlib.Path(work, "report.json").read_text())
         self.assertGreaterEqual(report["totals"]["parameter_reduction"], 0.5)

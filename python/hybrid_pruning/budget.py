@@ -63,12 +63,14 @@ class LayerTable:
         return self.macs * (1 - self.weights[i][2]) * (1 - self.activations[j][2])
 
 
-def _damage(reference: np.ndarray, out: np.ndarray) -> float:
-    kl = fidelity.kl_divergence(reference, out)
-    if kl is not None:
-        return kl
-    # Not a probability output: relative squared error plays the same role.
-    return float(np.sum((out - reference) ** 2) / max(np.sum(reference ** 2), 1e-30))
+def _damage(reference: list, out) -> float:
+    total = 0.0
+    for r, o in zip(reference, fidelity.as_list(out)):
+        kl = fidelity.kl_divergence(r, o)
+        # Not a probability output: relative squared error plays the same role.
+        total += kl if kl is not None else float(
+            np.sum((o - r) ** 2) / max(np.sum(r.astype(np.float64) ** 2), 1e-30))
+    return total
 
 
 def _sensitivity(model, pl: graph.PrunableLayer, pruner, probes, reference, seed: int) -> float:
@@ -80,14 +82,14 @@ def _sensitivity(model, pl: graph.PrunableLayer, pruner, probes, reference, seed
     noise = np.random.default_rng(seed).normal(0, sigma, pruner.w2.shape)
     pl.set_folded((pruner.w2 + noise).reshape(pruner.shape).astype(np.float32))
     try:
-        out = np.asarray(model.predict(probes, verbose=0))
+        out = model.predict(probes, verbose=0)
     finally:
         pl.layer.set_weights(original)
     return max(_damage(reference, out), 1e-12) / _SENSITIVITY_NOISE ** 2
 
 
 def allocate(model, layers: list[graph.PrunableLayer], inputs: list[np.ndarray],
-             probes: np.ndarray, reference: np.ndarray, evaluate_fidelity,
+             probes: np.ndarray, reference: list, evaluate_fidelity,
              target_macs: float | None = None, min_agreement: float | None = None,
              max_kl: float | None = None, block_size: int = 1, progress=None
              ) -> tuple[list[weight_pruning.WeightPruningResult],

@@ -1,6 +1,14 @@
-"""How closely a reduced model follows the original on the probe inputs."""
+"""How closely a reduced model follows the original on the probe inputs, and the guard that
+refuses a written model which does not follow it closely enough.
+
+A metric suited to each output: a classifier (a 2-D output with several columns) by top-1
+agreement and, for probability outputs, KL divergence; any other output (dense maps,
+regression, embeddings) by its relative RMS error ||y' - y|| / ||y||.
+"""
 
 from __future__ import annotations
+
+import dataclasses
 
 import numpy as np
 
@@ -15,14 +23,90 @@ def kl_divergence(reference: np.ndarray, out: np.ndarray) -> float | None:
     return None
 
 
-def compare(reference: np.ndarray, out: np.ndarray) -> dict:
-    """Relative max error, top-1 agreement and (for distributions) KL divergence."""
+def is_classifier(reference: np.ndarray) -> bool:
+    return reference.ndim == 2 and reference.shape[1] > 1
+
+
+def _one(reference: np.ndarray, out: np.ndarray) -> dict:
     out = out.reshape(reference.shape)
+    ref64, d = reference.astype(np.float64), (out - reference).astype(np.float64)
     scale = max(float(np.abs(reference).max()), 1e-12)
-    result = {"max_abs_output_error_relative": float(np.abs(out - reference).max() / scale)}
-    if reference.ndim == 2 and reference.shape[1] > 1:
+    result = {
+        "max_abs_output_error_relative": float(np.abs(d).max() / scale),
+        "relative_error": float(np.sqrt(np.sum(d * d) / max(np.sum(ref64 * ref64), 1e-30))),
+    }
+    if is_classifier(reference):
         result["top1_agreement"] = float(np.mean(out.argmax(1) == reference.argmax(1)))
         kl = kl_divergence(reference, out)
         if kl is not None:
             result["kl_divergence"] = kl
     return result
+
+
+def as_list(outputs) -> list[np.ndarray]:
+    return [np.asarray(o) for o in outputs] if isinstance(outputs, (list, tuple)) else [
+        np.asarray(outputs)]
+
+
+def compare(reference, out) -> dict:
+    """Metrics of one output, or of several: then the worst of each metric over the outputs
+    (and each output's own under "outputs")."""
+    refs, outs = as_list(reference), as_list(out)
+    if len(refs) != len(outs):
+        raise ValueError(f"{len(outs)} outputs, expected {len(refs)}")
+    each = [_one(r, o) for r, o in zip(refs, outs)]
+    if len(each) == 1:
+        return each[0]
+    worst = {}
+    for m in each:
+        for k, v in m.items():
+            better_high = k == "top1_agreement"
+            if k not in worst or (v < worst[k] if better_high else v > worst[k]):
+                worst[k] = v
+    # Relative error judges only the outputs that are not classifiers.
+    dense = [m["relative_error"] for m, r in zip(each, refs) if not is_classifier(r)]
+    worst["relative_error"] = max(dense) if dense else 0.0
+    worst["outputs"] = each
+    return worst
+
+
+def classifier_outputs(reference) -> bool:
+    return any(is_classifier(r) for r in as_list(reference))
+
+
+def dense_outputs(reference) -> bool:
+    return any(not is_classifier(r) for r in as_list(reference))
+
+
+@dataclasses.dataclass
+class Guard:
+    """What the written model must keep, on the probes, relative to the original."""
+
+    min_agreement: float | None = 0.8  # classifier outputs: top-1 agreement
+    max_kl: float | None = None  # probability outputs
+    max_relative_error: float | None = 0.1  # other outputs: relative RMS error
+    # The flags that set these, named in the message of a miss.
+    agreement_flag: str = "--guard_agreement"
+    kl_flag: str = "--max_kl"
+    error_flag: str = "--guard_output_error"
+
+    def miss(self, reference, fid: dict) -> str | None:
+        """None when `fid` meets the guard, else what is missed, by how much, and the flag
+        that relaxes it."""
+        misses = []
+        if classifier_outputs(reference):
+            a = fid.get("top1_agreement")
+            if self.min_agreement is not None and a is not None and a < self.min_agreement:
+                misses.append(f"top-1 agreement with the original on the probes is {a:.3f}, "
+                              f"below {self.min_agreement:.3f} ({self.agreement_flag})")
+            kl = fid.get("kl_divergence")
+            if self.max_kl is not None and kl is not None and kl > self.max_kl:
+                misses.append(f"KL divergence from the original on the probes is {kl:.4f}, "
+                              f"above {self.max_kl:.4f} ({self.kl_flag})")
+        if dense_outputs(reference):
+            e = fid.get("relative_error")
+            if self.max_relative_error is not None and e is not None and (
+                    e > self.max_relative_error):
+                misses.append(f"relative output error on the probes is {e:.3f}, above "
+                              f"{self.max_relative_error:.3f} ({self.error_flag})")
+        return "; ".join(misses) or None

@@ -42,6 +42,11 @@ class PruneConfig:
     seed: int = 0
     num_threads: int = 1
     quiet: bool = False
+    input_shape: tuple[int, ...] | None = None  # replaces dynamic input dims (H, W, C)
+    # The fidelity guard on the written model (fidelity.Guard): a miss is an error unless
+    # the per-layer budgets can be scaled down until it holds (auto_backoff).
+    guard: fidelity.Guard = dataclasses.field(default_factory=fidelity.Guard)
+    auto_backoff: bool = True
 
 
 @dataclasses.dataclass
@@ -49,6 +54,11 @@ class PruneResult:
     tflite: bytes
     report: dict
     model: object  # the reduced Keras model (fewer channels, zeros in its kernels)
+
+    @property
+    def fidelity_miss(self) -> str | None:
+        """What the written model misses of the fidelity guard, or None."""
+        return self.report["fidelity_guard"]["miss"]
 
 
 
@@ -62,68 +72,113 @@ def _to_ours(model, layers, thresholds_by_layer: dict, block_size: int,
                   if thresholds_by_layer.get(n) is not None}
     return tflite_rewrite.rewrite(flat, block_sizes={i: block_size for i in names},
                                   thresholds=thresholds, layer_names=names,
-                                  dense_below=dense_below)
+                                  dense_below=dense_below, only=set(names))
+
+
+# Per-layer budgets are scaled by these in turn until the guard holds (0: no pruning).
+BACKOFF = (1.0, 0.5, 0.25, 0.1, 0.0)
 
 
 def compress(model, config: PruneConfig) -> PruneResult:
-    """Reduces `model` (the object may be modified) and returns the rewritten flatbuffer."""
+    """Reduces a copy of `model` (which stays as it is) and returns the rewritten
+    flatbuffer, with a report. The result may miss the fidelity guard (see
+    PruneResult.fidelity_miss); the caller decides whether to write it."""
     from tqdm import tqdm
 
     start = time.time()
-    original_layers, skipped = graph.prunable_layers(model)
+    original = graph.normalize(model, config.input_shape)
+    original_layers, skipped = graph.prunable_layers(original)
     before = {pl.name: (pl.kernel.shape[-1], int(pl.kernel.size), pl.macs)
               for pl in original_layers}
-    probes = probes_lib.make_probes(model, config.probe, config.probe_count, config.input_range,
-                                    config.seed)
-    reference = np.asarray(model.predict(probes, verbose=0))
-    dense_size = len(convert.to_tflite(model))
+    macs_before = {layer.name: graph.layer_macs(layer) for layer in original.layers}
+    probes = probes_lib.make_probes(original, config.probe, config.probe_count,
+                                    config.input_range, config.seed)
+    reference = fidelity.as_list(original.predict(probes, verbose=0))
+    dense_size = len(convert.to_tflite(original))
+    global_budget = any(v is not None for v in (config.target_macs, config.min_agreement,
+                                                config.max_kl))
+    scales = BACKOFF if config.auto_backoff and not global_budget else BACKOFF[:1]
+    attempts = []
+    with tqdm(total=len(original_layers) * 2, desc="pruning", unit="layer",
+              disable=config.quiet, leave=False) as bar:
+        for scale in scales:
+            bar.reset()
+            bar.set_description("pruning" if scale == 1 else f"pruning, budgets x{scale:g}")
+            work = graph.normalize(model, config.input_shape)
+            outcome = _reduce(work, probes, reference, config, scale, bar,
+                              sum(m for _, _, m in before.values()))
+            miss = config.guard.miss(reference, outcome["fidelity"])
+            attempts.append({"budget_scale": scale, "fidelity": outcome["fidelity"],
+                             "miss": miss})
+            if miss is None:
+                break
+            logging.info("budget scale %g misses the fidelity guard: %s", scale, miss)
+    report = _report(config, outcome, before, macs_before, skipped, dense_size)
+    report["fidelity_guard"] = {**dataclasses.asdict(config.guard), "met": miss is None,
+                                "miss": miss, "budget_scale": scale, "attempts": attempts}
+    report["seconds"] = time.time() - start
+    logging.info("reduced %d layers in %.1f s", len(outcome["layers"]), report["seconds"])
+    return PruneResult(outcome["tflite"], report, outcome["model"])
+
+
+def _scaled(config: PruneConfig, scale: float) -> PruneConfig:
+    return dataclasses.replace(
+        config, weight_error_budget=config.weight_error_budget * scale,
+        activation_error_budget=config.activation_error_budget * scale,
+        constant_error_budget=config.constant_error_budget * scale,
+        merge_error_budget=config.merge_error_budget * scale)
+
+
+def _reduce(model, probes: np.ndarray, reference: list, config: PruneConfig, scale: float,
+            bar, original_macs: int) -> dict:
+    """One pass of every technique over `model` with the per-layer budgets times `scale`."""
+    config = _scaled(config, scale)
     removed: dict[str, dict[str, int]] = {}
     refused: dict[str, str] = {}
-    with tqdm(total=4, desc="reducing", unit="technique", disable=config.quiet) as bar:
-        for technique, fn, technique_budget in (
-                ("constant", constant_channels.fold_constant_channels,
-                 config.constant_error_budget),
-                ("merged", channel_merging.merge_channels, config.merge_error_budget)):
-            model, plans, refused = fn(model, probes, technique_budget)
-            for plan in plans:
-                removed.setdefault(plan.chain.producer.name, {})[technique] = len(plan.removed)
-            bar.update(1)
-        layers, _ = graph.prunable_layers(model)
+    for technique, fn, technique_budget in (
+            ("constant", constant_channels.fold_constant_channels, config.constant_error_budget),
+            ("merged", channel_merging.merge_channels, config.merge_error_budget)):
+        model, plans, refused = fn(model, probes, technique_budget)
+        for plan in plans:
+            removed.setdefault(plan.chain.producer.name, {})[technique] = len(plan.removed)
+    layers, _ = graph.prunable_layers(model)
+    inputs = graph.layer_inputs(model, layers, probes)
+    if any(v is not None for v in (config.target_macs, config.min_agreement, config.max_kl)):
+
+        def evaluate(thresholds_by_layer):
+            flat, _ = _to_ours(model, layers, thresholds_by_layer, config.block_size)
+            return fidelity.compare(reference,
+                                    runtime.predict_all(flat, probes, config.num_threads))
+
+        weights, activations, search = budget.allocate(
+            model, layers, inputs, probes, reference, evaluate,
+            target_macs=None if config.target_macs is None
+            else config.target_macs * original_macs,
+            min_agreement=config.min_agreement, max_kl=config.max_kl,
+            block_size=config.block_size, progress=bar)
+    else:
+        search = None
+        weights = weight_pruning.prune_weights(
+            layers, inputs, config.weight_error_budget, config.max_sparsity,
+            config.block_size, progress=bar)
         inputs = graph.layer_inputs(model, layers, probes)
-        global_budget = (config.target_macs, config.min_agreement, config.max_kl)
-        if any(v is not None for v in global_budget):
-            original_macs = sum(m for _, _, m in before.values())
-
-            def evaluate(thresholds_by_layer):
-                flat, _ = _to_ours(model, layers, thresholds_by_layer, config.block_size)
-                return fidelity.compare(reference,
-                                        runtime.predict(flat, probes, config.num_threads))
-
-            weights, activations, search = budget.allocate(
-                model, layers, inputs, probes, reference, evaluate,
-                target_macs=None if config.target_macs is None
-                else config.target_macs * original_macs,
-                min_agreement=config.min_agreement, max_kl=config.max_kl,
-                block_size=config.block_size)
-            bar.update(2)
-        else:
-            search = None
-            weights = weight_pruning.prune_weights(
-                layers, inputs, config.weight_error_budget, config.max_sparsity,
-                config.block_size)
-            bar.update(1)
-            inputs = graph.layer_inputs(model, layers, probes)
-            activations = activation_pruning.prune_activations(
-                layers, inputs, config.activation_error_budget)
-            bar.update(1)
+        activations = activation_pruning.prune_activations(
+            layers, inputs, config.activation_error_budget, progress=bar)
     tflite, records = _to_ours(model, layers, {a.name: a.thresholds for a in activations},
                                config.block_size, config.dense_below)
-    runs_as = {r.layer: r.runs_as for r in records if r.layer}
-    fid = fidelity.compare(reference, runtime.predict(tflite, probes, config.num_threads))
+    fid = fidelity.compare(reference, runtime.predict_all(tflite, probes, config.num_threads))
+    return {"model": model, "layers": layers, "weights": weights, "activations": activations,
+            "removed": removed, "refused": refused, "search": search, "tflite": tflite,
+            "records": records, "fidelity": fid}
 
+
+def _report(config: PruneConfig, outcome: dict, before: dict, macs_before: dict,
+            skipped: dict, dense_size: int) -> dict:
+    layers, tflite, model = outcome["layers"], outcome["tflite"], outcome["model"]
+    runs_as = {r.layer: r.runs_as for r in outcome["records"] if r.layer}
     rows = []
-    for pl, w, a in zip(layers, weights, activations):
-        ch_before, params_before, macs_before = before[pl.name]
+    for pl, w, a in zip(layers, outcome["weights"], outcome["activations"]):
+        ch_before, params_before, pl_macs_before = before[pl.name]
         ours = runs_as.get(pl.name) == "HybridSparseConv2D"
         act_sparsity = a.activation_sparsity if ours else 0.0
         # A conv left to the builtin kernel computes its zeros too (Dense keeps the budget's
@@ -131,9 +186,10 @@ def compress(model, config: PruneConfig) -> PruneResult:
         weight_sparsity = w.sparsity if ours or pl.kind == "dense" else 0.0
         macs_after = pl.macs
         rows.append({
-            "layer": pl.name, "kind": pl.kind, "batch_norm_folded": pl.batch_norm is not None,
+            "layer": pl.name, "kind": "separable" if pl.separable else pl.kind,
+            "batch_norm_folded": pl.batch_norm is not None,
             "channels_before": int(ch_before), "channels_after": int(pl.kernel.shape[-1]),
-            "channels_removed": removed.get(pl.name, {}),
+            "channels_removed": outcome["removed"].get(pl.name, {}),
             "parameters_before": params_before,
             "nonzero_parameters": int(np.count_nonzero(pl.kernel)),
             "weight_sparsity": w.sparsity, "weight_error": w.relative_error,
@@ -141,34 +197,50 @@ def compress(model, config: PruneConfig) -> PruneResult:
             "natural_activation_sparsity": a.natural_sparsity,
             "activation_thresholds": a.thresholds is not None and ours,
             "activation_error": a.relative_error if ours else 0.0,
-            "macs_before": macs_before, "macs_after_dense": macs_after,
+            "macs_before": pl_macs_before, "macs_after_dense": macs_after,
             "effective_macs": int(round(macs_after * (1 - weight_sparsity) * (1 - act_sparsity))),
             # What the vector kernels compute: they skip zero weights, not zero activations.
             "vector_kernel_macs": int(round(macs_after * (1 - weight_sparsity))),
             "runs_as": runs_as.get(pl.name, "FULLY_CONNECTED" if pl.kind == "dense"
                                    else "CONV_2D (not matched)"),
         })
+    # Every other layer with multiply-adds (depthwise convs, the depthwise half of separable
+    # convs, grouped and transposed convs, ...) runs as a builtin op; its MACs count too.
+    pruned_macs = {pl.name: before[pl.name][2] for pl in layers}
+    builtin = []
+    for name, m in macs_before.items():
+        rest = m - pruned_macs.get(name, 0)
+        if rest <= 0:
+            continue
+        layer = model.get_layer(name)
+        after = graph.layer_macs(layer) - (next(pl.macs for pl in layers if pl.name == name)
+                                           if name in pruned_macs else 0)
+        builtin.append({"layer": name + ("/depthwise" if name in pruned_macs else ""),
+                        "kind": graph.class_name(layer), "macs_before": rest,
+                        "macs_after": int(after),
+                        "runs_as": "builtin (" + skipped.get(name, "depthwise half") + ")"})
     params_before = sum(r["parameters_before"] for r in rows)
     nonzero = sum(r["nonzero_parameters"] for r in rows)
-    report = {
+    other_before = sum(b["macs_before"] for b in builtin)
+    other_after = sum(b["macs_after"] for b in builtin)
+    return {
         "config": {k: (list(v) if isinstance(v, tuple) else v)
                    for k, v in dataclasses.asdict(config).items()},
         "layers": rows,
+        "builtin_layers": builtin,
         "skipped_layers": skipped,
-        "channel_removal_refused": refused,
+        "channel_removal_refused": outcome["refused"],
         "totals": {
             "parameters_before": params_before,
             "nonzero_parameters": nonzero,
             "parameter_reduction": 1 - nonzero / params_before,
-            "macs_before": sum(r["macs_before"] for r in rows),
-            "effective_macs": sum(r["effective_macs"] for r in rows),
-            "vector_kernel_macs": sum(r["vector_kernel_macs"] for r in rows),
+            "macs_before": sum(r["macs_before"] for r in rows) + other_before,
+            "effective_macs": sum(r["effective_macs"] for r in rows) + other_after,
+            "vector_kernel_macs": sum(r["vector_kernel_macs"] for r in rows) + other_after,
+            "builtin_macs_before": other_before,
             "tflite_bytes_dense": dense_size,
             "tflite_bytes": len(tflite),
         },
-        "fidelity_on_probes": fid,
-        "global_budget_search": search,
-        "seconds": time.time() - start,
+        "fidelity_on_probes": outcome["fidelity"],
+        "global_budget_search": outcome["search"],
     }
-    logging.info("reduced %d layers in %.1f s", len(layers), report["seconds"])
-    return PruneResult(tflite, report, model)

@@ -13,6 +13,9 @@ def summary(report: dict) -> str:
             f"{r['layer']:<16}{r['kind']:<7}{ch:>10}{r['parameters_before']:>9}"
             f"{r['weight_sparsity']:>9.1%}{r['activation_sparsity']:>9.1%}"
             f"{r['macs_before']:>10}{r['effective_macs']:>10}  {r['runs_as']}")
+    for b in report.get("builtin_layers", []):
+        lines.append(f"{b['layer']:<16}{'':<7}{'':>10}{'':>9}{'':>9}{'':>9}"
+                     f"{b['macs_before']:>10}{b['macs_after']:>10}  {b['runs_as']}")
     t = report["totals"]
     lines.append("-" * len(header))
     lines.append(
@@ -25,8 +28,15 @@ def summary(report: dict) -> str:
         "fewer); the reference kernel also skips zero activations")
     lines.append(f".tflite size: {t['tflite_bytes_dense']} B dense -> {t['tflite_bytes']} B "
                  f"({t['tflite_bytes'] / t['tflite_bytes_dense']:.1%})")
-    fid = ", ".join(f"{k} {v:.4f}" for k, v in report["fidelity_on_probes"].items())
+    fid = ", ".join(f"{k} {v:.4f}" for k, v in report["fidelity_on_probes"].items()
+                    if isinstance(v, float))
     lines.append(f"fidelity on probes (reduced .tflite vs original Keras): {fid}")
+    guard = report.get("fidelity_guard")
+    if guard:
+        scale = guard["budget_scale"]
+        lines.append("fidelity guard: " + ("met" if guard["met"] else "MISSED: " + guard["miss"])
+                     + ("" if scale == 1 else f" (per-layer budgets scaled by {scale:g} to "
+                        "meet it)"))
     for name, reason in report["skipped_layers"].items():
         lines.append(f"not pruned: {name}: {reason}")
     for name, reason in report.get("channel_removal_refused", {}).items():

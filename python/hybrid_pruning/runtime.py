@@ -58,3 +58,39 @@ def predict(model_content: bytes, x, num_threads: int = 1, with_ops: bool = True
     it.set_tensor(inp, x)
     it.invoke()
     return it.get_tensor(it.get_output_details()[0]["index"])
+
+
+def predict_all(model_content: bytes, x, num_threads: int = 1, with_ops: bool = True,
+                batch_size: int = 32) -> list:
+    """Every output of a one-input model on the batch `x`, in the Keras model's output order
+    (the converter names them output_0, output_1, ... in its signature), in chunks of
+    `batch_size` so that big models do not hold every probe's activations at once."""
+    import numpy as np
+
+    it = make_interpreter(model_content=model_content, num_threads=num_threads,
+                          with_ops=with_ops)
+    inp = it.get_input_details()[0]["index"]
+    details = it.get_output_details()
+    order = list(range(len(details)))
+    signatures = it.get_signature_list()
+    if len(details) > 1 and signatures:
+        outputs = next(iter(signatures.values()))["outputs"]
+        by_tensor = {it.get_signature_runner(next(iter(signatures)))
+                     .get_output_details()[name]["index"]: name for name in outputs}
+        names = [by_tensor.get(d["index"], "") for d in details]
+
+        def rank(i):
+            tail = names[i].rsplit("_", 1)[-1]
+            return (0, int(tail)) if tail.isdigit() else (1, names[i])
+
+        order = sorted(order, key=rank)
+    chunks = [[] for _ in details]
+    for start in range(0, len(x), batch_size):
+        part = x[start:start + batch_size]
+        it.resize_tensor_input(inp, part.shape)
+        it.allocate_tensors()
+        it.set_tensor(inp, part)
+        it.invoke()
+        for k, i in enumerate(order):
+            chunks[k].append(it.get_tensor(details[i]["index"]).copy())
+    return [np.concatenate(c) for c in chunks]

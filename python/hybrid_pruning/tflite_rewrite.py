@@ -51,10 +51,12 @@ def match_layers(model_bytes: bytes, folded_kernels: dict[str, np.ndarray]) -> d
 
 def rewrite(model_bytes: bytes, min_sparsity: float = 1e-6, block_sizes: dict[int, int] | None = None,
             thresholds: dict[int, np.ndarray] | None = None, layer_names: dict[int, str] | None = None,
-            dense_below: float = 0.0) -> tuple[bytes, list[ConvOpRecord]]:
+            dense_below: float = 0.0, only: set[int] | None = None
+            ) -> tuple[bytes, list[ConvOpRecord]]:
     """Replaces every CONV_2D whose filter has at least `min_sparsity` zeros, or that has
     activation thresholds, by our op; except the dense fallback: a filter with less than
-    `dense_below` zeros stays CONV_2D, and its thresholds are dropped."""
+    `dense_below` zeros stays CONV_2D, and its thresholds are dropped. `only`: the op
+    indices that may be rewritten (the pipeline passes the convs it pruned)."""
     block_sizes = block_sizes or {}
     thresholds = thresholds or {}
     layer_names = layer_names or {}
@@ -72,11 +74,19 @@ def rewrite(model_bytes: bytes, min_sparsity: float = 1e-6, block_sizes: dict[in
         record = ConvOpRecord(i, out_name, tuple(sg.tensors[op.inputs[1]].shape), 0.0,
                               "CONV_2D", 0, layer=layer_names.get(i))
         records.append(record)
+        if only is not None and i not in only:
+            record.runs_as = "CONV_2D (not pruned)"
+            continue
         if w is None:
             record.runs_as = "CONV_2D (filter is not a float32 constant)"
             continue
         record.dense_bytes = w.nbytes
         record.sparsity = float(np.mean(w == 0))
+        in_shape = sg.tensors[op.inputs[0]].shape
+        if in_shape is None or len(in_shape) != 4 or int(in_shape[-1]) != w.shape[-1]:
+            # A grouped convolution: its filter sees a slice of the input channels.
+            record.runs_as = "CONV_2D (grouped convolution)"
+            continue
         geometry = tflite_model.conv_geometry(op, w.shape)
         if geometry is None:
             record.runs_as = "CONV_2D (fused activation or padding not supported by our op)"

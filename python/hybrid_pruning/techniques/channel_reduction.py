@@ -124,7 +124,8 @@ def rebuild(model, plans: list[ChainPlan]):
     for plan in plans:
         consumer = plan.chain.consumer
         w = weights[consumer.name]
-        kernel = w[0]
+        ki = graph.kernel_index(consumer)
+        kernel = w[ki]
         c = plan.channels_before
         k3 = kernel.reshape(-1, c, kernel.shape[-1]).astype(np.float64)  # [taps, C, out]
         delta = np.zeros(kernel.shape[-1])
@@ -137,9 +138,11 @@ def rebuild(model, plans: list[ChainPlan]):
         k3 = k3[:, keep, :]
         new_shape = kernel.shape[:-2] + (len(keep), kernel.shape[-1]) if kernel.ndim == 4 else (
             k3.shape[0] * len(keep), kernel.shape[-1])
-        w[0] = k3.reshape(new_shape).astype(kernel.dtype)
+        w[ki] = k3.reshape(new_shape).astype(kernel.dtype)
+        if ki:  # a SeparableConv2D consumer: its depthwise half loses the channels too
+            w[0] = w[0][:, :, keep, :]
         if consumer.get_config().get("use_bias", False):
-            w[1] = (w[1] + delta).astype(w[1].dtype)
+            w[ki + 1] = (w[ki + 1] + delta).astype(w[ki + 1].dtype)
         else:  # fold into the following BatchNorm's beta, through its scale
             bn = graph.following_batch_norm(consumer)
             idx = _named(bn)
@@ -150,19 +153,23 @@ def rebuild(model, plans: list[ChainPlan]):
         keep = np.setdiff1d(np.arange(plan.channels_before), [c.channel for c in plan.removed])
         producer = plan.chain.producer
         w = weights[producer.name]
-        w[0] = w[0][..., keep]
-        if len(w) > 1:
-            w[1] = w[1][keep]
+        ki = graph.kernel_index(producer)
+        w[ki] = w[ki][..., keep]
+        if len(w) > ki + 1:
+            w[ki + 1] = w[ki + 1][keep]
         filters[producer.name] = len(keep)
         for layer in plan.chain.path:
             kind = graph.class_name(layer)
-            if kind == "BatchNormalization":
-                weights[layer.name] = [v[keep] for v in weights[layer.name]]
-            elif kind == "DepthwiseConv2D":
-                lw = weights[layer.name]
+            if kind not in graph.PER_CHANNEL_WEIGHTS:
+                continue
+            lw = weights[layer.name]
+            if kind == "DepthwiseConv2D":
                 lw[0] = lw[0][:, :, keep, :]
                 if len(lw) > 1:
                     lw[1] = lw[1][keep]
+            else:  # BatchNorm statistics, PReLU slopes (unless shared over channels)
+                weights[layer.name] = [v[..., keep] if v.shape[-1] == plan.channels_before
+                                       else v for v in lw]
     config = model.get_config()
     for layer_cfg in config["layers"]:
         layer_cfg.pop("build_config", None)
@@ -190,7 +197,7 @@ def reduce_channels(model, probes: np.ndarray, budget: float, propose, max_fract
     inputs = graph.layer_inputs(model, [by_name[ch.consumer.name] for ch in usable], probes)
     plans = []
     for chain, x in zip(usable, inputs):
-        channels = int(chain.producer.get_weights()[0].shape[-1])
+        channels = int(chain.producer.get_weights()[graph.kernel_index(chain.producer)].shape[-1])
         stats = ConsumerStats(by_name[chain.consumer.name], x)
         stats.configure(channels)
         chosen, err = select(stats, propose(x, channels), budget, max_fraction)
