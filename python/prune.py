@@ -49,8 +49,11 @@ flags.DEFINE_float("dense_below", 0.0, "Dense fallback: a Conv2D whose weight sp
                    "activation thresholds. Measured break-even on x86 (benchmarks/results/"
                    "conv_bench_x86.md): about 0.7 unstructured, 0.5 with --block_size=4.",
                    lower_bound=0.0, upper_bound=1.0)
-flags.DEFINE_enum("probe", "bn", ["bn", "random"], "Data-free probe inputs: 'bn' matches the "
-                  "BatchNorm statistics stored in the model, 'random' is uniform noise.")
+flags.DEFINE_enum("probe", "auto", ["auto", "bn", "image", "random"],
+                  "Data-free probe inputs: 'bn' optimises inputs until every BatchNorm sees its "
+                  "stored statistics; 'image' draws synthetic natural-image-like inputs (1/f "
+                  "noise and dead leaves); 'random' is uniform noise; 'auto' is 'bn' for models "
+                  "with BatchNorm, else 'image'.")
 flags.DEFINE_integer("probe_count", 128, "Number of probe inputs.", lower_bound=1)
 flags.DEFINE_list("input_range", ["0", "1"], "Min,max of the model's inputs (for probes).")
 flags.DEFINE_integer("seed", 0, "Seed of the probe inputs.")

@@ -6,18 +6,19 @@ from __future__ import annotations
 import json
 import pathlib
 
-from absl.testing import absltest
+from absl.testing import absltest, parameterized
 
 import train_demo
 
-_METRICS = pathlib.Path(__file__).parent.parent / "python" / "demo" / "digits_cnn.json"
+_DEMO = pathlib.Path(__file__).parent.parent / "python" / "demo"
 
 
-class TrainReproducibleTest(absltest.TestCase):
+class TrainReproducibleTest(parameterized.TestCase):
 
-    def test_retraining_matches_committed_accuracy(self):
-        committed = json.loads(_METRICS.read_text())
-        model, accuracy = train_demo.train(committed["seed"], committed["epochs"])
+    @parameterized.parameters(("digits_cnn.json", True), ("digits_cnn_nobn.json", False))
+    def test_retraining_matches_committed_accuracy(self, metrics: str, batch_norm: bool):
+        committed = json.loads((_DEMO / metrics).read_text())
+        model, accuracy = train_demo.train(committed["seed"], committed["epochs"], batch_norm)
         self.assertEqual(model.count_params(), committed["parameters"])
         self.assertGreaterEqual(committed["parameters"], 100_000)
         self.assertAlmostEqual(accuracy, committed["test_accuracy"], delta=0.01)

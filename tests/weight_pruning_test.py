@@ -8,7 +8,8 @@ from absl.testing import absltest, parameterized
 
 from tensorflow.lite.python import schema_py_generated as schema
 
-from hybrid_pruning import convert, graph, op_format, runtime, tflite_model, tflite_rewrite
+from hybrid_pruning import (convert, graph, op_format, runtime, statistics, tflite_model,
+                            tflite_rewrite)
 from hybrid_pruning.techniques import weight_pruning
 
 
@@ -52,7 +53,7 @@ class FoldingAndErrorTest(parameterized.TestCase):
         tap = keras.Model(model.inputs, target)
         before = tap.predict(x, verbose=0)
         # Folding: the folded kernel and bias reproduce conv + BatchNorm.
-        p = weight_pruning.patches(conv, x)
+        p = statistics.patch_rows(conv, x)  # every position, in TF order
         folded = (p @ conv.folded_kernel.reshape(-1, 12) + conv.folded_bias).reshape(before.shape)
         np.testing.assert_allclose(folded, before, rtol=1e-4, atol=1e-4)
         inputs = graph.layer_inputs(model, layers, x)
@@ -86,6 +87,26 @@ class FoldingAndErrorTest(parameterized.TestCase):
         plain = weight_pruning.prune_layer(layers[0], x, 0.2, reconstruct=False)
         refit = weight_pruning.prune_layer(layers[0], x, 0.2, reconstruct=True)
         self.assertGreater(refit.sparsity, plain.sparsity)
+
+    def test_conjugate_gradient_refit_equals_direct_solves(self):
+        rng = np.random.default_rng(3)
+        k, out_c = 1200, 6
+        p = rng.normal(size=(4000, k)) @ rng.normal(size=(k, k)) * 0.05 + rng.normal(size=k)
+        cov = np.cov(p, rowvar=False)
+        w2 = rng.normal(size=(k, out_c))
+        keep = rng.uniform(size=(k, out_c)) > 0.7
+        self.assertGreater(k, weight_pruning._DIRECT_MAX)  # refit takes the CG path
+        cg = weight_pruning.refit(cov, w2, keep)
+        saved = weight_pruning._DIRECT_MAX
+        weight_pruning._DIRECT_MAX = k
+        try:
+            direct = weight_pruning.refit(cov, w2, keep)
+        finally:
+            weight_pruning._DIRECT_MAX = saved
+        self.assertTrue(np.all(cg[~keep] == 0))
+        # Same output error to within a hundredth of it.
+        err = lambda new: float(np.sum((cov @ (w2 - new)) * (w2 - new)))
+        self.assertAlmostEqual(err(cg), err(direct), delta=0.01 * err(direct))
 
     def test_block_structure(self):
         model = _conv_model()

@@ -17,7 +17,7 @@ import dataclasses
 import numpy as np
 from absl import logging
 
-from hybrid_pruning import fidelity, graph
+from hybrid_pruning import fidelity, graph, statistics
 from hybrid_pruning.techniques import activation_pruning, weight_pruning
 
 SPARSITIES = (0.0, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95)
@@ -82,7 +82,7 @@ def _sensitivity(model, pl: graph.PrunableLayer, pruner, probes, reference, seed
     noise = np.random.default_rng(seed).normal(0, sigma, pruner.w2.shape)
     pl.set_folded((pruner.w2 + noise).reshape(pruner.shape).astype(np.float32))
     try:
-        out = model.predict(probes, verbose=0)
+        out = model.predict(probes, batch_size=statistics.predict_batch(model), verbose=0)
     finally:
         pl.layer.set_weights(original)
     return max(_damage(reference, out), 1e-12) / _SENSITIVITY_NOISE ** 2

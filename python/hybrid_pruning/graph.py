@@ -119,7 +119,7 @@ def _is_keras_tensor(x) -> bool:
     return hasattr(x, "_keras_history") and hasattr(x, "shape")
 
 
-def _flatten(structure) -> list:
+def flatten(structure) -> list:
     import tensorflow as tf
 
     return tf.nest.flatten(structure, expand_composites=False)
@@ -142,7 +142,7 @@ def model_nodes(model) -> list:
     topological order. Keras keeps more nodes on a layer than its model uses: a reloaded
     Sequential model has one per rebuild, a layer of a nested model one per outer call."""
     order, state = [], {}
-    stack = [(t, False) for t in reversed(_flatten(model.outputs))]
+    stack = [(t, False) for t in reversed(flatten(model.outputs))]
     while stack:
         tensor, expanded = stack.pop()
         history = getattr(tensor, "_keras_history", None)
@@ -159,7 +159,7 @@ def model_nodes(model) -> list:
         state[id(node)] = "open"
         stack.append((tensor, True))
         args, kwargs = _node_call(node)
-        for x in reversed(_flatten((args, kwargs))):
+        for x in reversed(flatten((args, kwargs))):
             if _is_keras_tensor(x):
                 stack.append((x, False))
     return order
@@ -181,15 +181,15 @@ def _replay(model, values: dict) -> None:
             continue
         mapped_args, mapped_kwargs = tf.nest.map_structure(
             lambda x: values[id(x)] if _is_keras_tensor(x) else x, (args, kwargs))
-        outputs = _flatten(node.outputs)
+        outputs = flatten(node.outputs)
         if _is_model(layer):
-            for inner, outer in zip(_flatten(layer.inputs), _flatten((mapped_args,
+            for inner, outer in zip(flatten(layer.inputs), flatten((mapped_args,
                                                                       mapped_kwargs))):
                 values[id(inner)] = outer
             _replay(layer, values)
-            results = [values[id(t)] for t in _flatten(layer.outputs)]
+            results = [values[id(t)] for t in flatten(layer.outputs)]
         else:
-            results = _flatten(layer(*mapped_args, **mapped_kwargs))
+            results = flatten(layer(*mapped_args, **mapped_kwargs))
         for t, r in zip(outputs, results):
             values[id(t)] = r
 
@@ -200,7 +200,7 @@ def normalize(model, input_shape: tuple[int, ...] | None = None):
     extra nodes Keras adds when it reloads a model all become one plain graph. `input_shape`
     (without batch) replaces dynamic dimensions of the input."""
     K = keras_module(model)
-    inputs = _flatten(model.inputs)
+    inputs = flatten(model.inputs)
     if len(inputs) != 1:
         raise UserError(f"model '{model.name}' has {len(inputs)} inputs; only models with "
                         "one input are supported")
@@ -225,7 +225,7 @@ def normalize(model, input_shape: tuple[int, ...] | None = None):
                 else None)
     values = {id(inputs[0]): x}
     _replay(model, values)
-    outputs = [values[id(t)] for t in _flatten(model.outputs)]
+    outputs = [values[id(t)] for t in flatten(model.outputs)]
     flat = K.Model(x, outputs if len(outputs) > 1 else outputs[0], name=model.name)
     clean = K.Model.from_config(flat.get_config())
     for layer in clean.layers:

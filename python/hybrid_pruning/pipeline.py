@@ -14,7 +14,8 @@ import numpy as np
 from absl import logging
 
 from hybrid_pruning import (budget, convert, fidelity, graph, probes as probes_lib, runtime,
-                            tflite_rewrite)
+                            statistics, tflite_rewrite)
+from hybrid_pruning.io import UserError
 from hybrid_pruning.techniques import (activation_pruning, channel_merging, constant_channels,
                                        weight_pruning)
 
@@ -36,7 +37,7 @@ class PruneConfig:
     # kernel is faster there; their activation thresholds are dropped, which only brings them
     # back towards the original). 0 = every pruned conv runs our op.
     dense_below: float = 0.0
-    probe: str = "bn"
+    probe: str = "auto"  # probes.KINDS
     probe_count: int = 128
     input_range: tuple[float, float] = (0.0, 1.0)
     seed: int = 0
@@ -88,12 +89,14 @@ def compress(model, config: PruneConfig) -> PruneResult:
     start = time.time()
     original = graph.normalize(model, config.input_shape)
     original_layers, skipped = graph.prunable_layers(original)
+    _check_memory(original, original_layers, config)
     before = {pl.name: (pl.kernel.shape[-1], int(pl.kernel.size), pl.macs)
               for pl in original_layers}
     macs_before = {layer.name: graph.layer_macs(layer) for layer in original.layers}
     probes = probes_lib.make_probes(original, config.probe, config.probe_count,
                                     config.input_range, config.seed)
-    reference = fidelity.as_list(original.predict(probes, verbose=0))
+    reference = fidelity.as_list(original.predict(
+        probes, batch_size=statistics.predict_batch(original), verbose=0))
     dense_size = len(convert.to_tflite(original))
     global_budget = any(v is not None for v in (config.target_macs, config.min_agreement,
                                                 config.max_kl))
@@ -114,11 +117,26 @@ def compress(model, config: PruneConfig) -> PruneResult:
                 break
             logging.info("budget scale %g misses the fidelity guard: %s", scale, miss)
     report = _report(config, outcome, before, macs_before, skipped, dense_size)
+    report["probes"] = {"kind": probes_lib.resolve(original, config.probe),
+                        "count": config.probe_count}
     report["fidelity_guard"] = {**dataclasses.asdict(config.guard), "met": miss is None,
                                 "miss": miss, "budget_scale": scale, "attempts": attempts}
     report["seconds"] = time.time() - start
     logging.info("reduced %d layers in %.1f s", len(outcome["layers"]), report["seconds"])
     return PruneResult(outcome["tflite"], report, outcome["model"])
+
+
+def _check_memory(model, layers, config: PruneConfig) -> None:
+    """Refuses, before any work, a run that would not fit in memory (the kernel's OOM killer
+    would end it without a word)."""
+    need = statistics.planned_bytes(model, layers, config.probe_count)
+    have = statistics.available_bytes()
+    logging.info("memory: about %.1f GB planned, %.1f GB available", need / 1e9, have / 1e9)
+    if need > have:
+        raise UserError(
+            f"model '{model.name}' needs about {need / 1e9:.1f} GB to compress with "
+            f"--probe_count={config.probe_count} and {have / 1e9:.1f} GB is available; "
+            "lower --probe_count or free memory")
 
 
 def _scaled(config: PruneConfig, scale: float) -> PruneConfig:
@@ -142,13 +160,14 @@ def _reduce(model, probes: np.ndarray, reference: list, config: PruneConfig, sca
         for plan in plans:
             removed.setdefault(plan.chain.producer.name, {})[technique] = len(plan.removed)
     layers, _ = graph.prunable_layers(model)
-    inputs = graph.layer_inputs(model, layers, probes)
+    inputs = statistics.collect(model, layers, probes, config.seed)
     if any(v is not None for v in (config.target_macs, config.min_agreement, config.max_kl)):
 
         def evaluate(thresholds_by_layer):
             flat, _ = _to_ours(model, layers, thresholds_by_layer, config.block_size)
             return fidelity.compare(reference,
-                                    runtime.predict_all(flat, probes, config.num_threads))
+                                    runtime.predict_all(flat, probes, config.num_threads,
+                                                        batch_size=statistics.predict_batch(model)))
 
         weights, activations, search = budget.allocate(
             model, layers, inputs, probes, reference, evaluate,
@@ -161,12 +180,13 @@ def _reduce(model, probes: np.ndarray, reference: list, config: PruneConfig, sca
         weights = weight_pruning.prune_weights(
             layers, inputs, config.weight_error_budget, config.max_sparsity,
             config.block_size, progress=bar)
-        inputs = graph.layer_inputs(model, layers, probes)
+        inputs = statistics.collect(model, layers, probes, config.seed)
         activations = activation_pruning.prune_activations(
             layers, inputs, config.activation_error_budget, progress=bar)
     tflite, records = _to_ours(model, layers, {a.name: a.thresholds for a in activations},
                                config.block_size, config.dense_below)
-    fid = fidelity.compare(reference, runtime.predict_all(tflite, probes, config.num_threads))
+    fid = fidelity.compare(reference, runtime.predict_all(
+        tflite, probes, config.num_threads, batch_size=statistics.predict_batch(model)))
     return {"model": model, "layers": layers, "weights": weights, "activations": activations,
             "removed": removed, "refused": refused, "search": search, "tflite": tflite,
             "records": records, "fidelity": fid}

@@ -2,7 +2,13 @@
 
 "bn": inputs optimised so that every BatchNormalization layer sees batch statistics equal to
 its stored running mean and variance (the idea of ZeroQ, Cai et al., CVPR 2020).
+"image": synthetic images with natural-image statistics, for models without BatchNorm:
+half 1/f-spectrum noise (natural images have an amplitude spectrum close to 1/f), half
+dead-leaves images (occluding disks with power-law sizes, whose statistics match natural
+images' edges and flat regions; used data-free by Lazarevich et al., ICCV Workshops 2021).
+Colour channels are strongly correlated, as in photographs.
 "random": uniform noise over the input range the user gives.
+"auto" (the default): "bn" where the model has BatchNormalization, else "image".
 """
 
 from __future__ import annotations
@@ -13,7 +19,7 @@ from absl import logging
 from hybrid_pruning import graph
 from hybrid_pruning.io import UserError
 
-KINDS = ("bn", "random")
+KINDS = ("auto", "bn", "image", "random")
 
 
 def _input_shape(model) -> tuple[int, ...]:
@@ -76,12 +82,85 @@ def bn_matched_probes(model, count: int, input_range: tuple[float, float], seed:
     return x.numpy().astype(np.float32)
 
 
+def _pink_noise(rng: np.random.Generator, n: int, h: int, w: int, c: int) -> np.ndarray:
+    """Images with amplitude spectrum 1/f^alpha (alpha around 1), zero mean, unit std."""
+    fy = np.fft.fftfreq(h)[:, None]
+    fx = np.fft.rfftfreq(w)[None, :]
+    f = np.maximum(np.sqrt(fy * fy + fx * fx), 1.0 / max(h, w))
+    alpha = rng.uniform(0.8, 1.5, (n, 1, 1, 1))
+    amplitude = f[None, :, :, None] ** -alpha
+    spectrum = amplitude * (rng.normal(size=(n, *f.shape, c + 1))
+                            + 1j * rng.normal(size=(n, *f.shape, c + 1)))
+    fields = np.fft.irfft2(spectrum, s=(h, w), axes=(1, 2))
+    # One field shared by every channel plus a weaker one of each: correlated colours.
+    img = 0.9 * fields[..., :1] + 0.25 * fields[..., 1:]
+    img -= img.mean(axis=(1, 2, 3), keepdims=True)
+    return img / np.maximum(img.std(axis=(1, 2, 3), keepdims=True), 1e-12)
+
+
+def _dead_leaves(rng: np.random.Generator, n: int, h: int, w: int, c: int) -> np.ndarray:
+    """Occluding disks with radii of density ~ r^-3 and correlated colours, in [-1, 1]."""
+    out = np.empty((n, h, w, c))
+    yy, xx = np.mgrid[0:h, 0:w]
+    r_min, r_max = max(1.0, max(h, w) / 40), max(h, w) / 2
+    for i in range(n):
+        img = np.empty((h, w, c))
+        img[:] = rng.uniform(-1, 1) + 0.2 * rng.uniform(-1, 1, c)
+        # Enough leaves that later ones cover most of the canvas.
+        for _ in range(int(min(2000, 150 + h * w / 64))):
+            u = rng.uniform()
+            r = (r_min ** -2 - u * (r_min ** -2 - r_max ** -2)) ** -0.5
+            cy, cx = rng.uniform(0, h), rng.uniform(0, w)
+            y0, y1 = max(int(cy - r), 0), min(int(cy + r) + 1, h)
+            x0, x1 = max(int(cx - r), 0), min(int(cx + r) + 1, w)
+            if y0 >= y1 or x0 >= x1:
+                continue
+            mask = (yy[y0:y1, x0:x1] - cy) ** 2 + (xx[y0:y1, x0:x1] - cx) ** 2 <= r * r
+            colour = rng.uniform(-1, 1) + 0.2 * rng.uniform(-1, 1, c)
+            img[y0:y1, x0:x1][mask] = colour
+        out[i] = img
+    return out
+
+
+def image_probes(model, count: int, input_range: tuple[float, float], seed: int) -> np.ndarray:
+    """Half 1/f noise, half dead leaves, each image with its own brightness and contrast,
+    inside the input range. Inputs that are not images (rank != 3) get uniform noise."""
+    shape = _input_shape(model)
+    if len(shape) != 3:
+        return random_probes(model, count, input_range, seed)
+    rng = np.random.default_rng(seed)
+    h, w, c = shape
+    pink = count // 2
+    raw = np.concatenate([0.35 * _pink_noise(rng, pink, h, w, c),
+                          0.5 * _dead_leaves(rng, count - pink, h, w, c)])
+    raw = raw[rng.permutation(count)]
+    lo, hi = input_range
+    brightness = rng.uniform(0.3, 0.7, (count, 1, 1, 1))
+    contrast = rng.uniform(0.5, 1.0, (count, 1, 1, 1))
+    unit = np.clip(brightness + contrast * raw, 0.0, 1.0)
+    return (lo + (hi - lo) * unit).astype(np.float32)
+
+
+def has_batch_norm(model) -> bool:
+    return any(graph.class_name(l) == "BatchNormalization" for l in model.layers)
+
+
+def resolve(model, kind: str) -> str:
+    """The probe kind "auto" stands for on this model."""
+    if kind != "auto":
+        return kind
+    return "bn" if has_batch_norm(model) else "image"
+
+
 def make_probes(model, kind: str, count: int, input_range: tuple[float, float], seed: int
                 ) -> np.ndarray:
     if kind not in KINDS:
         raise UserError(f"--probe={kind}: expected one of {', '.join(KINDS)}")
     if count < 1:
         raise UserError(f"--probe_count={count}: must be positive")
+    kind = resolve(model, kind)
     if kind == "random":
         return random_probes(model, count, input_range, seed)
+    if kind == "image":
+        return image_probes(model, count, input_range, seed)
     return bn_matched_probes(model, count, input_range, seed)

@@ -31,6 +31,9 @@ def summary(report: dict) -> str:
     fid = ", ".join(f"{k} {v:.4f}" for k, v in report["fidelity_on_probes"].items()
                     if isinstance(v, float))
     lines.append(f"fidelity on probes (reduced .tflite vs original Keras): {fid}")
+    if "probes" in report:
+        lines.append(f"probes: {report['probes']['count']} '{report['probes']['kind']}' inputs "
+                     "(data-free)")
     guard = report.get("fidelity_guard")
     if guard:
         scale = guard["budget_scale"]

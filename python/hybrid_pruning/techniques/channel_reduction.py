@@ -16,8 +16,7 @@ import dataclasses
 
 import numpy as np
 
-from hybrid_pruning import graph
-from hybrid_pruning.techniques.weight_pruning import patches
+from hybrid_pruning import graph, statistics
 
 
 @dataclasses.dataclass
@@ -40,9 +39,13 @@ class ChainPlan:
 class ConsumerStats:
     """Moments of a chain consumer's input on the probes, and its folded weights."""
 
-    def __init__(self, consumer: graph.PrunableLayer, x: np.ndarray):
-        self.channels = int(x.shape[-1]) if consumer.kind == "conv2d" else None
-        p = patches(consumer, x)
+    def __init__(self, consumer: graph.PrunableLayer, x):
+        """`x`: the consumer's input on the probes, as a statistics.LayerSample or an array."""
+        sample = statistics.as_sample(consumer, x)
+        self.sample = sample
+        self.spatial = consumer.kind == "conv2d"
+        self.channels = int(consumer.kernel.shape[-2]) if self.spatial else None
+        p = sample.rows.astype(np.float64)
         self.second = p.T @ p / len(p)
         self.mean = p.mean(0)
         k = consumer.folded_kernel
@@ -78,7 +81,8 @@ class ConsumerStats:
 
 
 def channel_moments(x: np.ndarray, channels: int) -> tuple[np.ndarray, np.ndarray]:
-    """Mean [C] and covariance [C, C] of the channels over probes and positions."""
+    """Mean [C] and covariance [C, C] of the channels over probes and positions (`x`: any
+    array whose last axis, after reshaping to `channels` columns, is the channel)."""
     flat = x.reshape(-1, channels).astype(np.float64)
     mean = flat.mean(0)
     cov = flat.T @ flat / len(flat) - np.outer(mean, mean)
@@ -186,21 +190,22 @@ def rebuild(model, plans: list[ChainPlan]):
 
 def reduce_channels(model, probes: np.ndarray, budget: float, propose, max_fraction: float = 0.9
                     ) -> tuple[object, list[ChainPlan], dict[str, str]]:
-    """Runs one technique: `propose(x, stats)` lists candidates for a chain's consumer input
-    x; the cheapest are removed within `budget` (relative error of the consumer's output)."""
+    """Runs one technique: `propose(values, channels)` lists candidates from the values
+    [M, channels] of a chain's consumer input; the cheapest are removed within `budget` (relative error of the consumer's output)."""
     chains, refused = graph.channel_chains(model)
     if not chains or budget <= 0:
         return model, [], refused
     layers, _ = graph.prunable_layers(model)
     by_name = {pl.name: pl for pl in layers}
     usable = [ch for ch in chains if ch.consumer.name in by_name]
-    inputs = graph.layer_inputs(model, [by_name[ch.consumer.name] for ch in usable], probes)
+    samples = statistics.collect(model, [by_name[ch.consumer.name] for ch in usable], probes)
     plans = []
-    for chain, x in zip(usable, inputs):
+    for chain, sample in zip(usable, samples):
         channels = int(chain.producer.get_weights()[graph.kernel_index(chain.producer)].shape[-1])
-        stats = ConsumerStats(by_name[chain.consumer.name], x)
+        stats = ConsumerStats(by_name[chain.consumer.name], sample)
         stats.configure(channels)
-        chosen, err = select(stats, propose(x, channels), budget, max_fraction)
+        values = sample.channel_values(channels, spatial=stats.spatial)
+        chosen, err = select(stats, propose(values, channels), budget, max_fraction)
         if chosen:
             plans.append(ChainPlan(chain, chosen, channels, err))
     return (rebuild(model, plans) if plans else model), plans, refused

@@ -17,11 +17,10 @@ import dataclasses
 
 import numpy as np
 
+from hybrid_pruning import statistics
 from hybrid_pruning.graph import PrunableLayer
 from hybrid_pruning.techniques import search
 
-_MAX_PATCH_ROWS = 32768  # rows of P sampled for the covariance
-_MAX_PATCH_VALUES = 1 << 25  # and at most this many values (256 MiB in float64)
 DAMPING = 0.01  # ridge on the re-fit, relative to the mean input variance
 
 
@@ -41,27 +40,8 @@ class _Stats:
     energy: float  # mean squared output of the original layer
 
 
-def patches(layer: PrunableLayer, x: np.ndarray, seed: int = 0) -> np.ndarray:
-    """Rows of input patches in the kernel's flattened (h, w, in) order."""
-    if layer.kind == "dense":
-        rows = x.reshape(x.shape[0], -1)
-    else:
-        import tensorflow as tf
-
-        kh, kw = layer.kernel.shape[:2]
-        p = tf.image.extract_patches(
-            x, sizes=[1, kh, kw, 1], strides=[1, *layer.strides, 1],
-            rates=[1, *layer.dilations, 1], padding=layer.padding)
-        rows = p.numpy().reshape(-1, p.shape[-1])
-    limit = max(1024, min(_MAX_PATCH_ROWS, _MAX_PATCH_VALUES // rows.shape[1]))
-    if rows.shape[0] > limit:
-        keep = np.random.default_rng(seed).choice(rows.shape[0], limit, replace=False)
-        rows = rows[keep]
-    return rows.astype(np.float64)
-
-
-def _stats(layer: PrunableLayer, x: np.ndarray, w2: np.ndarray) -> _Stats:
-    p = patches(layer, x)
+def _stats(layer: PrunableLayer, sample: statistics.LayerSample, w2: np.ndarray) -> _Stats:
+    p = sample.rows.astype(np.float64)
     mean = p.mean(0)
     second = p.T @ p / len(p)
     # Without a bias to correct, the mean shift is part of the error.
@@ -81,11 +61,18 @@ def block_scores(kernel_2d: np.ndarray, block_size: int) -> np.ndarray:
     return np.repeat(norms, block_size, axis=1)[:, :out_c]
 
 
+# Up to this many weights per output channel the re-fit solves each channel directly; above
+# it (3x3x256 and wider) one preconditioned conjugate-gradient run serves every channel.
+_DIRECT_MAX = 1024
+
+
 def refit(cov: np.ndarray, w2: np.ndarray, keep: np.ndarray, damping: float = DAMPING
           ) -> np.ndarray:
     """Least-squares re-fit of the kept weights of each output channel (columns of w2)."""
     ridge = damping * max(float(np.mean(np.diag(cov))), 1e-12)
     target = cov @ w2  # [K, out_c]
+    if cov.shape[0] > _DIRECT_MAX:
+        return _refit_cg(cov, ridge, target, keep, w2)
     new = np.zeros_like(w2)
     for c in range(w2.shape[1]):
         s = np.flatnonzero(keep[:, c])
@@ -95,16 +82,47 @@ def refit(cov: np.ndarray, w2: np.ndarray, keep: np.ndarray, damping: float = DA
     return new
 
 
+def _refit_cg(cov: np.ndarray, ridge: float, target: np.ndarray, keep: np.ndarray,
+              start: np.ndarray, iterations: int = 60, tolerance: float = 1e-3) -> np.ndarray:
+    """The same solves as refit, for all channels at once: Jacobi-preconditioned conjugate
+    gradients on (cov + ridge I) restricted to each column's kept rows, so each iteration
+    is one [K, K] x [K, out_c] product (float32) instead of out_c factorisations of
+    [k, k] blocks. Starts from the unpruned weights, which are close."""
+    a = cov.astype(np.float32)
+    m = keep.astype(np.float32)
+    b = (target * keep).astype(np.float32)
+    dinv = (1.0 / (np.diag(cov) + ridge)).astype(np.float32)[:, None]
+    x = (start * keep).astype(np.float32)
+    r = b - m * (a @ x + ridge * x)
+    z = dinv * r
+    p = z.copy()
+    rz = np.sum(r * z, 0)
+    stop = tolerance * np.maximum(np.linalg.norm(b, axis=0), 1e-30)
+    for _ in range(iterations):
+        ap = m * (a @ p + ridge * p)
+        alpha = rz / np.maximum(np.sum(p * ap, 0), 1e-30)
+        x += alpha * p
+        r -= alpha * ap
+        if np.all(np.linalg.norm(r, axis=0) <= stop):
+            break
+        z = dinv * r
+        rz_new = np.sum(r * z, 0)
+        p = z + (rz_new / np.maximum(rz, 1e-30)) * p
+        rz = rz_new
+    return (x * m).astype(np.float64)
+
+
 class LayerPruner:
     """Evaluates magnitude pruning of one layer at any sparsity, from its probe statistics."""
 
-    def __init__(self, layer: PrunableLayer, x: np.ndarray, block_size: int = 1,
+    def __init__(self, layer: PrunableLayer, x, block_size: int = 1,
                  reconstruct: bool = True):
+        """`x`: the layer's input on the probes, as a statistics.LayerSample or an array."""
         self.layer = layer
         w = layer.folded_kernel.astype(np.float64)
         self.shape = w.shape
         self.w2 = w.reshape(-1, w.shape[-1])  # [K, out_c]
-        self.stats = _stats(layer, x, self.w2)
+        self.stats = _stats(layer, statistics.as_sample(layer, x), self.w2)
         self.scores = block_scores(self.w2, block_size)
         self.reconstruct = reconstruct
 
@@ -126,7 +144,7 @@ class LayerPruner:
                                    None if bias_delta is None else bias_delta.astype(np.float32))
 
 
-def prune_layer(layer: PrunableLayer, x: np.ndarray, error_budget: float,
+def prune_layer(layer: PrunableLayer, x, error_budget: float,
                 max_sparsity: float = 0.99, block_size: int = 1, iterations: int = 10,
                 reconstruct: bool = True) -> WeightPruningResult:
     """The largest magnitude-percentile sparsity whose relative output error on the probe
@@ -137,7 +155,7 @@ def prune_layer(layer: PrunableLayer, x: np.ndarray, error_budget: float,
     return pruner.result(best, best_err)
 
 
-def prune_weights(layers: list[PrunableLayer], inputs: list[np.ndarray], error_budget: float,
+def prune_weights(layers: list[PrunableLayer], inputs: list, error_budget: float,
                   max_sparsity: float = 0.99, block_size: int = 1, reconstruct: bool = True,
                   progress=None) -> list[WeightPruningResult]:
     """Prunes every layer in place (zeros in its kernel) and returns what was done."""

@@ -1,0 +1,188 @@
+"""Probe statistics of each prunable layer's input, streamed: one batch of probes at a time.
+
+Every technique needs the same thing of a layer: rows of its input patches (one row per
+output position, in the kernel's flattened (h, w, in) order), from which it forms moments,
+re-fits weights and measures errors. Holding every layer's activations for every probe at
+once does not fit for big models (a VGG-16 at 224x224 has ~36 MB of activations per probe),
+and neither does extracting every patch (x9 for 3x3 kernels). So the probes go through the
+model in batches sized to a memory budget, and each batch leaves only a random sample of
+patch rows per layer (positions drawn before extraction, so no full patch tensor is made).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+from hybrid_pruning import graph
+
+MAX_ROWS = 32768  # patch rows sampled per layer
+MAX_VALUES = 1 << 25  # and at most this many values per layer (128 MiB in float32)
+MIN_ROWS = 1024
+BATCH_BYTES = 256 << 20  # activations of one batch of probes, all tapped layers together
+
+
+@dataclasses.dataclass
+class LayerSample:
+    """A sample of one layer's input patches on the probes."""
+
+    rows: np.ndarray  # [R, K] float32
+    natural_sparsity: float  # share of the layer's input that is exactly zero
+
+    @property
+    def width(self) -> int:
+        return int(self.rows.shape[1])
+
+    def channel_values(self, channels: int, spatial: bool) -> np.ndarray:
+        """[M, channels] values of each input channel: from the centre tap of a conv's
+        patches (never padding for odd kernels), or every position of a flattened input."""
+        taps = self.width // channels
+        if not spatial or taps == 1:
+            return self.rows.reshape(-1, channels)
+        centre = taps // 2
+        return self.rows[:, centre * channels:(centre + 1) * channels]
+
+
+def row_limit(width: int) -> int:
+    return max(MIN_ROWS, min(MAX_ROWS, MAX_VALUES // max(width, 1)))
+
+
+def _out_size(size: int, k: int, stride: int, dilation: int, padding: str) -> tuple[int, int]:
+    """(output size, padding before) of one spatial axis, as TensorFlow pads."""
+    span = (k - 1) * dilation + 1
+    if padding == "SAME":
+        out = -(-size // stride)
+        total = max((out - 1) * stride + span - size, 0)
+        return out, total // 2
+    return (size - span) // stride + 1, 0
+
+
+def patch_rows(layer: graph.PrunableLayer, x: np.ndarray, limit: int | None = None,
+               rng: np.random.Generator | None = None) -> np.ndarray:
+    """Rows of input patches of `layer` on its input `x` [N, H, W, C] (zero padding
+    included): all of them, or `limit` positions drawn at random."""
+    rng = rng or np.random.default_rng(0)
+    if layer.kind == "dense":
+        rows = x.reshape(x.shape[0], -1)
+        if limit is not None and len(rows) > limit:
+            rows = rows[np.sort(rng.choice(len(rows), limit, replace=False))]
+        return np.asarray(rows, np.float32)
+    kh, kw = layer.kernel.shape[:2]
+    (sh, sw), (dh, dw) = layer.strides, layer.dilations
+    n, h, w, c = x.shape
+    oh, top = _out_size(h, kh, sh, dh, layer.padding)
+    ow, left = _out_size(w, kw, sw, dw, layer.padding)
+    total = n * oh * ow
+    if limit is not None and total > limit:
+        index = np.sort(rng.choice(total, limit, replace=False))
+    else:
+        index = np.arange(total)
+    ni, rest = np.divmod(index, oh * ow)
+    oy, ox = np.divmod(rest, ow)
+    bottom = max((oh - 1) * sh + (kh - 1) * dh + 1 - h - top, 0)
+    right = max((ow - 1) * sw + (kw - 1) * dw + 1 - w - left, 0)
+    xp = np.pad(np.asarray(x, np.float32), ((0, 0), (top, bottom), (left, right), (0, 0)))
+    rows = np.empty((len(index), kh, kw, c), np.float32)
+    for i in range(kh):
+        for j in range(kw):
+            rows[:, i, j] = xp[ni, oy * sh + i * dh, ox * sw + j * dw]
+    return rows.reshape(len(index), -1)
+
+
+def sample_of(layer: graph.PrunableLayer, x: np.ndarray, seed: int = 0) -> LayerSample:
+    """The sample of a layer's input held in memory as a whole (small models, tests)."""
+    width = int(np.prod(layer.kernel.shape[:-1]))
+    rows = patch_rows(layer, x, row_limit(width), np.random.default_rng(seed))
+    return LayerSample(rows, float(np.mean(x == 0)))
+
+
+def as_sample(layer: graph.PrunableLayer, x) -> LayerSample:
+    return x if isinstance(x, LayerSample) else sample_of(layer, np.asarray(x, np.float32))
+
+
+def activation_bytes_per_probe(model) -> int:
+    """float32 bytes of every layer output of one probe: what a forward pass touches."""
+    total = 0
+    for layer in model.layers:
+        for t in graph.flatten(layer.output):
+            total += int(np.prod([int(d) for d in t.shape[1:] if d is not None])) * 4
+    return total
+
+
+def collect(model, layers: list[graph.PrunableLayer], probes: np.ndarray, seed: int = 0,
+            batch_bytes: int = BATCH_BYTES) -> list[LayerSample]:
+    """A sample of every layer's input patches on the probes, one batch at a time."""
+    tap = graph.keras_module(model).Model(model.inputs, [pl.layer.input for pl in layers])
+    per_probe = sum(int(np.prod(pl.layer.input.shape[1:])) * 4 for pl in layers)
+    batch = int(max(1, min(len(probes), batch_bytes // max(per_probe, 1))))
+    rng = np.random.default_rng(seed)
+    widths = [int(np.prod(pl.kernel.shape[:-1])) for pl in layers]
+    limits = [row_limit(w) for w in widths]
+    parts: list[list[np.ndarray]] = [[] for _ in layers]
+    zeros = np.zeros(len(layers))
+    sizes = np.zeros(len(layers))
+    for start in range(0, len(probes), batch):
+        chunk = probes[start:start + batch]
+        outs = tap.predict_on_batch(chunk)
+        outs = outs if isinstance(outs, (list, tuple)) else [outs]
+        for k, (pl, out) in enumerate(zip(layers, outs)):
+            x = np.asarray(out, np.float32)
+            if pl.separable:
+                x = graph.depthwise_half(pl.layer, x)
+            zeros[k] += np.count_nonzero(x == 0)
+            sizes[k] += x.size
+            # This batch's share of the layer's rows (at least one row per probe).
+            quota = max(len(chunk), -(-limits[k] * len(chunk) // len(probes)))
+            parts[k].append(patch_rows(pl, x, quota, rng))
+    return [LayerSample(np.concatenate(p), float(z / max(s, 1)))
+            for p, z, s in zip(parts, zeros, sizes)]
+
+
+def predict_batch(model) -> int:
+    """A batch size for whole-model forward passes that keeps their activations within
+    BATCH_BYTES."""
+    return int(max(1, min(32, BATCH_BYTES // max(activation_bytes_per_probe(model), 1))))
+
+
+_RUNTIME_BYTES = 2 << 30  # TensorFlow, Keras and the interpreter themselves
+
+
+def planned_bytes(model, layers: list[graph.PrunableLayer], probe_count: int) -> int:
+    """What compressing `model` will hold at its peak: the model several times over
+    (original, working copy, converted), probes with the outputs of the original, the
+    Keras model and the .tflite, every layer's patch sample, one forward batch, and the
+    largest layer's moment matrices."""
+    params = sum(int(np.prod(w.shape)) for w in model.weights) * 4
+    inputs = int(np.prod(model.inputs[0].shape[1:])) * 4
+    outputs = sum(int(np.prod(t.shape[1:])) for t in graph.flatten(model.outputs)) * 4
+    samples, widest = 0, 1
+    for pl in layers:
+        width = int(np.prod(pl.kernel.shape[:-1]))
+        positions = 1 if pl.kind == "dense" else int(np.prod(pl.layer.output.shape[1:3]))
+        samples += min(row_limit(width), positions * probe_count) * width * 4
+        widest = max(widest, width)
+    moments = 3 * widest * widest * 8 + row_limit(widest) * widest * 8
+    batch = predict_batch(model) * activation_bytes_per_probe(model) * 3
+    return int(_RUNTIME_BYTES + 5 * params + probe_count * (2 * inputs + 4 * outputs)
+               + samples + moments + batch)
+
+
+def available_bytes() -> int:
+    """Memory this process may still use: the cgroup's limit or the system's available
+    memory, whichever is smaller."""
+    limits = []
+    try:
+        text = open("/sys/fs/cgroup/memory.max").read().strip()
+        if text != "max":
+            used = int(open("/sys/fs/cgroup/memory.current").read())
+            limits.append(int(text) - used)
+    except (OSError, ValueError):
+        pass
+    try:
+        for line in open("/proc/meminfo"):
+            if line.startswith("MemAvailable:"):
+                limits.append(int(line.split()[1]) * 1024)
+    except (OSError, ValueError):
+        pass
+    return min(limits) if limits else 1 << 62
