@@ -50,8 +50,8 @@ class ConstantChannelsTest(absltest.TestCase):
         x = _probes()
         new, plans, _ = constant_channels.fold_constant_channels(model, x, error_budget=1e-6)
         self.assertLen(plans, 1)
-        self.assertEqual([c.channel for c in plans[0].removed], [2])
-        self.assertAlmostEqual(plans[0].removed[0].offset, 2.5, places=5)
+        self.assertEqual(plans[0].removed, [2])
+        self.assertAlmostEqual(plans[0].replacements["conv2"][0].offset, 2.5, places=5)
         self.assertEqual(new.get_layer("conv1").get_weights()[0].shape[-1], 3)
         self.assertEqual(new.get_layer("conv2").get_weights()[0].shape[2], 3)
         np.testing.assert_allclose(new.predict(x, verbose=0), model.predict(x, verbose=0),
@@ -72,7 +72,7 @@ class ConstantChannelsTest(absltest.TestCase):
         _, plans, _ = constant_channels.fold_constant_channels(model, x, error_budget=1e-6)
         self.assertEmpty(plans)
         new, plans, _ = constant_channels.fold_constant_channels(model, x, single[2] * 1.01)
-        self.assertEqual([c.channel for c in plans[0].removed], [2])
+        self.assertEqual(plans[0].removed, [2])
         before, after = _conv2_output(model, x), _conv2_output(new, x)
         measured = np.linalg.norm(after - before) / np.linalg.norm(before)
         self.assertAlmostEqual(measured, plans[0].relative_error, delta=0.05 * measured + 1e-4)
@@ -89,8 +89,9 @@ class ChannelMergingTest(absltest.TestCase):
         x = _probes()
         new, plans, _ = channel_merging.merge_channels(model, x, error_budget=1e-6)
         self.assertLen(plans, 1)
-        (cand,) = plans[0].removed
+        (cand,) = plans[0].replacements["conv2"]
         self.assertEqual({cand.channel, cand.source}, {1, 3})
+        self.assertEqual(plans[0].removed, [cand.channel])
         self.assertEqual(new.get_layer("conv1").get_weights()[0].shape[-1], 3)
         np.testing.assert_allclose(new.predict(x, verbose=0), model.predict(x, verbose=0),
                                    rtol=1e-4, atol=1e-4)
@@ -118,17 +119,32 @@ class ChannelMergingTest(absltest.TestCase):
 
 class ChainsTest(absltest.TestCase):
 
-    def test_residual_add_refuses_coupled_producers(self):
+    def test_residual_add_couples_producers_into_one_group(self):
         inputs = keras.Input((8, 8, 4))
         a = keras.layers.Conv2D(4, 3, padding="same", name="a")(inputs)
         b = keras.layers.Conv2D(4, 3, padding="same", name="b")(a)
         s = keras.layers.Add()([a, b])
         out = keras.layers.Conv2D(2, 1, name="c")(s)
         model = keras.Model(inputs, out)
-        chains, refused = graph.channel_chains(model)
-        self.assertEqual([c.producer.name for c in chains], [])
-        self.assertIn("a", refused)
-        self.assertIn("Add", refused["b"])
+        groups, refused = graph.channel_groups(model)
+        self.assertLen(groups, 1)
+        self.assertEqual(sorted(p.name for p in groups[0].producers), ["a", "b"])
+        # b reads a's channels and writes them: it is a consumer and a producer of the group.
+        self.assertEqual(sorted(c.name for c, _ in groups[0].consumers), ["b", "c"])
+        self.assertIn("c", refused)  # c is the model output
+
+    def test_concatenate_and_model_input_refuse(self):
+        inputs = keras.Input((8, 8, 4))
+        a = keras.layers.Conv2D(4, 3, padding="same", name="a")(inputs)
+        b = keras.layers.Conv2D(4, 1, name="b")(inputs)
+        cat = keras.layers.Concatenate()([a, b])
+        r = keras.layers.Add()([keras.layers.Conv2D(4, 1, name="r")(inputs), inputs])
+        model = keras.Model(inputs, [keras.layers.Conv2D(2, 1)(cat),
+                                     keras.layers.Conv2D(2, 1)(r)])
+        groups, refused = graph.channel_groups(model)
+        self.assertEmpty(groups)
+        self.assertIn("Concatenate", refused["a"])
+        self.assertIn("model input", refused["r"])
 
     def test_error_of_empty_and_single_sets(self):
         model = _model()

@@ -17,7 +17,7 @@ import keras
 import numpy as np
 from absl.testing import absltest
 
-from hybrid_pruning import graph, io, pipeline, runtime, tflite_model
+from hybrid_pruning import graph, io, pipeline, runtime, statistics, tflite_model
 
 import test_models
 
@@ -164,6 +164,60 @@ class SavedModelsTest(absltest.TestCase):
         first = result.report["layers"][0]
         self.assertLess(first["channels_after"], first["channels_before"])
         self._check_matches(result, (20, 20, 3))
+
+    def test_residual_group_loses_channels_across_the_add(self):
+        keras.utils.set_random_seed(8)
+        inputs = keras.Input((12, 12, 3))
+        x = L.Conv2D(16, 3, padding="same", use_bias=False, name="stem")(inputs)
+        x = L.BatchNormalization(name="stem_bn")(x)
+        x = L.ReLU()(x)
+        y = L.Conv2D(16, 3, padding="same", activation="relu", name="c1")(x)
+        y = L.Conv2D(16, 3, padding="same", use_bias=False, name="p2")(y)
+        y = L.BatchNormalization(name="p2_bn")(y)
+        x = L.ReLU()(L.Add()([x, y]))
+        x = L.DepthwiseConv2D(3, padding="same", name="dw")(x)
+        x = L.Conv2D(8, 1, activation="relu", name="head")(x)
+        x = L.GlobalAveragePooling2D()(x)
+        model = keras.Model(inputs, L.Dense(5, activation="softmax")(x))
+        test_models.randomize_batch_norm(model, 8)
+        # Channel 7 of the residual stream is channel 3 again, in both producers: after the
+        # Add it is an exact copy, which only removal across the whole group can exploit.
+        for conv, bn in (("stem", "stem_bn"), ("p2", "p2_bn")):
+            (w,) = model.get_layer(conv).get_weights()
+            w[..., 7] = w[..., 3]
+            model.get_layer(conv).set_weights([w])
+            stats = model.get_layer(bn).get_weights()
+            for s in stats:
+                s[7] = s[3]
+            model.get_layer(bn).set_weights(stats)
+        dw = model.get_layer("dw").get_weights()
+        dw[0][:, :, 7], dw[1][7] = dw[0][:, :, 3], dw[1][3]
+        model.get_layer("dw").set_weights(dw)
+        reloaded = self._reload(model, "resnet.keras")
+        result = pipeline.compress(reloaded, _config(
+            weight_error_budget=0.0, constant_error_budget=0.0, merge_error_budget=1e-4))
+        rows = {r["layer"]: r for r in result.report["layers"]}
+        for producer in ("stem", "p2"):
+            self.assertEqual((rows[producer]["channels_before"], rows[producer]["channels_after"]),
+                             (16, 15), producer)
+        self.assertNotIn("stem", result.report["channel_removal_refused"])
+        x = np.random.default_rng(1).uniform(0, 1, (4, 12, 12, 3)).astype(np.float32)
+        np.testing.assert_allclose(result.model.predict(x, verbose=0),
+                                   reloaded.predict(x, verbose=0), rtol=1e-4, atol=1e-5)
+        self._check_matches(result, (12, 12, 3))
+
+    def test_too_little_memory_is_refused_before_any_work(self):
+        keras.utils.set_random_seed(9)
+        model = keras.Sequential([keras.Input((10, 10, 2)), L.Conv2D(8, 3), L.Flatten(),
+                                  L.Dense(3)])
+        reloaded = self._reload(model, "tiny.keras")
+        saved = statistics.available_bytes
+        statistics.available_bytes = lambda: 1 << 20
+        try:
+            with self.assertRaisesRegex(io.UserError, "GB.*--probe_count=24"):
+                pipeline.compress(reloaded, _config())
+        finally:
+            statistics.available_bytes = saved
 
     def test_several_outputs_in_keras_order(self):
         keras.utils.set_random_seed(6)

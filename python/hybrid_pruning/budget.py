@@ -77,7 +77,7 @@ def _sensitivity(model, pl: graph.PrunableLayer, pruner, probes, reference, seed
     """Output damage (KL on probes) per unit of relative error^2 at this layer's output."""
     st = pruner.stats
     out_c = pruner.w2.shape[1]
-    sigma = _SENSITIVITY_NOISE * np.sqrt(st.energy / max(out_c * np.trace(st.cov), 1e-30))
+    sigma = _SENSITIVITY_NOISE * np.sqrt(st.energy / max(out_c * st.cov.trace(), 1e-30))
     original = pl.layer.get_weights()
     noise = np.random.default_rng(seed).normal(0, sigma, pruner.w2.shape)
     pl.set_folded((pruner.w2 + noise).reshape(pruner.shape).astype(np.float32))

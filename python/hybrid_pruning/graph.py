@@ -378,69 +378,137 @@ PER_CHANNEL_WEIGHTS = {"BatchNormalization", "PReLU", "DepthwiseConv2D"}
 PRODUCERS = ("Conv2D", "SeparableConv2D", "Dense")
 
 
+# Layers that combine their inputs channel by channel: all inputs and the output share one
+# channel index space (a residual Add couples its branches' producers).
+_ELEMENTWISE = {"Add", "Subtract", "Multiply", "Average", "Maximum", "Minimum"}
+
+
 @dataclasses.dataclass
-class ChannelChain:
-    """Producer (Conv2D/Dense) -> channel-wise layers -> one consumer (Conv2D/Dense): the
-    producer's output channels can be removed by editing only these layers."""
+class ChannelGroup:
+    """One channel index space (DepGraph's coupled group, Fang et al. CVPR 2023): the
+    producers (Conv2D/SeparableConv2D/Dense) that create it, the layers that carry it
+    (channel-wise layers and element-wise merges such as residual Adds), and the consumers
+    that read it. Channel c is removed from every producer and member at once and folded
+    into every consumer."""
 
-    producer: object
-    path: list
-    consumer: object
-    taps_per_channel: int  # consumer input columns per channel: positions after a Flatten
+    producers: list
+    members: list
+    consumers: list  # [(layer, taps per channel)]: taps > 1 after a Flatten
+
+    @property
+    def name(self) -> str:
+        return self.producers[0].name
+
+    @property
+    def channels(self) -> int:
+        p = self.producers[0]
+        return int(p.get_weights()[kernel_index(p)].shape[-1])
 
 
-def _next_layers(layer) -> list:
-    return [getattr(n, "operation", None) or n.outbound_layer for n in layer._outbound_nodes]
+def _is_channelwise(layer) -> bool:
+    kind = class_name(layer)
+    if kind not in _CHANNELWISE:
+        return False
+    cfg = layer.get_config()
+    if kind == "DepthwiseConv2D" and cfg.get("depth_multiplier", 1) != 1:
+        return False
+    if kind == "Activation" and "softmax" in str(cfg.get("activation")):
+        return False
+    return True
 
 
-def channel_chains(model) -> tuple[list[ChannelChain], dict[str, str]]:
-    """Every producer whose channels can be removed, and {producer: reason} for the others."""
+def _consumer_problem(layer) -> str | None:
+    cfg = layer.get_config()
+    kind = class_name(layer)
+    if kind == "Conv2D" and cfg.get("groups", 1) != 1:
+        return f"'{layer.name}' is a grouped convolution"
+    if kind == "SeparableConv2D" and cfg.get("depth_multiplier", 1) != 1:
+        return f"'{layer.name}' has depth_multiplier > 1"
+    if len(layer._inbound_nodes) != 1:
+        return f"'{layer.name}' is shared"
+    if kind == "Dense" and len(layer.input.shape) != 2:
+        return f"'{layer.name}' is a Dense layer on a rank > 2 tensor"
+    if not _has_bias_slot(layer):
+        return f"'{layer.name}' has no bias (nor BatchNorm beta) to fold removed channels into"
+    return None
+
+
+def channel_groups(model) -> tuple[list[ChannelGroup], dict[str, str]]:
+    """Every channel space whose channels can be removed, and {producer: reason} for the
+    producers of the others."""
     outputs = {id(_producer(t)) for t in model.outputs}
-    chains, refused = [], {}
-    for producer in model.layers:
-        if class_name(producer) not in PRODUCERS or id(producer) in outputs:
+    parent: dict[int, int] = {}
+
+    def find(k: int) -> int:
+        while parent[k] != k:
+            parent[k] = parent[parent[k]]
+            k = parent[k]
+        return k
+
+    by_id = {id(layer): layer for layer in model.layers}
+    inputs_of = {id(layer): [_producer(t) for t in flatten(layer.input)]
+                 if class_name(layer) != "InputLayer" else [] for layer in model.layers}
+    for layer in model.layers:
+        parent[id(layer)] = id(layer)
+    for layer in model.layers:
+        if _is_channelwise(layer) or class_name(layer) in _ELEMENTWISE:
+            for p in inputs_of[id(layer)]:
+                parent[find(id(p))] = find(id(layer))
+    spaces: dict[int, list] = {}
+    for layer in model.layers:
+        spaces.setdefault(find(id(layer)), []).append(layer)
+    groups, refused = [], {}
+    for members in spaces.values():
+        producers = [m for m in members if class_name(m) in PRODUCERS]
+        if not producers:
             continue
-        path, layer, taps, reason = [], producer, 1, None
-        while True:
-            nxt = _next_layers(layer)
-            if len(nxt) != 1:
-                reason = f"output of '{layer.name}' feeds {len(nxt)} layers"
+        member_ids = {id(m) for m in members}
+        reason = None
+        grouped = [p for p in producers if p.get_config().get("groups", 1) != 1]
+        if grouped:  # its output channels are tied to its groups of inputs
+            reason = f"'{grouped[0].name}' is a grouped convolution"
+        roots = [m for m in members if class_name(m) not in PRODUCERS and not (
+            _is_channelwise(m) or class_name(m) in _ELEMENTWISE)]
+        if roots and reason is None:
+            kind = class_name(roots[0])
+            reason = ("channels also come from the model input" if kind == "InputLayer" else
+                      f"channels also come from '{roots[0].name}' ({kind})")
+        consumers = []
+        for layer in model.layers:
+            if reason is not None:
                 break
-            layer = nxt[0]
-            kind = class_name(layer)
-            if kind in PRODUCERS:
-                cfg = layer.get_config()
-                if kind == "Conv2D" and cfg.get("groups", 1) != 1:
-                    reason = f"'{layer.name}' is a grouped convolution"
-                elif kind == "SeparableConv2D" and cfg.get("depth_multiplier", 1) != 1:
-                    reason = f"'{layer.name}' has depth_multiplier > 1"
+            if id(layer) in member_ids:
+                if id(layer) in outputs:
+                    reason = f"'{layer.name}' is a model output"
                 elif len(layer._inbound_nodes) != 1:
                     reason = f"'{layer.name}' is shared"
-                break
-            if kind not in _CHANNELWISE:
-                reason = f"'{layer.name}' ({kind}) couples or reshapes channels"
-                break
-            if kind == "DepthwiseConv2D" and layer.get_config().get("depth_multiplier", 1) != 1:
-                reason = f"'{layer.name}' has depth_multiplier > 1"
-                break
-            if kind == "Activation" and "softmax" in str(layer.get_config().get("activation")):
-                reason = f"'{layer.name}' (softmax) couples channels"
-                break
-            if id(layer) in outputs:
-                reason = f"'{layer.name}' is a model output"
-                break
-            if kind == "Flatten":
-                taps = int(np.prod(layer.input.shape[1:-1]))
-            path.append(layer)
-        if reason is None and class_name(layer) == "Dense" and len(layer.input.shape) != 2:
-            reason = f"'{layer.name}' is a Dense layer on a rank > 2 tensor"
-        if reason is None and not _has_bias_slot(layer):
-            reason = f"'{layer.name}' has no bias (nor BatchNorm beta) to fold removed channels into"
+                if reason is not None or class_name(layer) not in PRODUCERS:
+                    continue
+                # A producer may also read the space (y = x + conv(x)): it is a consumer too.
+            read = [p for p in inputs_of[id(layer)] if id(p) in member_ids]
+            if not read:
+                continue
+            if class_name(layer) not in PRODUCERS:
+                reason = f"'{layer.name}' ({class_name(layer)}) couples or reshapes channels"
+            elif len(read) != 1:
+                reason = f"'{layer.name}' reads the channels twice"
+            else:
+                reason = _consumer_problem(layer)
+                source = read[0]
+                taps = (int(np.prod(source.input.shape[1:-1]))
+                        if class_name(source) == "Flatten" else 1)
+                consumers.append((layer, taps))
+        if reason is None and not consumers:
+            reason = "no layer reads its channels"
         if reason is None:
-            chains.append(ChannelChain(producer, path, layer, taps))
+            path = [m for m in members if class_name(m) not in PRODUCERS]
+            groups.append(ChannelGroup(producers, path, consumers))
         else:
-            refused[producer.name] = reason
-    return chains, refused
+            for p in producers:
+                refused[p.name] = reason
+    order = {id(layer): i for i, layer in enumerate(model.layers)}
+    groups.sort(key=lambda g: order[id(g.producers[0])])
+    return groups, refused
 
 
 def _has_bias_slot(layer) -> bool:
@@ -448,6 +516,10 @@ def _has_bias_slot(layer) -> bool:
         return True
     bn = following_batch_norm(layer)
     return bn is not None and bn.get_config().get("center", True)
+
+
+def _next_layers(layer) -> list:
+    return [getattr(n, "operation", None) or n.outbound_layer for n in layer._outbound_nodes]
 
 
 def following_batch_norm(layer):

@@ -158,7 +158,8 @@ def _reduce(model, probes: np.ndarray, reference: list, config: PruneConfig, sca
             ("merged", channel_merging.merge_channels, config.merge_error_budget)):
         model, plans, refused = fn(model, probes, technique_budget)
         for plan in plans:
-            removed.setdefault(plan.chain.producer.name, {})[technique] = len(plan.removed)
+            for producer in plan.group.producers:
+                removed.setdefault(producer.name, {})[technique] = len(plan.removed)
     layers, _ = graph.prunable_layers(model)
     inputs = statistics.collect(model, layers, probes, config.seed)
     if any(v is not None for v in (config.target_macs, config.min_agreement, config.max_kl)):
@@ -236,7 +237,9 @@ def _report(config: PruneConfig, outcome: dict, before: dict, macs_before: dict,
         after = graph.layer_macs(layer) - (next(pl.macs for pl in layers if pl.name == name)
                                            if name in pruned_macs else 0)
         builtin.append({"layer": name + ("/depthwise" if name in pruned_macs else ""),
-                        "kind": graph.class_name(layer), "macs_before": rest,
+                        "kind": graph.class_name(layer) + (" (depthwise half)"
+                                                           if name in pruned_macs else ""),
+                        "macs_before": rest,
                         "macs_after": int(after),
                         "runs_as": "builtin (" + skipped.get(name, "depthwise half") + ")"})
     params_before = sum(r["parameters_before"] for r in rows)

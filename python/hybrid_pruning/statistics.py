@@ -12,6 +12,7 @@ patch rows per layer (positions drawn before extraction, so no full patch tensor
 from __future__ import annotations
 
 import dataclasses
+import pathlib
 
 import numpy as np
 
@@ -162,7 +163,7 @@ def planned_bytes(model, layers: list[graph.PrunableLayer], probe_count: int) ->
         positions = 1 if pl.kind == "dense" else int(np.prod(pl.layer.output.shape[1:3]))
         samples += min(row_limit(width), positions * probe_count) * width * 4
         widest = max(widest, width)
-    moments = 3 * widest * widest * 8 + row_limit(widest) * widest * 8
+    moments = 3 * widest * min(widest, row_limit(widest)) * 8 + row_limit(widest) * widest * 8
     batch = predict_batch(model) * activation_bytes_per_probe(model) * 3
     return int(_RUNTIME_BYTES + 5 * params + probe_count * (2 * inputs + 4 * outputs)
                + samples + moments + batch)
@@ -173,14 +174,14 @@ def available_bytes() -> int:
     memory, whichever is smaller."""
     limits = []
     try:
-        text = open("/sys/fs/cgroup/memory.max").read().strip()
+        text = pathlib.Path("/sys/fs/cgroup/memory.max").read_text().strip()
         if text != "max":
-            used = int(open("/sys/fs/cgroup/memory.current").read())
+            used = int(pathlib.Path("/sys/fs/cgroup/memory.current").read_text())
             limits.append(int(text) - used)
     except (OSError, ValueError):
         pass
     try:
-        for line in open("/proc/meminfo"):
+        for line in pathlib.Path("/proc/meminfo").read_text().splitlines():
             if line.startswith("MemAvailable:"):
                 limits.append(int(line.split()[1]) * 1024)
     except (OSError, ValueError):

@@ -29,11 +29,12 @@ class Candidate:
 
 
 @dataclasses.dataclass
-class ChainPlan:
-    chain: graph.ChannelChain
-    removed: list[Candidate]
+class GroupPlan:
+    group: graph.ChannelGroup
+    removed: list[int]  # channel indices, removed from every producer and member
+    replacements: dict[str, list[Candidate]]  # per consumer: what stands in for them
     channels_before: int
-    relative_error: float
+    relative_error: float  # the worst consumer's
 
 
 class ConsumerStats:
@@ -46,7 +47,10 @@ class ConsumerStats:
         self.spatial = consumer.kind == "conv2d"
         self.channels = int(consumer.kernel.shape[-2]) if self.spatial else None
         p = sample.rows.astype(np.float64)
-        self.second = p.T @ p / len(p)
+        # Fewer rows than columns (a Dense layer on a flattened map): errors straight from
+        # the rows, never the [K, K] moment matrix.
+        self.rows = p if p.shape[1] > p.shape[0] else None
+        self.second = p.T @ p / len(p) if self.rows is None else None
         self.mean = p.mean(0)
         k = consumer.folded_kernel
         self.w = k.reshape(-1, k.shape[-1]).astype(np.float64)
@@ -70,13 +74,16 @@ class ConsumerStats:
         b = np.repeat([cand.offset for cand in removed], taps)
         offsets = np.tile(tap_offsets, len(removed))
         cols, scols = chan + offsets, src + offsets
+        wr = self.w[cols]
+        if self.rows is not None:
+            d = self.rows[:, cols] - a * self.rows[:, scols] - b
+            return float(np.sqrt(np.mean(np.sum((d @ wr) ** 2, axis=1)) / self.energy))
         g = self.second
         # E[d d^T] for d = x_cols - a x_scols - b, from the second moment and the mean.
         e = (g[np.ix_(cols, cols)] - a[:, None] * g[np.ix_(scols, cols)]
              - g[np.ix_(cols, scols)] * a[None, :] + np.outer(a, a) * g[np.ix_(scols, scols)])
         dm = self.mean[cols] - a * self.mean[scols]
         e += np.outer(b, b) - np.outer(dm, b) - np.outer(b, dm)
-        wr = self.w[cols]
         return float(np.sqrt(max(np.sum((e @ wr) * wr), 0.0) / self.energy))
 
 
@@ -89,80 +96,98 @@ def channel_moments(x: np.ndarray, channels: int) -> tuple[np.ndarray, np.ndarra
     return mean, cov
 
 
-def select(stats: ConsumerStats, candidates: list[Candidate], budget: float,
-           max_fraction: float = 0.9) -> tuple[list[Candidate], float]:
-    """The longest prefix of the cheapest-first valid candidates within `budget`."""
-    for cand in candidates:
-        cand.cost = stats.error([cand]) ** 2
+def select(stats: list[ConsumerStats], proposals: list[list[Candidate]], budget: float,
+           max_fraction: float = 0.9) -> tuple[list[int], float]:
+    """The longest prefix of the cheapest-first valid channels whose removal keeps every
+    consumer's relative output error within `budget`. proposals[k][j] is consumer k's
+    replacement for channel j; a channel costs what it costs its worst consumer."""
+    for st, cands in zip(stats, proposals):
+        for cand in cands:
+            cand.cost = st.error([cand]) ** 2
+    channels = len(proposals[0])
+    cost = np.max([[c.cost for c in cands] for cands in proposals], axis=0)
     removed, sources, order = set(), set(), []
-    limit = int(max_fraction * stats.channels)
-    for cand in sorted(candidates, key=lambda c: c.cost):
+    limit = int(max_fraction * channels)
+    for j in np.argsort(cost, kind="stable"):
+        j = int(j)
         if len(order) >= limit:
             break
         # A merge source must stay, and a removed channel cannot serve as a source.
-        if cand.channel in removed or cand.channel in sources or cand.source in removed:
+        srcs = {cands[j].source for cands in proposals} - {None}
+        if j in sources or srcs & removed:
             continue
-        order.append(cand)
-        removed.add(cand.channel)
-        if cand.source is not None:
-            sources.add(cand.source)
+        order.append(j)
+        removed.add(j)
+        sources |= srcs
+
+    def worst(n: int) -> float:
+        return max(st.error([cands[j] for j in order[:n]]) for st, cands in zip(stats, proposals))
+
     lo, hi = 0, len(order)
     while lo < hi:
         mid = (lo + hi + 1) // 2
-        if stats.error(order[:mid]) <= budget:
+        if worst(mid) <= budget:
             lo = mid
         else:
             hi = mid - 1
-    return order[:lo], stats.error(order[:lo])
+    return order[:lo], worst(lo)
 
 
 def _named(layer) -> dict[str, int]:
     return {graph.variable_name(v): i for i, v in enumerate(layer.weights)}
 
 
-def rebuild(model, plans: list[ChainPlan]):
-    """A new Keras model with every plan's channels removed and folded into its consumer."""
+def _fold_into_consumer(weights: dict, consumer, removed: list[Candidate], c: int) -> None:
+    """Edits the consumer's weights so that it reads each removed channel as its
+    replacement a * x_source + b, without the channel."""
+    w = weights[consumer.name]
+    ki = graph.kernel_index(consumer)
+    kernel = w[ki]
+    k3 = kernel.reshape(-1, c, kernel.shape[-1]).astype(np.float64)  # [taps, C, out]
+    delta = np.zeros(kernel.shape[-1])
+    for cand in removed:
+        col = k3[:, cand.channel, :]
+        if cand.source is not None:
+            k3[:, cand.source, :] += cand.scale * col
+        delta += cand.offset * col.sum(0)
+    keep = np.setdiff1d(np.arange(c), [cand.channel for cand in removed])
+    k3 = k3[:, keep, :]
+    new_shape = kernel.shape[:-2] + (len(keep), kernel.shape[-1]) if kernel.ndim == 4 else (
+        k3.shape[0] * len(keep), kernel.shape[-1])
+    w[ki] = k3.reshape(new_shape).astype(kernel.dtype)
+    if ki:  # a SeparableConv2D consumer: its depthwise half loses the channels too
+        w[0] = w[0][:, :, keep, :]
+    if consumer.get_config().get("use_bias", False):
+        w[ki + 1] = (w[ki + 1] + delta).astype(w[ki + 1].dtype)
+    else:  # fold into the following BatchNorm's beta, through its scale
+        bn = graph.following_batch_norm(consumer)
+        idx = _named(bn)
+        bw = weights[bn.name]
+        scale, _ = graph.batch_norm_fold(bn)  # its weights are not edited yet
+        bw[idx["beta"]] = (bw[idx["beta"]] + scale * delta).astype(bw[idx["beta"]].dtype)
+
+
+def rebuild(model, plans: list[GroupPlan]):
+    """A new Keras model with every plan's channels removed from its producers and members
+    and folded into its consumers."""
     weights = {layer.name: [np.asarray(w) for w in layer.get_weights()] for layer in model.layers}
     filters: dict[str, int] = {}
-    # Consumer side first: a layer can be the consumer of one chain and the producer of another.
+    # Consumer side first: a layer can be a consumer of one group and a producer of another
+    # (or of the same one).
     for plan in plans:
-        consumer = plan.chain.consumer
-        w = weights[consumer.name]
-        ki = graph.kernel_index(consumer)
-        kernel = w[ki]
-        c = plan.channels_before
-        k3 = kernel.reshape(-1, c, kernel.shape[-1]).astype(np.float64)  # [taps, C, out]
-        delta = np.zeros(kernel.shape[-1])
-        for cand in plan.removed:
-            col = k3[:, cand.channel, :]
-            if cand.source is not None:
-                k3[:, cand.source, :] += cand.scale * col
-            delta += cand.offset * col.sum(0)
-        keep = np.setdiff1d(np.arange(c), [cand.channel for cand in plan.removed])
-        k3 = k3[:, keep, :]
-        new_shape = kernel.shape[:-2] + (len(keep), kernel.shape[-1]) if kernel.ndim == 4 else (
-            k3.shape[0] * len(keep), kernel.shape[-1])
-        w[ki] = k3.reshape(new_shape).astype(kernel.dtype)
-        if ki:  # a SeparableConv2D consumer: its depthwise half loses the channels too
-            w[0] = w[0][:, :, keep, :]
-        if consumer.get_config().get("use_bias", False):
-            w[ki + 1] = (w[ki + 1] + delta).astype(w[ki + 1].dtype)
-        else:  # fold into the following BatchNorm's beta, through its scale
-            bn = graph.following_batch_norm(consumer)
-            idx = _named(bn)
-            bw = weights[bn.name]
-            scale, _ = graph.batch_norm_fold(bn)  # its weights are not edited yet
-            bw[idx["beta"]] = (bw[idx["beta"]] + scale * delta).astype(bw[idx["beta"]].dtype)
+        for consumer, _ in plan.group.consumers:
+            _fold_into_consumer(weights, consumer, plan.replacements[consumer.name],
+                                plan.channels_before)
     for plan in plans:
-        keep = np.setdiff1d(np.arange(plan.channels_before), [c.channel for c in plan.removed])
-        producer = plan.chain.producer
-        w = weights[producer.name]
-        ki = graph.kernel_index(producer)
-        w[ki] = w[ki][..., keep]
-        if len(w) > ki + 1:
-            w[ki + 1] = w[ki + 1][keep]
-        filters[producer.name] = len(keep)
-        for layer in plan.chain.path:
+        keep = np.setdiff1d(np.arange(plan.channels_before), plan.removed)
+        for producer in plan.group.producers:
+            w = weights[producer.name]
+            ki = graph.kernel_index(producer)
+            w[ki] = w[ki][..., keep]
+            if len(w) > ki + 1:
+                w[ki + 1] = w[ki + 1][keep]
+            filters[producer.name] = len(keep)
+        for layer in plan.group.members:
             kind = graph.class_name(layer)
             if kind not in graph.PER_CHANNEL_WEIGHTS:
                 continue
@@ -189,23 +214,36 @@ def rebuild(model, plans: list[ChainPlan]):
 
 
 def reduce_channels(model, probes: np.ndarray, budget: float, propose, max_fraction: float = 0.9
-                    ) -> tuple[object, list[ChainPlan], dict[str, str]]:
-    """Runs one technique: `propose(values, channels)` lists candidates from the values
-    [M, channels] of a chain's consumer input; the cheapest are removed within `budget` (relative error of the consumer's output)."""
-    chains, refused = graph.channel_chains(model)
-    if not chains or budget <= 0:
+                    ) -> tuple[object, list[GroupPlan], dict[str, str]]:
+    """Runs one technique: `propose(values, channels)` lists, per channel, a replacement from
+    the values [M, channels] of a consumer's input; the cheapest channels are removed while
+    every consumer's relative output error stays within `budget`."""
+    groups, refused = graph.channel_groups(model)
+    if not groups or budget <= 0:
         return model, [], refused
     layers, _ = graph.prunable_layers(model)
     by_name = {pl.name: pl for pl in layers}
-    usable = [ch for ch in chains if ch.consumer.name in by_name]
-    samples = statistics.collect(model, [by_name[ch.consumer.name] for ch in usable], probes)
+    usable = [g for g in groups if all(c.name in by_name for c, _ in g.consumers)]
+    for g in groups:
+        if g not in usable:
+            for p in g.producers:
+                refused[p.name] = "a consumer of its channels is not prunable"
+    readers = [by_name[c.name] for g in usable for c, _ in g.consumers]
+    samples = iter(statistics.collect(model, readers, probes))
     plans = []
-    for chain, sample in zip(usable, samples):
-        channels = int(chain.producer.get_weights()[graph.kernel_index(chain.producer)].shape[-1])
-        stats = ConsumerStats(by_name[chain.consumer.name], sample)
-        stats.configure(channels)
-        values = sample.channel_values(channels, spatial=stats.spatial)
-        chosen, err = select(stats, propose(values, channels), budget, max_fraction)
+    for group in usable:
+        channels = group.channels
+        stats, proposals = [], []
+        for consumer, _ in group.consumers:
+            sample = next(samples)
+            st = ConsumerStats(by_name[consumer.name], sample)
+            st.configure(channels)
+            stats.append(st)
+            proposals.append(propose(sample.channel_values(channels, spatial=st.spatial),
+                                     channels))
+        chosen, err = select(stats, proposals, budget, max_fraction)
         if chosen:
-            plans.append(ChainPlan(chain, chosen, channels, err))
+            replacements = {c.name: [cands[j] for j in chosen]
+                            for (c, _), cands in zip(group.consumers, proposals)}
+            plans.append(GroupPlan(group, chosen, replacements, channels, err))
     return (rebuild(model, plans) if plans else model), plans, refused

@@ -33,21 +33,57 @@ class WeightPruningResult:
     bias_delta: np.ndarray | None  # change of the folded bias, or None
 
 
+class Moments:
+    """C = cov(P) (or E[p p^T] where no bias can absorb the mean shift). Held as a [K, K]
+    matrix, or implicitly as the scaled rows R (C = R^T R) when there are fewer rows than
+    columns: a Dense layer on a flattened map has K in the tens of thousands against one row
+    per probe, and its [K, K] matrix would cost gigabytes for rank <= rows."""
+
+    def __init__(self, matrix: np.ndarray | None = None, rows: np.ndarray | None = None):
+        self.matrix, self.rows = matrix, rows
+        self.size = matrix.shape[0] if matrix is not None else rows.shape[1]
+        self._f32 = None
+
+    @classmethod
+    def of(cls, p: np.ndarray, centre: bool) -> "Moments":
+        r = p - p.mean(0) if centre else p
+        r = r / np.sqrt(len(p))
+        return cls(matrix=r.T @ r) if r.shape[1] <= r.shape[0] else cls(rows=r)
+
+    def mul(self, v: np.ndarray) -> np.ndarray:
+        return self.matrix @ v if self.matrix is not None else self.rows.T @ (self.rows @ v)
+
+    def mul32(self, v: np.ndarray) -> np.ndarray:
+        if self._f32 is None:
+            self._f32 = (self.matrix if self.matrix is not None else self.rows).astype(np.float32)
+        return self._f32 @ v if self.matrix is not None else self._f32.T @ (self._f32 @ v)
+
+    def diag(self) -> np.ndarray:
+        return np.diag(self.matrix) if self.matrix is not None else np.sum(self.rows ** 2, 0)
+
+    def trace(self) -> float:
+        return float(np.sum(self.diag()))
+
+    def block(self, s: np.ndarray) -> np.ndarray:
+        if self.matrix is not None:
+            return self.matrix[np.ix_(s, s)]
+        r = self.rows[:, s]
+        return r.T @ r
+
+
 @dataclasses.dataclass
 class _Stats:
-    cov: np.ndarray  # [K, K] covariance of the patches (or second moment if no bias shift)
+    cov: Moments  # of the patches (second moment if no bias shift)
     mean: np.ndarray  # [K]
     energy: float  # mean squared output of the original layer
 
 
 def _stats(layer: PrunableLayer, sample: statistics.LayerSample, w2: np.ndarray) -> _Stats:
     p = sample.rows.astype(np.float64)
-    mean = p.mean(0)
-    second = p.T @ p / len(p)
     # Without a bias to correct, the mean shift is part of the error.
-    cov = second - np.outer(mean, mean) if layer.can_shift_bias else second
+    cov = Moments.of(p, centre=layer.can_shift_bias)
     y = p @ w2 + layer.folded_bias
-    return _Stats(cov, mean, float(np.mean(y * y)) * w2.shape[1])
+    return _Stats(cov, p.mean(0), float(np.mean(y * y)) * w2.shape[1])
 
 
 def block_scores(kernel_2d: np.ndarray, block_size: int) -> np.ndarray:
@@ -66,40 +102,40 @@ def block_scores(kernel_2d: np.ndarray, block_size: int) -> np.ndarray:
 _DIRECT_MAX = 1024
 
 
-def refit(cov: np.ndarray, w2: np.ndarray, keep: np.ndarray, damping: float = DAMPING
-          ) -> np.ndarray:
-    """Least-squares re-fit of the kept weights of each output channel (columns of w2)."""
-    ridge = damping * max(float(np.mean(np.diag(cov))), 1e-12)
-    target = cov @ w2  # [K, out_c]
-    if cov.shape[0] > _DIRECT_MAX:
+def refit(cov, w2: np.ndarray, keep: np.ndarray, damping: float = DAMPING) -> np.ndarray:
+    """Least-squares re-fit of the kept weights of each output channel (columns of w2);
+    `cov`: Moments or a [K, K] matrix."""
+    cov = cov if isinstance(cov, Moments) else Moments(matrix=cov)
+    ridge = damping * max(float(np.mean(cov.diag())), 1e-12)
+    target = cov.mul(w2)  # [K, out_c]
+    if cov.size > _DIRECT_MAX:
         return _refit_cg(cov, ridge, target, keep, w2)
     new = np.zeros_like(w2)
     for c in range(w2.shape[1]):
         s = np.flatnonzero(keep[:, c])
         if s.size:
-            a = cov[np.ix_(s, s)] + ridge * np.eye(s.size)
+            a = cov.block(s) + ridge * np.eye(s.size)
             new[s, c] = np.linalg.solve(a, target[s, c])
     return new
 
 
-def _refit_cg(cov: np.ndarray, ridge: float, target: np.ndarray, keep: np.ndarray,
+def _refit_cg(cov: Moments, ridge: float, target: np.ndarray, keep: np.ndarray,
               start: np.ndarray, iterations: int = 60, tolerance: float = 1e-3) -> np.ndarray:
     """The same solves as refit, for all channels at once: Jacobi-preconditioned conjugate
     gradients on (cov + ridge I) restricted to each column's kept rows, so each iteration
     is one [K, K] x [K, out_c] product (float32) instead of out_c factorisations of
     [k, k] blocks. Starts from the unpruned weights, which are close."""
-    a = cov.astype(np.float32)
     m = keep.astype(np.float32)
     b = (target * keep).astype(np.float32)
-    dinv = (1.0 / (np.diag(cov) + ridge)).astype(np.float32)[:, None]
+    dinv = (1.0 / (cov.diag() + ridge)).astype(np.float32)[:, None]
     x = (start * keep).astype(np.float32)
-    r = b - m * (a @ x + ridge * x)
+    r = b - m * (cov.mul32(x) + ridge * x)
     z = dinv * r
     p = z.copy()
     rz = np.sum(r * z, 0)
     stop = tolerance * np.maximum(np.linalg.norm(b, axis=0), 1e-30)
     for _ in range(iterations):
-        ap = m * (a @ p + ridge * p)
+        ap = m * (cov.mul32(p) + ridge * p)
         alpha = rz / np.maximum(np.sum(p * ap, 0), 1e-30)
         x += alpha * p
         r -= alpha * ap
@@ -134,7 +170,7 @@ class LayerPruner:
         new = refit(self.stats.cov, self.w2, keep) if self.reconstruct else np.where(
             keep, self.w2, 0.0)
         d = self.w2 - new
-        err = float(np.sum((self.stats.cov @ d) * d))
+        err = float(np.sum(self.stats.cov.mul(d) * d))
         return new, float(np.sqrt(max(err, 0.0) / max(self.stats.energy, 1e-30)))
 
     def result(self, new: np.ndarray, err: float) -> WeightPruningResult:
