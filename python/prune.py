@@ -40,6 +40,10 @@ flags.DEFINE_float("min_agreement", None,
 flags.DEFINE_float("max_kl", None,
                    "Global fidelity budget: KL divergence from the original model's outputs on "
                    "the probes must stay at most this.", lower_bound=0.0)
+flags.DEFINE_enum("objective", "latency", ["latency", "budgets"],
+                  "'latency': the fastest model on this machine (measured per layer: TFLite's "
+                  "builtin conv or our op, at which sparsity and block size) whose fidelity "
+                  "meets the guard; 'budgets': the per-layer error budgets of each technique.")
 flags.DEFINE_float("max_sparsity", 0.99, "Upper bound of any layer's weight sparsity.",
                    lower_bound=0.0, upper_bound=1.0)
 flags.DEFINE_integer("block_size", 1, "Prune blocks of this many consecutive output channels "
@@ -135,7 +139,7 @@ def main(argv):
             constant_error_budget=FLAGS.constant_error_budget,
             merge_error_budget=FLAGS.merge_error_budget, target_macs=FLAGS.target_macs,
             min_agreement=FLAGS.min_agreement, max_kl=FLAGS.max_kl,
-            max_sparsity=FLAGS.max_sparsity,
+            max_sparsity=FLAGS.max_sparsity, objective=FLAGS.objective,
             block_size=FLAGS.block_size, dense_below=FLAGS.dense_below, probe=FLAGS.probe,
             probe_count=FLAGS.probe_count,
             input_range=_input_range(), seed=FLAGS.seed, num_threads=FLAGS.num_threads,

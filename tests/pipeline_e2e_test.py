@@ -49,7 +49,8 @@ class DemoPipelineTest(absltest.TestCase):
         cls.keras_accuracy = float(np.mean(original.predict(cls.x, verbose=0).argmax(1) == cls.y))
         model = io.load_keras_model(str(io.DEMO_MODEL))
         with _NoDataAllowed():
-            cls.result = pipeline.compress(model, pipeline.PruneConfig(quiet=True))
+            cls.result = pipeline.compress(model, pipeline.PruneConfig(quiet=True,
+                                                                    objective="budgets"))
 
     def test_guard_blocks_data_imports(self):
         with _NoDataAllowed():

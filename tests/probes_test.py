@@ -46,7 +46,7 @@ class ProbesTest(absltest.TestCase):
         for kind in ("random", "image"):
             # The same budgets for both, no back-off: the probes alone differ.
             result = pipeline.compress(self.nobn, pipeline.PruneConfig(
-                quiet=True, probe=kind, auto_backoff=False))
+                quiet=True, probe=kind, auto_backoff=False, objective="budgets"))
             self.assertEqual(result.report["probes"]["kind"], kind)
             out = runtime.predict_all(result.tflite, self.x)[0]
             accuracy[kind] = float(np.mean(out.argmax(1) == self.y))

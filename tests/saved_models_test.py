@@ -26,7 +26,7 @@ L = keras.layers
 
 def _config(**kw) -> pipeline.PruneConfig:
     # Activation thresholds exist only in the .tflite: off, so that it must equal Keras.
-    base = dict(quiet=True, probe_count=24, activation_error_budget=0.0)
+    base = dict(quiet=True, probe_count=24, activation_error_budget=0.0, objective="budgets")
     base.update(kw)
     return pipeline.PruneConfig(**base)
 

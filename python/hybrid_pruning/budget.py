@@ -41,18 +41,24 @@ class LayerTable:
     pruner: weight_pruning.LayerPruner
     macs: int
     sensitivity: float
-    weights: list  # [(kernel, err, sparsity)] per SPARSITIES
+    weights: list  # [(kernel, err, sparsity, block size)] per level
     activations: list  # [(thresholds, err, sparsity)] per QUANTILES (one entry for Dense)
+    # Latency objective: seconds of level (i, j) on the target, in place of MACs.
+    seconds: np.ndarray | None = None
 
     def best(self, lam: float) -> tuple[int, int]:
-        """Indices (weight level, activation level) maximising removed MACs - lam * damage."""
+        """Indices (weight level, activation level) maximising what is saved (MACs, or
+        seconds on the target) - lam * damage."""
         ws = np.array([w[2] for w in self.weights])
         we = np.array([w[1] for w in self.weights]) ** 2
         asp = np.array([a[2] for a in self.activations])
         ae = np.array([a[1] for a in self.activations]) ** 2
-        removed = self.macs * (1 - np.outer(1 - ws, 1 - asp))
-        removed[0, [a[0] is None for a in self.activations]] = 0.0  # stays a builtin op
-        score = removed - lam * self.sensitivity * (we[:, None] + ae[None, :])
+        if self.seconds is not None:
+            saved = self.seconds[0, 0] - self.seconds
+        else:
+            saved = self.macs * (1 - np.outer(1 - ws, 1 - asp))
+            saved[0, [a[0] is None for a in self.activations]] = 0.0  # stays a builtin op
+        score = saved - lam * self.sensitivity * (we[:, None] + ae[None, :])
         i, j = np.unravel_index(np.argmax(score), score.shape)
         return int(i), int(j)
 
@@ -61,6 +67,22 @@ class LayerTable:
         if i == 0 and self.activations[j][0] is None:
             return float(self.macs)
         return self.macs * (1 - self.weights[i][2]) * (1 - self.activations[j][2])
+
+
+def _seconds(profile, pl: graph.PrunableLayer, weights: list, acts: list) -> np.ndarray:
+    """[weight level, activation level] seconds on the target: the unpruned level runs the
+    builtin kernel; a pruned one the faster of ours and the builtin (which gains nothing from
+    its zeros, so the optimiser will not pay fidelity for it)."""
+    from hybrid_pruning import targets
+
+    out = np.zeros((len(weights), len(acts)))
+    if pl.kind != "conv2d":
+        return out
+    shape = targets.conv_shape(pl)
+    dense = profile.builtin(shape)
+    for i, (_, _, sparsity, block) in enumerate(weights):
+        out[i, :] = dense if i == 0 else min(dense, profile.ours(shape, sparsity, block))
+    return out
 
 
 def _damage(reference: list, out) -> float:
@@ -91,25 +113,44 @@ def _sensitivity(model, pl: graph.PrunableLayer, pruner, probes, reference, seed
 def allocate(model, layers: list[graph.PrunableLayer], inputs: list[np.ndarray],
              probes: np.ndarray, reference: list, evaluate_fidelity,
              target_macs: float | None = None, min_agreement: float | None = None,
-             max_kl: float | None = None, block_size: int = 1, progress=None
+             max_kl: float | None = None, block_size: int = 1, progress=None,
+             accept=None, profile=None, max_sparsity: float = 0.99,
+             block_sizes: tuple[int, ...] | None = None
              ) -> tuple[list[weight_pruning.WeightPruningResult],
                         list[activation_pruning.ActivationPruningResult], dict]:
     """Chooses every layer's levels for the target, applies the weights to the model, and
     returns the per-layer results plus a summary of the search.
 
     `evaluate_fidelity(thresholds_by_layer)` builds the current model and returns its
-    fidelity dict on the probes."""
+    fidelity dict on the probes. The target is `target_macs`, or a fidelity target:
+    `min_agreement`/`max_kl`, or any `accept(fidelity dict) -> bool`. With a `profile`
+    (targets.HostProfile) the objective is the target's latency instead of MACs: a conv's
+    level is priced as the faster of the builtin dense kernel (unpruned) and our op at that
+    sparsity, Dense layers stay dense (their builtin kernel gains nothing from zeros), and
+    activation thresholds are offered only where the target's kernel skips zeros; each conv's
+    level may use any of `block_sizes` (default: `block_size`), priced by the profile."""
+    from hybrid_pruning import targets
+
     tables = []
     for seed, (pl, x) in enumerate(zip(layers, inputs)):
         pruner = weight_pruning.LayerPruner(pl, x, block_size if pl.kind == "conv2d" else 1)
-        weights = [(k, e, float(np.mean(k == 0))) for k, e in map(pruner.evaluate, SPARSITIES)]
-        if pl.kind == "conv2d":
+        sparsities = SPARSITIES if profile is None or pl.kind == "conv2d" else SPARSITIES[:1]
+        blocks = (block_sizes or (block_size,)) if pl.kind == "conv2d" else (1,)
+        levels = [(s, b) for b in blocks for s in sparsities
+                  if s <= max_sparsity and (s > 0 or b == blocks[0])]
+        weights = [(k, e, float(np.mean(k == 0)), b)
+                   for (s, b) in levels for k, e in [pruner.evaluate(s, b)]]
+        if pl.kind == "conv2d" and (profile is None or targets.ACTIVATION_PAYS):
             th = activation_pruning.LayerThresholder(pl, x)
             acts = [th.evaluate(q) for q in QUANTILES]
         else:
             acts = [(None, 0.0, 0.0)]
-        sens = _sensitivity(model, pl, pruner, probes, reference, seed)
-        tables.append(LayerTable(pl, pruner, pl.macs, sens, weights, acts))
+        sens = _sensitivity(model, pl, pruner, probes, reference, seed) if len(weights) > 1 \
+            or len(acts) > 1 else 1.0
+        table = LayerTable(pl, pruner, pl.macs, sens, weights, acts)
+        if profile is not None:
+            table.seconds = _seconds(profile, pl, weights, acts)
+        tables.append(table)
         if progress is not None:
             progress.update(1)
     total = sum(t.macs for t in tables)
@@ -121,7 +162,7 @@ def allocate(model, layers: list[graph.PrunableLayer], inputs: list[np.ndarray],
 
     def apply(choice):
         for t, (i, _) in zip(tables, choice):
-            kernel, err, _ = t.weights[i]
+            kernel, err = t.weights[i][:2]
             r = t.pruner.result(kernel, err)
             t.layer.set_folded(r.kernel, r.bias_delta)
 
@@ -135,6 +176,8 @@ def allocate(model, layers: list[graph.PrunableLayer], inputs: list[np.ndarray],
         fid = evaluate_fidelity({t.layer.name: t.activations[j][0]
                                  for t, (_, j) in zip(tables, choice)})
         restore()
+        if accept is not None:
+            return bool(accept(fid))
         ok = True
         if min_agreement is not None:
             ok &= fid.get("top1_agreement", 1.0) >= min_agreement
@@ -142,6 +185,8 @@ def allocate(model, layers: list[graph.PrunableLayer], inputs: list[np.ndarray],
             ok &= fid.get("kl_divergence", 0.0) <= max_kl
         return ok
 
+    if profile is not None:  # damage is priced in seconds of the whole model
+        total = sum(float(t.seconds[0, 0]) for t in tables if t.seconds is not None)
     # Damage is priced at lambda = total MACs * 10^mu; larger mu removes less. Effective MACs
     # grow and fidelity improves with mu, so both targets are a bisection on mu.
     lo, hi = -12.0, 12.0
@@ -158,11 +203,17 @@ def allocate(model, layers: list[graph.PrunableLayer], inputs: list[np.ndarray],
     apply(choice)
     summary = {"lambda": total * 10 ** mu,
                "sensitivity": {t.layer.name: t.sensitivity for t in tables}}
+    if profile is not None:
+        summary["objective"] = "latency"
+        summary["predicted_seconds"] = {
+            t.layer.name: {"builtin": float(t.seconds[0, 0]), "chosen": float(t.seconds[i, j])}
+            for t, (i, j) in zip(tables, choice) if t.layer.kind == "conv2d"}
     logging.info("budget: lambda %.3g, levels %s", summary["lambda"], choice)
     weights_out, acts_out = [], []
     for t, (i, j) in zip(tables, choice):
-        kernel, err, _ = t.weights[i]
+        kernel, err, _, block = t.weights[i]
         weights_out.append(t.pruner.result(kernel, err))
+        weights_out[-1].block_size = block
         thr, aerr, asp = t.activations[j]
         acts_out.append(activation_pruning.ActivationPruningResult(
             t.layer.name, thr, asp, t.activations[0][2], aerr))

@@ -14,7 +14,7 @@ import numpy as np
 from absl import logging
 
 from hybrid_pruning import (budget, convert, fidelity, graph, probes as probes_lib, runtime,
-                            statistics, tflite_rewrite)
+                            statistics, targets, tflite_rewrite)
 from hybrid_pruning.io import UserError
 from hybrid_pruning.techniques import (activation_pruning, channel_merging, constant_channels,
                                        weight_pruning)
@@ -31,6 +31,10 @@ class PruneConfig:
     target_macs: float | None = None  # fraction of the original MACs to keep (effective)
     min_agreement: float | None = None  # top-1 agreement with the original on probes
     max_kl: float | None = None  # KL divergence from the original on probes
+    # "latency" (default): the fastest model on the target (targets.py) whose fidelity meets
+    # the guard; "budgets": the per-layer error budgets above. Channel removal, which pays on
+    # every target, runs first either way with its own budgets.
+    objective: str = "latency"
     max_sparsity: float = 0.99
     block_size: int = 1
     # Convs whose weight sparsity ends up below this stay builtin CONV_2D (XNNPACK's dense
@@ -48,6 +52,8 @@ class PruneConfig:
     # the per-layer budgets can be scaled down until it holds (auto_backoff).
     guard: fidelity.Guard = dataclasses.field(default_factory=fidelity.Guard)
     auto_backoff: bool = True
+    measure_latency: bool = True  # time the written model against the original, here
+    profile: object | None = None  # what the latency objective prices with (targets.py)
 
 
 @dataclasses.dataclass
@@ -63,15 +69,18 @@ class PruneResult:
 
 
 
-def _to_ours(model, layers, thresholds_by_layer: dict, block_size: int,
+def _to_ours(model, layers, thresholds_by_layer: dict, block_size,
              dense_below: float = 0.0):
-    """Converts the Keras model and rewrites its pruned convs to our op."""
+    """Converts the Keras model and rewrites its pruned convs to our op. `block_size`: one
+    for every layer, or {layer name: block size}."""
     flat = convert.to_tflite(model)
     names = tflite_rewrite.match_layers(flat, {pl.name: pl.folded_kernel for pl in layers
                                                if pl.kind == "conv2d"})
     thresholds = {i: thresholds_by_layer[n] for i, n in names.items()
                   if thresholds_by_layer.get(n) is not None}
-    return tflite_rewrite.rewrite(flat, block_sizes={i: block_size for i in names},
+    blocks = {i: block_size.get(n, 1) if isinstance(block_size, dict) else block_size
+              for i, n in names.items()}
+    return tflite_rewrite.rewrite(flat, block_sizes=blocks,
                                   thresholds=thresholds, layer_names=names,
                                   dense_below=dense_below, only=set(names))
 
@@ -97,7 +106,8 @@ def compress(model, config: PruneConfig) -> PruneResult:
                                     config.input_range, config.seed)
     reference = fidelity.as_list(original.predict(
         probes, batch_size=statistics.predict_batch(original), verbose=0))
-    dense_size = len(convert.to_tflite(original))
+    original_tflite = convert.to_tflite(original)
+    dense_size = len(original_tflite)
     global_budget = any(v is not None for v in (config.target_macs, config.min_agreement,
                                                 config.max_kl))
     scales = BACKOFF if config.auto_backoff and not global_budget else BACKOFF[:1]
@@ -121,6 +131,9 @@ def compress(model, config: PruneConfig) -> PruneResult:
                         "count": config.probe_count}
     report["fidelity_guard"] = {**dataclasses.asdict(config.guard), "met": miss is None,
                                 "miss": miss, "budget_scale": scale, "attempts": attempts}
+    if config.measure_latency:
+        report["latency_on_host"] = _measure(original_tflite, outcome["tflite"], probes,
+                                             config.num_threads)
     report["seconds"] = time.time() - start
     logging.info("reduced %d layers in %.1f s", len(outcome["layers"]), report["seconds"])
     return PruneResult(outcome["tflite"], report, outcome["model"])
@@ -137,6 +150,28 @@ def _check_memory(model, layers, config: PruneConfig) -> None:
             f"model '{model.name}' needs about {need / 1e9:.1f} GB to compress with "
             f"--probe_count={config.probe_count} and {have / 1e9:.1f} GB is available; "
             "lower --probe_count or free memory")
+
+
+def _measure(original: bytes, pruned: bytes, probes: np.ndarray, threads: int) -> dict:
+    """Whole-model latency at batch 1 on this machine, side by side in one process: the
+    original on stock LiteRT (XNNPACK), the pruned model with our delegate."""
+    from hybrid_pruning import timing
+
+    x = probes[:1]
+    base, ours = timing.best_times(timing.invoker(original, x, ours=False, threads=threads),
+                                   timing.invoker(pruned, x, ours=True, threads=threads),
+                                   rounds=3, min_seconds=0.05)
+    return {"original_seconds": base, "pruned_seconds": ours, "speedup": base / ours,
+            "batch": 1, "threads": threads}
+
+
+def _predicted(search: dict | None) -> dict:
+    """Predicted conv seconds on the target, before and after (latency objective only)."""
+    seconds = (search or {}).get("predicted_seconds")
+    if not seconds:
+        return {}
+    return {"predicted_conv_seconds_before": sum(v["builtin"] for v in seconds.values()),
+            "predicted_conv_seconds_after": sum(v["chosen"] for v in seconds.values())}
 
 
 def _scaled(config: PruneConfig, scale: float) -> PruneConfig:
@@ -162,7 +197,9 @@ def _reduce(model, probes: np.ndarray, reference: list, config: PruneConfig, sca
                 removed.setdefault(producer.name, {})[technique] = len(plan.removed)
     layers, _ = graph.prunable_layers(model)
     inputs = statistics.collect(model, layers, probes, config.seed)
-    if any(v is not None for v in (config.target_macs, config.min_agreement, config.max_kl)):
+    global_budget = any(v is not None for v in (config.target_macs, config.min_agreement,
+                                                config.max_kl))
+    if global_budget or config.objective == "latency":
 
         def evaluate(thresholds_by_layer):
             flat, _ = _to_ours(model, layers, thresholds_by_layer, config.block_size)
@@ -170,12 +207,20 @@ def _reduce(model, probes: np.ndarray, reference: list, config: PruneConfig, sca
                                     runtime.predict_all(flat, probes, config.num_threads,
                                                         batch_size=statistics.predict_batch(model)))
 
+        latency = not global_budget
         weights, activations, search = budget.allocate(
             model, layers, inputs, probes, reference, evaluate,
             target_macs=None if config.target_macs is None
             else config.target_macs * original_macs,
             min_agreement=config.min_agreement, max_kl=config.max_kl,
-            block_size=config.block_size, progress=bar)
+            block_size=config.block_size, progress=bar,
+            # Blocks of 4 output channels let the vector kernels reuse each input load: the
+            # profile prices them per layer, unless the user fixed a block size.
+            block_sizes=(1, 4) if latency and config.block_size == 1 else None,
+            accept=(lambda fid: config.guard.miss(reference, fid) is None) if latency else None,
+            profile=(config.profile or targets.HostProfile(config.num_threads)) if latency
+            else None,
+            max_sparsity=config.max_sparsity)
     else:
         search = None
         weights = weight_pruning.prune_weights(
@@ -185,7 +230,7 @@ def _reduce(model, probes: np.ndarray, reference: list, config: PruneConfig, sca
         activations = activation_pruning.prune_activations(
             layers, inputs, config.activation_error_budget, progress=bar)
     tflite, records = _to_ours(model, layers, {a.name: a.thresholds for a in activations},
-                               config.block_size, config.dense_below)
+                               {w.name: w.block_size for w in weights}, config.dense_below)
     fid = fidelity.compare(reference, runtime.predict_all(
         tflite, probes, config.num_threads, batch_size=statistics.predict_batch(model)))
     return {"model": model, "layers": layers, "weights": weights, "activations": activations,
@@ -214,6 +259,7 @@ def _report(config: PruneConfig, outcome: dict, before: dict, macs_before: dict,
             "parameters_before": params_before,
             "nonzero_parameters": int(np.count_nonzero(pl.kernel)),
             "weight_sparsity": w.sparsity, "weight_error": w.relative_error,
+            "block_size": w.block_size,
             "activation_sparsity": act_sparsity,
             "natural_activation_sparsity": a.natural_sparsity,
             "activation_thresholds": a.thresholds is not None and ours,
@@ -248,7 +294,7 @@ def _report(config: PruneConfig, outcome: dict, before: dict, macs_before: dict,
     other_after = sum(b["macs_after"] for b in builtin)
     return {
         "config": {k: (list(v) if isinstance(v, tuple) else v)
-                   for k, v in dataclasses.asdict(config).items()},
+                   for k, v in dataclasses.asdict(config).items() if k != "profile"},
         "layers": rows,
         "builtin_layers": builtin,
         "skipped_layers": skipped,
@@ -262,6 +308,7 @@ def _report(config: PruneConfig, outcome: dict, before: dict, macs_before: dict,
             "vector_kernel_macs": sum(r["vector_kernel_macs"] for r in rows) + other_after,
             "builtin_macs_before": other_before,
             "tflite_bytes_dense": dense_size,
+            **_predicted(outcome["search"]),
             "tflite_bytes": len(tflite),
         },
         "fidelity_on_probes": outcome["fidelity"],

@@ -31,6 +31,11 @@ def summary(report: dict) -> str:
     fid = ", ".join(f"{k} {v:.4f}" for k, v in report["fidelity_on_probes"].items()
                     if isinstance(v, float))
     lines.append(f"fidelity on probes (reduced .tflite vs original Keras): {fid}")
+    lat = report.get("latency_on_host")
+    if lat:
+        lines.append(f"latency here (batch 1, {lat['threads']} thread(s)): original "
+                     f"{lat['original_seconds'] * 1e3:.3f} ms -> pruned "
+                     f"{lat['pruned_seconds'] * 1e3:.3f} ms ({lat['speedup']:.2f}x)")
     if "probes" in report:
         lines.append(f"probes: {report['probes']['count']} '{report['probes']['kind']}' inputs "
                      "(data-free)")

@@ -174,7 +174,8 @@ def model_table(lines: list[str]) -> None:
     for label, overrides in MODEL_VARIANTS:
         logging.info("Pruning the demo model: %s", label)
         result = pipeline.compress(io.load_keras_model(str(io.DEMO_MODEL)),
-                                   pipeline.PruneConfig(quiet=True, **overrides))
+                                   pipeline.PruneConfig(quiet=True, objective="budgets",
+                                                        **overrides))
         pruned = result.tflite
         acc = float(np.mean(runtime.predict(pruned, x_test).argmax(1) == y_test))
         convs = [r for r in result.report["layers"] if r["kind"] == "conv2d"]

@@ -63,7 +63,7 @@ def main(argv):
     from hybrid_pruning import convert, data, io, pipeline, probes as probes_lib
 
     _, _, x, y = data.digits_split()
-    base = pipeline.PruneConfig(quiet=True)
+    base = pipeline.PruneConfig(quiet=True, objective="budgets")
     variants = {
         "weight pruning alone": dict(_OFF, weight_error_budget=base.weight_error_budget),
         "activation pruning alone": dict(_OFF, activation_error_budget=base.activation_error_budget),

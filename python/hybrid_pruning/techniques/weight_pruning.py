@@ -31,6 +31,7 @@ class WeightPruningResult:
     relative_error: float  # ||Y - Y_pruned|| / ||Y|| on probes (pre-activation output)
     kernel: np.ndarray  # the new folded kernel (same layout as the layer's)
     bias_delta: np.ndarray | None  # change of the folded bias, or None
+    block_size: int = 1  # output channels sharing one sparsity pattern
 
 
 class Moments:
@@ -159,14 +160,21 @@ class LayerPruner:
         self.shape = w.shape
         self.w2 = w.reshape(-1, w.shape[-1])  # [K, out_c]
         self.stats = _stats(layer, statistics.as_sample(layer, x), self.w2)
-        self.scores = block_scores(self.w2, block_size)
+        self.block_size = block_size
+        self._scores = {block_size: block_scores(self.w2, block_size)}
         self.reconstruct = reconstruct
 
-    def evaluate(self, sparsity: float) -> tuple[np.ndarray, float]:
-        """(new [K, out_c] folded kernel, relative output error) at this sparsity."""
+    def evaluate(self, sparsity: float, block_size: int | None = None
+                 ) -> tuple[np.ndarray, float]:
+        """(new [K, out_c] folded kernel, relative output error) at this sparsity, in blocks
+        of `block_size` output channels (default: the pruner's)."""
         if sparsity <= 0:
             return self.w2, 0.0
-        keep = self.scores > np.quantile(self.scores, sparsity, method="lower")
+        block = block_size or self.block_size
+        if block not in self._scores:
+            self._scores[block] = block_scores(self.w2, block)
+        scores = self._scores[block]
+        keep = scores > np.quantile(scores, sparsity, method="lower")
         new = refit(self.stats.cov, self.w2, keep) if self.reconstruct else np.where(
             keep, self.w2, 0.0)
         d = self.w2 - new
@@ -188,7 +196,9 @@ def prune_layer(layer: PrunableLayer, x, error_budget: float,
     pruner = LayerPruner(layer, x, block_size, reconstruct)
     best, best_err = search.largest_within_budget(
         pruner.evaluate, lambda c: c[1], max_sparsity, error_budget, iterations)
-    return pruner.result(best, best_err)
+    result = pruner.result(best, best_err)
+    result.block_size = block_size
+    return result
 
 
 def prune_weights(layers: list[PrunableLayer], inputs: list, error_budget: float,

@@ -1,0 +1,132 @@
+"""The default objective: the fastest model on the target whose fidelity meets the guard.
+
+Profiles with known costs check the optimiser's decisions (builtin where ours is slower, blocks
+where they pay); the host profile itself is checked for what it measures and caches. Every
+model is saved to disk and reloaded first."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+
+import numpy as np
+from absl.testing import absltest
+
+from hybrid_pruning import io, pipeline, targets
+
+import test_models
+
+
+class _Profile:
+    """Latencies by formula: `ours(sparsity, block)` against a builtin that costs 1."""
+
+    def __init__(self, ours):
+        self._ours = ours
+
+    def builtin(self, shape) -> float:
+        return 1.0
+
+    def ours(self, shape, sparsity: float, block: int = 1) -> float:
+        return self._ours(sparsity, block)
+
+
+def _saved(model, directory: str):
+    path = os.path.join(directory, model.name + ".keras")
+    model.save(path)
+    return io.load_keras_model(path)
+
+
+class OptimiserTest(absltest.TestCase):
+
+    @classmethod
+    def setUpClass(cls):
+        cls.dir = tempfile.mkdtemp(dir=os.environ.get("TEST_TMPDIR"))
+        cls.model = _saved(test_models.sequential_cnn(), cls.dir)
+
+    def _compress(self, profile):
+        return pipeline.compress(self.model, pipeline.PruneConfig(
+            quiet=True, probe_count=32, profile=profile, measure_latency=False))
+
+    def test_keeps_the_builtin_where_ours_is_slower(self):
+        result = self._compress(_Profile(lambda s, b: 2.0))
+        for row in result.report["layers"]:
+            if row["kind"] == "conv2d":
+                self.assertEqual(row["weight_sparsity"], 0.0, row)
+                self.assertTrue(row["runs_as"].startswith("CONV_2D"), row)
+        # Dense layers gain nothing from zeros on the builtin kernel: not pruned either.
+        dense = [r for r in result.report["layers"] if r["kind"] == "dense"]
+        self.assertEqual([r["weight_sparsity"] for r in dense], [0.0])
+        self.assertIsNone(result.fidelity_miss)
+
+    def test_picks_blocks_where_they_pay_and_meets_the_guard(self):
+        # Blocks of 4 are five times faster than unstructured sparsity; both beat the
+        # builtin only when sparse enough.
+        result = self._compress(_Profile(lambda s, b: 2.0 * (1 - s) * (0.2 if b == 4 else 1.0)))
+        pruned = [r for r in result.report["layers"]
+                  if r["kind"] == "conv2d" and r["weight_sparsity"] > 0]
+        self.assertNotEmpty(pruned)
+        for row in pruned:
+            self.assertEqual(row["block_size"], 4, row)
+            self.assertEqual(row["runs_as"], "HybridSparseConv2D", row)
+        totals = result.report["totals"]
+        self.assertLess(totals["predicted_conv_seconds_after"],
+                        totals["predicted_conv_seconds_before"])
+        # The fidelity the guard judged is that of the written model.
+        self.assertIsNone(result.fidelity_miss)
+        self.assertGreaterEqual(result.report["fidelity_on_probes"]["top1_agreement"],
+                                pipeline.fidelity.Guard().min_agreement)
+
+
+class HostProfileTest(absltest.TestCase):
+
+    def setUp(self):
+        self.dir = tempfile.mkdtemp(dir=os.environ.get("TEST_TMPDIR"))
+        self.shape = targets.ConvShape(8, 8, 16, 16, 3, 3, (1, 1), (1, 1), "SAME")
+
+    def test_measures_once_then_reads_the_cache(self):
+        first = targets.HostProfile(cache_dir=self.dir)
+        dense = first.builtin(self.shape)
+        self.assertGreater(dense, 0.0)
+        # Interpolated between grid points, and faster when sparser on our op.
+        self.assertLess(first.ours(self.shape, 0.95), first.ours(self.shape, 0.0))
+        self.assertEqual(first.measured, 1)
+        second = targets.HostProfile(cache_dir=self.dir)
+        self.assertEqual(second.builtin(self.shape), dense)
+        self.assertEqual(second.measured, 0)
+
+    def test_a_changed_kernel_library_is_measured_again(self):
+        targets.HostProfile(cache_dir=self.dir).builtin(self.shape)
+        saved = targets._library_digest
+        targets._library_digest = lambda: "0123456789abcdef"
+        try:
+            rebuilt = targets.HostProfile(cache_dir=self.dir)
+            rebuilt.builtin(self.shape)
+            self.assertEqual(rebuilt.measured, 1)
+        finally:
+            targets._library_digest = saved
+
+
+class HostDefaultTest(absltest.TestCase):
+
+    def test_demo_at_default_flags(self):
+        result = pipeline.compress(io.load_keras_model(str(io.DEMO_MODEL)),
+                                   pipeline.PruneConfig(quiet=True))
+        rep = result.report
+        self.assertIsNone(result.fidelity_miss)
+        predicted = rep["global_budget_search"]["predicted_seconds"]
+        for row in rep["layers"]:
+            if row["kind"] != "conv2d":
+                continue
+            seconds = predicted[row["layer"]]
+            if row["weight_sparsity"] > 0:  # pruned only where the profile says ours wins
+                self.assertEqual(row["runs_as"], "HybridSparseConv2D", row)
+                self.assertLess(seconds["chosen"], seconds["builtin"])
+            else:
+                self.assertEqual(seconds["chosen"], seconds["builtin"])
+        self.assertLess(rep["totals"]["predicted_conv_seconds_after"],
+                        rep["totals"]["predicted_conv_seconds_before"])
+        self.assertIn("speedup", rep["latency_on_host"])
+
+
+if __name__ == "__main__":
+    absltest.main()
