@@ -68,7 +68,7 @@ flags.DEFINE_bool("verbose", False, "Also show TensorFlow's, Keras' and the conv
                   "messages (hidden by default).")
 flags.DEFINE_list("input_shape", None, "H,W,C to prune for, when the model's input has "
                   "dynamic dimensions (e.g. a fully convolutional model); the .tflite gets it.")
-flags.DEFINE_float("guard_agreement", 0.8,
+flags.DEFINE_float("guard_agreement", 0.9,
                    "Fidelity guard for classifier outputs: top-1 agreement of the written "
                    "model with the original on the probes must be at least this (per-layer "
                    "budgets are scaled down until it holds).", lower_bound=0.0, upper_bound=1.0)

@@ -63,7 +63,8 @@ class PipelineTest(absltest.TestCase):
 
     def test_fallback_convs_are_counted_dense(self):
         config = pipeline.PruneConfig(quiet=True, probe="random", probe_count=32,
-                                      objective="budgets", constant_error_budget=0.0, merge_error_budget=0.0,
+                                      objective="budgets", constant_error_budget=0.0,
+                                      guard=pipeline.fidelity.Guard(min_agreement=0.8), merge_error_budget=0.0,
                                       weight_error_budget=0.3, dense_below=1.0)
         result = pipeline.compress(_model(), config)
         ops = tflite_model.read(result.tflite).subgraphs[0].operators

@@ -40,7 +40,7 @@ class ModelFormatsTest(absltest.TestCase):
         model = io.load_keras_model(path)
         # Activation thresholds exist only in the .tflite: off, so that it must equal Keras.
         result = pipeline.compress(model, pipeline.PruneConfig(
-            objective="budgets",
+            objective="budgets", guard=pipeline.fidelity.Guard(min_agreement=0.8),
             quiet=True, probe_count=32, weight_error_budget=0.1, activation_error_budget=0.0,
             constant_error_budget=0.05, merge_error_budget=0.05))
         self.assertGreater(result.report["totals"]["parameter_reduction"], 0.1)

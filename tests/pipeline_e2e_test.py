@@ -49,8 +49,11 @@ class DemoPipelineTest(absltest.TestCase):
         cls.keras_accuracy = float(np.mean(original.predict(cls.x, verbose=0).argmax(1) == cls.y))
         model = io.load_keras_model(str(io.DEMO_MODEL))
         with _NoDataAllowed():
-            cls.result = pipeline.compress(model, pipeline.PruneConfig(quiet=True,
-                                                                    objective="budgets"))
+            cls.result = pipeline.compress(model, pipeline.PruneConfig(
+                quiet=True, objective="budgets",
+                # The per-layer budgets at their defaults, judged by the guard they met when
+                # they were the default (0.867 agreement on probes, 99.56 % real top-1).
+                guard=pipeline.fidelity.Guard(min_agreement=0.8)))
 
     def test_guard_blocks_data_imports(self):
         with _NoDataAllowed():

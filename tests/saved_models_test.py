@@ -17,7 +17,7 @@ import keras
 import numpy as np
 from absl.testing import absltest
 
-from hybrid_pruning import graph, io, pipeline, runtime, statistics, tflite_model
+from hybrid_pruning import fidelity, graph, io, pipeline, runtime, statistics, tflite_model
 
 import test_models
 
@@ -26,7 +26,10 @@ L = keras.layers
 
 def _config(**kw) -> pipeline.PruneConfig:
     # Activation thresholds exist only in the .tflite: off, so that it must equal Keras.
-    base = dict(quiet=True, probe_count=24, activation_error_budget=0.0, objective="budgets")
+    # The per-layer budgets, judged by a guard of 0.8: these tests are about structure (what
+    # is loaded, pruned, kept and written), not the default guard.
+    base = dict(quiet=True, probe_count=24, activation_error_budget=0.0, objective="budgets",
+                guard=fidelity.Guard(min_agreement=0.8))
     base.update(kw)
     return pipeline.PruneConfig(**base)
 
@@ -246,6 +249,7 @@ class SavedModelsTest(absltest.TestCase):
         self.assertIsNone(kept.fidelity_miss)
         self.assertLess(kept.report["fidelity_guard"]["budget_scale"], 1.0)
         self.assertGreaterEqual(kept.report["fidelity_on_probes"]["top1_agreement"], 0.8)
+        self.assertEqual(kept.report["fidelity_guard"]["min_agreement"], 0.8)
 
 
 if __name__ == "__main__":

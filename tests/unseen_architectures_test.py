@@ -8,7 +8,7 @@ import keras
 import numpy as np
 from absl.testing import absltest
 
-from hybrid_pruning import pipeline, runtime, tflite_model
+from hybrid_pruning import fidelity, pipeline, runtime, tflite_model
 
 
 def _residual_model():
@@ -54,7 +54,7 @@ class UnseenArchitecturesTest(absltest.TestCase):
     def _run(self, model, shape):
         x = np.random.default_rng(0).uniform(0, 1, (6, *shape)).astype(np.float32)
         cfg = pipeline.PruneConfig(quiet=True, probe_count=32, activation_error_budget=0.0,
-                                   objective="budgets",
+                                   objective="budgets", guard=fidelity.Guard(min_agreement=0.8),
                                    constant_error_budget=0.2, merge_error_budget=0.2)
         result = pipeline.compress(model, cfg)
         got = runtime.predict(result.tflite, x)

@@ -82,7 +82,7 @@ def dense_outputs(reference) -> bool:
 class Guard:
     """What the written model must keep, on the probes, relative to the original."""
 
-    min_agreement: float | None = 0.8  # classifier outputs: top-1 agreement
+    min_agreement: float | None = 0.9  # classifier outputs: top-1 agreement
     max_kl: float | None = None  # probability outputs
     max_relative_error: float | None = 0.1  # other outputs: relative RMS error
     # The flags that set these, named in the message of a miss.

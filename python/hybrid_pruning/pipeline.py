@@ -111,6 +111,9 @@ def compress(model, config: PruneConfig) -> PruneResult:
     global_budget = any(v is not None for v in (config.target_macs, config.min_agreement,
                                                 config.max_kl))
     scales = BACKOFF if config.auto_backoff and not global_budget else BACKOFF[:1]
+    if config.objective == "latency" and not global_budget:
+        config = dataclasses.replace(
+            config, profile=config.profile or targets.HostProfile(config.num_threads))
     attempts = []
     with tqdm(total=len(original_layers) * 2, desc="pruning", unit="layer",
               disable=config.quiet, leave=False) as bar:
@@ -127,6 +130,11 @@ def compress(model, config: PruneConfig) -> PruneResult:
                 break
             logging.info("budget scale %g misses the fidelity guard: %s", scale, miss)
     report = _report(config, outcome, before, macs_before, skipped, dense_size)
+    if config.profile is not None and outcome["search"] is not None:
+        # The original's convs (all channels) on the builtin kernel: the prediction's baseline.
+        report["totals"]["predicted_conv_seconds_original"] = sum(
+            config.profile.builtin(targets.conv_shape(pl)) for pl in original_layers
+            if pl.kind == "conv2d")
     report["probes"] = {"kind": probes_lib.resolve(original, config.probe),
                         "count": config.probe_count}
     report["fidelity_guard"] = {**dataclasses.asdict(config.guard), "met": miss is None,
@@ -218,8 +226,7 @@ def _reduce(model, probes: np.ndarray, reference: list, config: PruneConfig, sca
             # profile prices them per layer, unless the user fixed a block size.
             block_sizes=(1, 4) if latency and config.block_size == 1 else None,
             accept=(lambda fid: config.guard.miss(reference, fid) is None) if latency else None,
-            profile=(config.profile or targets.HostProfile(config.num_threads)) if latency
-            else None,
+            profile=config.profile if latency else None,
             max_sparsity=config.max_sparsity)
     else:
         search = None

@@ -66,7 +66,7 @@ def _row(name: str, model, result, input_shape, accuracy=None) -> dict:
     base, pruned = _latency(model, result, input_shape)
     # Predicted whole-model latency: the measured original with its convs' predicted time
     # replaced by the chosen implementations' (other ops are taken as unchanged).
-    before, after = (t.get("predicted_conv_seconds_before"),
+    before, after = (t.get("predicted_conv_seconds_original"),
                      t.get("predicted_conv_seconds_after"))
     predicted = base - before + after if before is not None else None
     return {
