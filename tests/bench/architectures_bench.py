@@ -153,7 +153,10 @@ def main(argv):
         "delegate, best of alternating rounds in one process; speed > 1 means the pruned "
         "model is faster. Predicted: the measured original with its convs' latency replaced "
         "by what the host profile (targets.py) predicts for the chosen implementations, and "
-        "its error against the measured pruned latency. Only the two digits models are "
+        "its error against the measured pruned latency (it takes the other ops as "
+        "unchanged, which channel removal through depthwise layers breaks). 'dense': a conv "
+        "the optimiser left unpruned on the builtin kernel, faster there than our op at any "
+        "level the guard allowed. Only the two digits models are "
         "trained; the others have random weights, so their fidelity is to the original on "
         "probes, not accuracy.",
         "",
