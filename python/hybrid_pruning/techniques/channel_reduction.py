@@ -43,7 +43,6 @@ class ConsumerStats:
     def __init__(self, consumer: graph.PrunableLayer, x):
         """`x`: the consumer's input on the probes, as a statistics.LayerSample or an array."""
         sample = statistics.as_sample(consumer, x)
-        self.sample = sample
         self.spatial = consumer.kind == "conv2d"
         self.channels = int(consumer.kernel.shape[-2]) if self.spatial else None
         p = sample.rows.astype(np.float64)
