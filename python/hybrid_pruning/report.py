@@ -65,12 +65,27 @@ def plot(report: dict, path: str) -> None:
     names = [r["layer"] for r in rows]
     x = np.arange(len(rows))
     fig, (top, bottom) = plt.subplots(2, 1, figsize=(max(6, 0.9 * len(rows) + 2), 7), sharex=True)
-    top.bar(x - 0.2, [r["macs_before"] / 1e6 for r in rows], 0.4, label="MACs before")
-    top.bar(x + 0.2, [r["effective_macs"] / 1e6 for r in rows], 0.4, label="effective MACs after")
-    top.set_ylabel("million MACs")
     t = report["totals"]
-    top.set_title(f"{t['macs_before'] / 1e6:.2f} M -> {t['effective_macs'] / 1e6:.2f} M MACs, "
-                  f"{t['tflite_bytes_dense'] / 1e3:.0f} -> {t['tflite_bytes'] / 1e3:.0f} kB")
+    predicted = (report.get("global_budget_search") or {}).get("predicted_seconds")
+    lat = report.get("latency_on_host")
+    if predicted:  # the latency objective: what each layer costs here, before and after
+        top.bar(x - 0.2, [predicted.get(n, {}).get("builtin", 0) * 1e6 for n in names], 0.4,
+                label="builtin CONV_2D (dense)")
+        top.bar(x + 0.2, [predicted.get(n, {}).get("chosen", 0) * 1e6 for n in names], 0.4,
+                label="chosen (predicted)")
+        top.set_ylabel("microseconds, batch 1")
+        title = "predicted conv latency here"
+    else:
+        top.bar(x - 0.2, [r["macs_before"] / 1e6 for r in rows], 0.4, label="MACs before")
+        top.bar(x + 0.2, [r["effective_macs"] / 1e6 for r in rows], 0.4,
+                label="effective MACs after")
+        top.set_ylabel("million MACs")
+        title = f"{t['macs_before'] / 1e6:.2f} M -> {t['effective_macs'] / 1e6:.2f} M MACs"
+    if lat:
+        title = (f"measured {lat['original_seconds'] * 1e3:.3f} -> "
+                 f"{lat['pruned_seconds'] * 1e3:.3f} ms ({lat['speedup']:.2f}x); " + title)
+    top.set_title(f"{title}; {t['tflite_bytes_dense'] / 1e3:.0f} -> "
+                  f"{t['tflite_bytes'] / 1e3:.0f} kB")
     top.legend()
     bottom.bar(x - 0.3, [r["weight_sparsity"] for r in rows], 0.3, label="weight sparsity")
     bottom.bar(x, [r["activation_sparsity"] for r in rows], 0.3, label="activation sparsity")
