@@ -396,10 +396,6 @@ class ChannelGroup:
     consumers: list  # [(layer, taps per channel)]: taps > 1 after a Flatten
 
     @property
-    def name(self) -> str:
-        return self.producers[0].name
-
-    @property
     def channels(self) -> int:
         p = self.producers[0]
         return int(p.get_weights()[kernel_index(p)].shape[-1])

@@ -161,9 +161,3 @@ class HostProfile:
         times = np.log(np.asarray(self._entry(shape, block)["ours"], np.float64))
         s = float(np.clip(sparsity, SPARSITY_GRID[0], SPARSITY_GRID[-1]))
         return float(np.exp(np.interp(s, SPARSITY_GRID, times)))
-
-    def best(self, shape: ConvShape, sparsity: float, block: int = 1) -> tuple[str, float]:
-        """The faster way to run a conv pruned to `sparsity`, and its seconds."""
-        mine, theirs = self.ours(shape, sparsity, block), self.builtin(shape)
-        return ("HybridSparseConv2D", mine) if sparsity > 0 and mine < theirs else (
-            "CONV_2D", theirs)

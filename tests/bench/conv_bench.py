@@ -18,7 +18,7 @@ import platform
 import numpy as np
 from absl import app, flags, logging
 
-from hybrid_pruning import io, op_format, runtime, timing, tflite_model
+from hybrid_pruning import io, op_format, runtime, targets, timing, tflite_model
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("output", None, "Markdown file to write.")
@@ -52,10 +52,9 @@ def _times(*invokes) -> list[float]:
 
 
 def _weights(rng, cout: int, k: int, cin: int, sparsity: float, block: int) -> np.ndarray:
-    w = rng.standard_normal((cout, k, k, cin)).astype(np.float32)
-    blocks = -(-cout // block)
-    keep = rng.random((blocks, k, k, cin)) >= sparsity  # one pattern per block of channels
-    return w * np.repeat(keep, block, axis=0)[:cout]
+    # Only the filter's own dimensions matter to random_filter.
+    shape = targets.ConvShape(1, 1, cin, cout, k, k, (1, 1), (1, 1), "SAME")
+    return targets.random_filter(rng, shape, sparsity, block)
 
 
 def _layer(rng, hw: int, cin: int, cout: int, k: int, stride: int):
