@@ -47,13 +47,17 @@ void ThreadPool::WorkerLoop(int id) {
            std::chrono::steady_clock::now() < deadline) {
       for (int i = 0; i < 64; ++i) Relax();
     }
+    bool participate;
     {
       std::unique_lock<std::mutex> lock(mu_);
       start_.wait(lock, [&] { return stop_.load() || generation_.load() != seen; });
       if (stop_.load()) return;
       seen = generation_.load();
+      // Read with the generation: a worker left out of one For may only look after the next
+      // has begun, and must not join that one and then again under its own generation.
+      participate = id < participants_;
     }
-    if (id < participants_) {
+    if (participate) {
       Drain(id);
       pending_.fetch_sub(1, std::memory_order_acq_rel);
     }

@@ -17,7 +17,9 @@ TEST(ThreadPool, RunsEveryTaskOnceWithWorkerIdsInRange) {
   for (int threads : {1, 2, 3, 4}) {
     ThreadPool pool(threads);
     EXPECT_EQ(pool.threads(), threads);
-    for (int round = 0; round < 200; ++round) {
+    // Many short Fors whose worker counts change from one to the next: a worker left out of
+    // one For must not be counted twice in the next (a race that hung the caller).
+    for (int round = 0; round < 5000; ++round) {
       const int tasks = round % 37;
       const int max_workers = 1 + round % 5;
       std::vector<std::atomic<int>> runs(tasks);
