@@ -39,23 +39,32 @@ def predict_tflite(path: str, x: np.ndarray, batch_size: int, num_threads: int) 
     return np.concatenate(outs)
 
 
+def _input_size(path: str, keras_model) -> int:
+    if keras_model is not None:
+        return int(keras_model.inputs[0].shape[1])
+    from hybrid_pruning import runtime
+
+    return int(runtime.make_interpreter(model_path=path).get_input_details()[0]["shape"][1])
+
+
 def main(argv):
     del argv
     from hybrid_pruning import data, io
 
     try:
         path = io.model_path(FLAGS.model)
+        keras_model = None if path.endswith(".tflite") else io.load_keras_model(path)
         if FLAGS.data:
             x, y = data.load_npz(io.user_path(FLAGS.data))
-        else:
-            _, _, x, y = data.digits_split()
-        if path.endswith(".tflite"):
+        else:  # the digits test split at the model's input size
+            _, _, x, y = data.digits_split(_input_size(path, keras_model))
+        if keras_model is None:
             try:
                 scores = predict_tflite(path, x, FLAGS.batch_size, FLAGS.num_threads)
             except (ValueError, RuntimeError) as e:
                 raise io.UserError(f"--model={path}: {e}") from e
         else:
-            scores = io.load_keras_model(path).predict(x, batch_size=FLAGS.batch_size, verbose=0)
+            scores = keras_model.predict(x, batch_size=FLAGS.batch_size, verbose=0)
     except (io.UserError, ValueError) as e:
         sys.exit(f"evaluate: error: {e}")
     accuracy = float(np.mean(np.asarray(scores).argmax(-1) == y))

@@ -44,6 +44,14 @@ flags.DEFINE_enum("objective", "latency", ["latency", "budgets"],
                   "'latency': the fastest model on this machine (measured per layer: TFLite's "
                   "builtin conv or our op, at which sparsity and block size) whose fidelity "
                   "meets the guard; 'budgets': the per-layer error budgets of each technique.")
+flags.DEFINE_list("target", ["host"],
+                  "Where the model will run, one .tflite each (with several, the target's name "
+                  "goes before .tflite in --output, --report and --plot): host (this machine, "
+                  "measured), x86_64-avx2, x86_64-avx512 (measured with that kernel when this "
+                  "CPU has it, else modelled), arm64-neon, riscv64-rvv[:vlen=N], generic (the "
+                  "portable reference kernel on a scalar core; zero activations pay there) "
+                  "-- modelled from our kernels' instruction counts and documented core costs. "
+                  "Used by --objective=latency.")
 flags.DEFINE_float("max_sparsity", 0.99, "Upper bound of any layer's weight sparsity.",
                    lower_bound=0.0, upper_bound=1.0)
 flags.DEFINE_integer("block_size", 1, "Prune blocks of this many consecutive output channels "
@@ -117,6 +125,39 @@ def _guard():
     return guard
 
 
+def _targets() -> tuple[str, ...]:
+    from hybrid_pruning import targets
+    from hybrid_pruning.io import UserError
+
+    specs = tuple(t.strip() for t in FLAGS.target if t.strip())
+    if not specs:
+        raise UserError("--target: give at least one target")
+    for spec in specs:
+        try:
+            targets.parse_target(spec)
+        except ValueError as e:
+            raise UserError(f"--target: {e}") from e
+    if len(set(specs)) != len(specs):
+        raise UserError(f"--target={','.join(specs)}: a target is named twice")
+    global_budget = any(v is not None for v in (FLAGS.target_macs, FLAGS.min_agreement,
+                                                FLAGS.max_kl))
+    if len(specs) > 1 and (FLAGS.objective != "latency" or global_budget):
+        raise UserError("several --target values need --objective=latency and no global "
+                        "budget (--target_macs, --min_agreement, --max_kl): the other "
+                        "objectives do not depend on the target")
+    return specs
+
+
+def _per_target(path: str | None, spec: str, several: bool) -> str | None:
+    """--output=model.tflite -> model.arm64-neon.tflite when there are several targets."""
+    if path is None or not several:
+        return path
+    from hybrid_pruning import targets
+
+    stem, dot, ext = path.rpartition(".")
+    return f"{stem}.{targets.file_tag(spec)}.{ext}" if dot else f"{path}.{targets.file_tag(spec)}"
+
+
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
@@ -127,11 +168,17 @@ def main(argv):
     from hybrid_pruning import io, pipeline, report as report_lib
 
     try:
+        specs = _targets()
+        several = len(specs) > 1
         model_path = io.model_path(FLAGS.model)
-        output = io.check_output(FLAGS.output, model_path)
-        report_path = io.check_output(FLAGS.report, model_path, output) if FLAGS.report else None
-        plot_path = io.check_output(FLAGS.plot, model_path, output) if FLAGS.plot else None
-        if plot_path and not plot_path.endswith(".png"):
+        outputs = {t: io.check_output(_per_target(FLAGS.output, t, several), model_path)
+                   for t in specs}
+        taken = set(outputs.values())
+        reports = {t: io.check_output(_per_target(FLAGS.report, t, several), model_path,
+                                      *taken) if FLAGS.report else None for t in specs}
+        plots = {t: io.check_output(_per_target(FLAGS.plot, t, several), model_path, *taken)
+                 if FLAGS.plot else None for t in specs}
+        if FLAGS.plot and not FLAGS.plot.endswith(".png"):
             raise io.UserError(f"--plot={FLAGS.plot}: must end with .png")
         config = pipeline.PruneConfig(
             weight_error_budget=FLAGS.weight_error_budget,
@@ -145,30 +192,40 @@ def main(argv):
             input_range=_input_range(), seed=FLAGS.seed, num_threads=FLAGS.num_threads,
             quiet=FLAGS.quiet, guard=_guard(), auto_backoff=FLAGS.backoff,
             input_shape=tuple(int(v) for v in FLAGS.input_shape) if FLAGS.input_shape
-            else None)
+            else None, targets=specs)
         model = io.load_keras_model(model_path)
-        result = pipeline.compress(model, config)
+        results = dict(zip(specs, pipeline.compress_targets(model, config).values()))
     except io.UserError as e:
         sys.exit(f"prune: error: {e}")
-    result.report["model"] = model_path
-    result.report["output"] = output
-    miss = result.fidelity_miss
-    if miss and not FLAGS.write_anyway:
+    misses = {t: r.fidelity_miss for t, r in results.items() if r.fidelity_miss}
+    for t, result in results.items():
+        result.report["model"] = model_path
+        result.report["output"] = outputs[t]
+    if misses and not FLAGS.write_anyway:
         if not FLAGS.quiet:
-            print(report_lib.summary(result.report))
-        sys.exit(f"prune: error: the pruned model misses the fidelity guard: {miss}. Nothing "
+            for t, result in results.items():
+                print((f"== {t}\n" if several else "") + report_lib.summary(result.report))
+        which = "; ".join(f"{t}: {m}" if several else m for t, m in misses.items())
+        sys.exit(f"prune: error: the pruned model misses the fidelity guard: {which}. Nothing "
                  f"was written (--write_anyway writes it regardless).")
-    io.write_bytes_atomic(output, result.tflite)
-    if report_path:
-        io.write_bytes_atomic(report_path, (json.dumps(result.report, indent=2) + "\n").encode())
-    if plot_path:
-        with io.atomic_path(plot_path) as tmp:
-            report_lib.plot(result.report, tmp)
-    if not FLAGS.quiet:
-        print(report_lib.summary(result.report))
-    logging.info("wrote %s", output)
-    if miss:
-        print(f"prune: warning: {output} misses the fidelity guard: {miss}", file=sys.stderr)
+    for t, result in results.items():
+        io.write_bytes_atomic(outputs[t], result.tflite)
+        if reports[t]:
+            io.write_bytes_atomic(reports[t],
+                                  (json.dumps(result.report, indent=2) + "\n").encode())
+        if plots[t]:
+            with io.atomic_path(plots[t]) as tmp:
+                report_lib.plot(result.report, tmp)
+        if not FLAGS.quiet:
+            print((f"== {t}: {outputs[t]}\n" if several else "")
+                  + report_lib.summary(result.report))
+        logging.info("wrote %s", outputs[t])
+    if several and not FLAGS.quiet:
+        print(report_lib.comparison({t: r.report for t, r in results.items()}))
+    if misses:
+        for t in misses:
+            print(f"prune: warning: {outputs[t]} misses the fidelity guard: {misses[t]}",
+                  file=sys.stderr)
         sys.exit(3)
 
 

@@ -18,15 +18,23 @@ import test_models
 
 
 class _Profile:
-    """Latencies by formula: `ours(sparsity, block)` against a builtin that costs 1."""
+    """Latencies by formula: `ours(sparsity, block, activation_sparsity)` against a builtin
+    that costs 1."""
 
-    def __init__(self, ours):
+    modelled = True
+    name = "formula"
+
+    def __init__(self, ours, activation_pays: bool = False):
         self._ours = ours
+        self.activation_pays = activation_pays
 
     def builtin(self, shape) -> float:
         return 1.0
 
-    def ours(self, shape, sparsity: float, block: int = 1) -> float:
+    def ours(self, shape, sparsity: float, block: int = 1,
+             activation_sparsity: float = 0.0) -> float:
+        if self.activation_pays:
+            return self._ours(sparsity, block, activation_sparsity)
         return self._ours(sparsity, block)
 
 
@@ -44,8 +52,11 @@ class OptimiserTest(absltest.TestCase):
         cls.model = _saved(test_models.sequential_cnn(), cls.dir)
 
     def _compress(self, profile):
+        # The decisions under test do not depend on the sequential re-fit (tested on its own
+        # in weight_pruning_test), which would only add time.
         return pipeline.compress(self.model, pipeline.PruneConfig(
-            quiet=True, probe_count=32, profile=profile, measure_latency=False))
+            quiet=True, probe_count=32, profile=profile, measure_latency=False,
+            sequential_refit=False))
 
     def test_keeps_the_builtin_where_ours_is_slower(self):
         result = self._compress(_Profile(lambda s, b: 2.0))
@@ -75,6 +86,18 @@ class OptimiserTest(absltest.TestCase):
         self.assertIsNone(result.fidelity_miss)
         self.assertGreaterEqual(result.report["fidelity_on_probes"]["top1_agreement"],
                                 pipeline.fidelity.Guard().min_agreement)
+
+
+    def test_activation_thresholds_only_where_zeros_pay(self):
+        # A scalar target whose kernel skips zero inputs: thresholds cut its time.
+        pays = self._compress(_Profile(lambda s, b, a: 2.0 * (1 - s) * (1 - a) + 0.1,
+                                       activation_pays=True))
+        convs = [r for r in pays.report["layers"] if r["kind"] == "conv2d"]
+        self.assertTrue(any(r["activation_thresholds"] for r in convs), convs)
+        self.assertIsNone(pays.fidelity_miss)
+        # The same costs on a vector target that ignores zero inputs: no thresholds.
+        vector = self._compress(_Profile(lambda s, b: 2.0 * (1 - s) + 0.1))
+        self.assertFalse(any(r["activation_thresholds"] for r in vector.report["layers"]))
 
 
 class HostProfileTest(absltest.TestCase):

@@ -81,7 +81,9 @@ def _seconds(profile, pl: graph.PrunableLayer, weights: list, acts: list) -> np.
     shape = targets.conv_shape(pl)
     dense = profile.builtin(shape)
     for i, (_, _, sparsity, block) in enumerate(weights):
-        out[i, :] = dense if i == 0 else min(dense, profile.ours(shape, sparsity, block))
+        for j, (_, _, activation_sparsity) in enumerate(acts):
+            out[i, j] = dense if i == j == 0 else min(
+                dense, profile.ours(shape, sparsity, block, activation_sparsity))
     return out
 
 
@@ -110,6 +112,36 @@ def _sensitivity(model, pl: graph.PrunableLayer, pruner, probes, reference, seed
     return max(_damage(reference, out), 1e-12) / _SENSITIVITY_NOISE ** 2
 
 
+def tabulate(model, layers: list[graph.PrunableLayer], inputs: list[np.ndarray],
+             probes: np.ndarray, reference: list, block_size: int = 1, progress=None,
+             max_sparsity: float = 0.99, block_sizes: tuple[int, ...] | None = None,
+             latency: bool = False, activations: bool = True) -> list[LayerTable]:
+    """Every layer's candidate levels with their re-fitted errors, and its sensitivity: the
+    target-independent half of the search (choose() prices it for one target). `latency`:
+    Dense layers stay dense (their builtin kernel gains nothing from zeros); `activations`:
+    offer activation thresholds on convs (where some target's kernel skips zeros)."""
+    tables = []
+    for seed, (pl, x) in enumerate(zip(layers, inputs)):
+        pruner = weight_pruning.LayerPruner(pl, x, block_size if pl.kind == "conv2d" else 1)
+        sparsities = SPARSITIES if not latency or pl.kind == "conv2d" else SPARSITIES[:1]
+        blocks = (block_sizes or (block_size,)) if pl.kind == "conv2d" else (1,)
+        levels = [(s, b) for b in blocks for s in sparsities
+                  if s <= max_sparsity and (s > 0 or b == blocks[0])]
+        weights = [(k, e, float(np.mean(k == 0)), b)
+                   for (s, b) in levels for k, e in [pruner.evaluate(s, b)]]
+        if pl.kind == "conv2d" and activations:
+            th = activation_pruning.LayerThresholder(pl, x)
+            acts = [th.evaluate(q) for q in QUANTILES]
+        else:
+            acts = [(None, 0.0, 0.0)]
+        sens = _sensitivity(model, pl, pruner, probes, reference, seed) if len(weights) > 1 \
+            or len(acts) > 1 else 1.0
+        tables.append(LayerTable(pl, pruner, pl.macs, sens, weights, acts))
+        if progress is not None:
+            progress.update(1)
+    return tables
+
+
 def allocate(model, layers: list[graph.PrunableLayer], inputs: list[np.ndarray],
              probes: np.ndarray, reference: list, evaluate_fidelity,
              target_macs: float | None = None, min_agreement: float | None = None,
@@ -118,41 +150,33 @@ def allocate(model, layers: list[graph.PrunableLayer], inputs: list[np.ndarray],
              block_sizes: tuple[int, ...] | None = None
              ) -> tuple[list[weight_pruning.WeightPruningResult],
                         list[activation_pruning.ActivationPruningResult], dict]:
+    """tabulate() then choose(), for one target."""
+    tables = tabulate(model, layers, inputs, probes, reference, block_size, progress,
+                      max_sparsity, block_sizes, latency=profile is not None,
+                      activations=profile is None or profile.activation_pays)
+    return choose(model, tables, evaluate_fidelity, target_macs, min_agreement, max_kl,
+                  accept, profile)
+
+
+def choose(model, tables: list[LayerTable], evaluate_fidelity,
+           target_macs: float | None = None, min_agreement: float | None = None,
+           max_kl: float | None = None, accept=None, profile=None, refit=None
+           ) -> tuple[list[weight_pruning.WeightPruningResult],
+                      list[activation_pruning.ActivationPruningResult], dict]:
     """Chooses every layer's levels for the target, applies the weights to the model, and
     returns the per-layer results plus a summary of the search.
 
     `evaluate_fidelity(thresholds_by_layer)` builds the current model and returns its
     fidelity dict on the probes. The target is `target_macs`, or a fidelity target:
     `min_agreement`/`max_kl`, or any `accept(fidelity dict) -> bool`. With a `profile`
-    (targets.HostProfile) the objective is the target's latency instead of MACs: a conv's
-    level is priced as the faster of the builtin dense kernel (unpruned) and our op at that
-    sparsity, Dense layers stay dense (their builtin kernel gains nothing from zeros), and
-    activation thresholds are offered only where the target's kernel skips zeros; each conv's
-    level may use any of `block_sizes` (default: `block_size`), priced by the profile."""
-    from hybrid_pruning import targets
-
-    tables = []
-    for seed, (pl, x) in enumerate(zip(layers, inputs)):
-        pruner = weight_pruning.LayerPruner(pl, x, block_size if pl.kind == "conv2d" else 1)
-        sparsities = SPARSITIES if profile is None or pl.kind == "conv2d" else SPARSITIES[:1]
-        blocks = (block_sizes or (block_size,)) if pl.kind == "conv2d" else (1,)
-        levels = [(s, b) for b in blocks for s in sparsities
-                  if s <= max_sparsity and (s > 0 or b == blocks[0])]
-        weights = [(k, e, float(np.mean(k == 0)), b)
-                   for (s, b) in levels for k, e in [pruner.evaluate(s, b)]]
-        if pl.kind == "conv2d" and (profile is None or targets.ACTIVATION_PAYS):
-            th = activation_pruning.LayerThresholder(pl, x)
-            acts = [th.evaluate(q) for q in QUANTILES]
-        else:
-            acts = [(None, 0.0, 0.0)]
-        sens = _sensitivity(model, pl, pruner, probes, reference, seed) if len(weights) > 1 \
-            or len(acts) > 1 else 1.0
-        table = LayerTable(pl, pruner, pl.macs, sens, weights, acts)
-        if profile is not None:
-            table.seconds = _seconds(profile, pl, weights, acts)
-        tables.append(table)
-        if progress is not None:
-            progress.update(1)
+    (targets.py) the objective is the target's latency instead of MACs: a conv's level is
+    priced as the faster of the builtin dense kernel (unpruned) and our op at that weight
+    sparsity, block size and (where the target's kernel skips zeros) activation sparsity.
+    `refit` (weight_pruning.SequentialRefit, taken on the unpruned model) re-fits every
+    candidate in order before its fidelity is judged, and the result."""
+    for t in tables:
+        t.seconds = _seconds(profile, t.layer, t.weights, t.activations) \
+            if profile is not None else None
     total = sum(t.macs for t in tables)
 
     def choose(lam):
@@ -165,6 +189,8 @@ def allocate(model, layers: list[graph.PrunableLayer], inputs: list[np.ndarray],
             kernel, err = t.weights[i][:2]
             r = t.pruner.result(kernel, err)
             t.layer.set_folded(r.kernel, r.bias_delta)
+        if refit is not None:
+            refit.apply()
 
     def restore():
         model.set_weights(snapshot[0])

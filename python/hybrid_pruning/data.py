@@ -13,16 +13,23 @@ SPLIT_SEED = 0
 TEST_FRACTION = 0.25
 
 
-def digits_images(images_8x8: np.ndarray) -> np.ndarray:
-    """scikit-learn's 8x8 digits (0..16) -> float32 [N, 16, 16, 1] in [0, 1], nearest upscale."""
+def digits_images(images_8x8: np.ndarray, size: int = DEMO_INPUT_SIZE) -> np.ndarray:
+    """scikit-learn's 8x8 digits (0..16) -> float32 [N, size, size, 1] in [0, 1]: nearest
+    upscale to the demo's 16x16 (kept so the committed demo stays reproducible), bilinear to
+    larger sizes (smooth strokes, as a camera would give)."""
     x = np.asarray(images_8x8, np.float32).reshape(-1, 8, 8) / 16.0
-    factor = DEMO_INPUT_SIZE // 8
-    x = np.repeat(np.repeat(x, factor, axis=1), factor, axis=2)
-    return x[..., None]
+    if size == DEMO_INPUT_SIZE:
+        factor = DEMO_INPUT_SIZE // 8
+        return np.repeat(np.repeat(x, factor, axis=1), factor, axis=2)[..., None]
+    from scipy import ndimage
+
+    x = ndimage.zoom(x, (1, size / 8, size / 8), order=1, mode="nearest", grid_mode=True)
+    return np.clip(x, 0.0, 1.0)[..., None]
 
 
-def digits_split() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """The fixed stratified split: x_train, y_train, x_test, y_test."""
+def digits_split(size: int = DEMO_INPUT_SIZE
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The fixed stratified split at size x size: x_train, y_train, x_test, y_test."""
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
 
@@ -30,8 +37,8 @@ def digits_split() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     x_train, x_test, y_train, y_test = train_test_split(
         digits.images, digits.target, test_size=TEST_FRACTION, stratify=digits.target,
         random_state=SPLIT_SEED)
-    return (digits_images(x_train), y_train.astype(np.int64), digits_images(x_test),
-            y_test.astype(np.int64))
+    return (digits_images(x_train, size), y_train.astype(np.int64),
+            digits_images(x_test, size), y_test.astype(np.int64))
 
 
 def load_npz(path: str) -> tuple[np.ndarray, np.ndarray]:

@@ -53,7 +53,13 @@ class PruneConfig:
     guard: fidelity.Guard = dataclasses.field(default_factory=fidelity.Guard)
     auto_backoff: bool = True
     measure_latency: bool = True  # time the written model against the original, here
-    profile: object | None = None  # what the latency objective prices with (targets.py)
+    # Latency objective: re-fit the chosen layers in order to the unpruned network's outputs
+    # (weight_pruning.SequentialRefit) before each fidelity check.
+    sequential_refit: bool = True
+    # What the latency objective prices with: targets.TARGETS names (one output each, the
+    # target-independent work done once), or one profile object (tests) that replaces them.
+    targets: tuple[str, ...] = ("host",)
+    profile: object | None = None
 
 
 @dataclasses.dataclass
@@ -90,9 +96,16 @@ BACKOFF = (1.0, 0.5, 0.25, 0.1, 0.0)
 
 
 def compress(model, config: PruneConfig) -> PruneResult:
-    """Reduces a copy of `model` (which stays as it is) and returns the rewritten
-    flatbuffer, with a report. The result may miss the fidelity guard (see
-    PruneResult.fidelity_miss); the caller decides whether to write it."""
+    """Reduces a copy of `model` (which stays as it is) for the first of config.targets and
+    returns the rewritten flatbuffer, with a report. The result may miss the fidelity guard
+    (see PruneResult.fidelity_miss); the caller decides whether to write it."""
+    return next(iter(compress_targets(model, config).values()))
+
+
+def compress_targets(model, config: PruneConfig) -> dict[str, PruneResult]:
+    """compress() for every target of config.targets: {target: result}. Probes, channel
+    removal, statistics and the candidate levels' re-fits are computed once; each target then
+    chooses its levels with its own latency profile and is checked against the guard."""
     from tqdm import tqdm
 
     start = time.time()
@@ -112,39 +125,74 @@ def compress(model, config: PruneConfig) -> PruneResult:
                                                 config.max_kl))
     scales = BACKOFF if config.auto_backoff and not global_budget else BACKOFF[:1]
     if config.objective == "latency" and not global_budget:
-        config = dataclasses.replace(
-            config, profile=config.profile or targets.HostProfile(config.num_threads))
-    attempts = []
+        profiles = [config.profile] if config.profile is not None else [
+            targets.profile_for(t, config.num_threads) for t in config.targets]
+    else:
+        profiles = [None]
+    names = [p.name if p is not None else config.targets[0] for p in profiles]
+    pending = list(range(len(profiles)))
+    attempts: dict[int, list] = {i: [] for i in pending}
+    final: dict[int, tuple] = {}
     with tqdm(total=len(original_layers) * 2, desc="pruning", unit="layer",
               disable=config.quiet, leave=False) as bar:
         for scale in scales:
             bar.reset()
             bar.set_description("pruning" if scale == 1 else f"pruning, budgets x{scale:g}")
             work = graph.normalize(model, config.input_shape)
-            outcome = _reduce(work, probes, reference, config, scale, bar,
-                              sum(m for _, _, m in before.values()))
-            miss = config.guard.miss(reference, outcome["fidelity"])
-            attempts.append({"budget_scale": scale, "fidelity": outcome["fidelity"],
-                             "miss": miss})
-            if miss is None:
+            prepared = _prepare(work, probes, reference, config, scale, bar,
+                                [profiles[i] for i in pending])
+            work = prepared["model"]  # channel removal rebuilt it
+            for i in list(pending):
+                snapshot = (work.get_weights(), [pl.shift.copy() for pl in prepared["layers"]])
+                outcome = _finish(prepared, probes, reference, _scaled(config, scale),
+                                  profiles[i], bar, sum(m for _, _, m in before.values()))
+                miss = config.guard.miss(reference, outcome["fidelity"])
+                attempts[i].append({"budget_scale": scale, "fidelity": outcome["fidelity"],
+                                    "miss": miss})
+                if miss is not None:
+                    logging.info("%s: budget scale %g misses the fidelity guard: %s",
+                                 names[i], scale, miss)
+                if miss is None or scale == scales[-1]:
+                    report = _report(config, outcome, before, macs_before, skipped, dense_size)
+                    kept = work if len(profiles) == 1 else _copy(work)
+                    final[i] = (outcome, report, scale, miss, kept)
+                    pending.remove(i)
+                if len(profiles) > 1:
+                    work.set_weights(snapshot[0])
+                    for pl, shift in zip(prepared["layers"], snapshot[1]):
+                        pl.shift = shift
+            if not pending:
                 break
-            logging.info("budget scale %g misses the fidelity guard: %s", scale, miss)
-    report = _report(config, outcome, before, macs_before, skipped, dense_size)
-    if config.profile is not None and outcome["search"] is not None:
-        # The original's convs (all channels) on the builtin kernel: the prediction's baseline.
-        report["totals"]["predicted_conv_seconds_original"] = sum(
-            config.profile.builtin(targets.conv_shape(pl)) for pl in original_layers
-            if pl.kind == "conv2d")
-    report["probes"] = {"kind": probes_lib.resolve(original, config.probe),
-                        "count": config.probe_count}
-    report["fidelity_guard"] = {**dataclasses.asdict(config.guard), "met": miss is None,
-                                "miss": miss, "budget_scale": scale, "attempts": attempts}
-    if config.measure_latency:
-        report["latency_on_host"] = _measure(original_tflite, outcome["tflite"], probes,
-                                             config.num_threads)
-    report["seconds"] = time.time() - start
-    logging.info("reduced %d layers in %.1f s", len(outcome["layers"]), report["seconds"])
-    return PruneResult(outcome["tflite"], report, outcome["model"])
+    results = {}
+    for i, (outcome, report, scale, miss, kept) in sorted(final.items()):
+        profile = profiles[i]
+        report["target"] = {"name": names[i], "latency": "none" if profile is None else
+                            "modelled" if profile.modelled else "measured on this machine"}
+        if profile is not None and outcome["search"] is not None:
+            # The original's convs (all channels) on the builtin kernel: the baseline.
+            report["totals"]["predicted_conv_seconds_original"] = sum(
+                profile.builtin(targets.conv_shape(pl)) for pl in original_layers
+                if pl.kind == "conv2d")
+        report["probes"] = {"kind": probes_lib.resolve(original, config.probe),
+                            "count": config.probe_count}
+        report["fidelity_guard"] = {**dataclasses.asdict(config.guard), "met": miss is None,
+                                    "miss": miss, "budget_scale": scale,
+                                    "attempts": attempts[i]}
+        if config.measure_latency and (profile is None or not profile.modelled):
+            report["latency_on_host"] = _measure(original_tflite, outcome["tflite"], probes,
+                                                 config.num_threads)
+        report["seconds"] = time.time() - start
+        results[names[i]] = PruneResult(outcome["tflite"], report, kept)
+    logging.info("reduced %d layers for %s in %.1f s", len(original_layers), names,
+                 time.time() - start)
+    return results
+
+
+def _copy(model):
+    """An independent copy of a Keras model (the next target changes the weights)."""
+    copy = graph.keras_module(model).models.clone_model(model)
+    copy.set_weights(model.get_weights())
+    return copy
 
 
 def _check_memory(model, layers, config: PruneConfig) -> None:
@@ -190,9 +238,11 @@ def _scaled(config: PruneConfig, scale: float) -> PruneConfig:
         merge_error_budget=config.merge_error_budget * scale)
 
 
-def _reduce(model, probes: np.ndarray, reference: list, config: PruneConfig, scale: float,
-            bar, original_macs: int) -> dict:
-    """One pass of every technique over `model` with the per-layer budgets times `scale`."""
+def _prepare(model, probes: np.ndarray, reference: list, config: PruneConfig, scale: float,
+             bar, profiles: list) -> dict:
+    """The target-independent work at per-layer budgets x `scale`: channel removal (which pays
+    on every target), the layers' input statistics and, under the latency objective, every
+    layer's candidate levels (budget.tabulate)."""
     config = _scaled(config, scale)
     removed: dict[str, dict[str, int]] = {}
     refused: dict[str, str] = {}
@@ -205,29 +255,47 @@ def _reduce(model, probes: np.ndarray, reference: list, config: PruneConfig, sca
                 removed.setdefault(producer.name, {})[technique] = len(plan.removed)
     layers, _ = graph.prunable_layers(model)
     inputs = statistics.collect(model, layers, probes, config.seed)
+    tables = None
+    if profiles[0] is not None:
+        tables = budget.tabulate(
+            model, layers, inputs, probes, reference, config.block_size, bar,
+            config.max_sparsity,
+            # Blocks of 4 output channels let the vector kernels reuse each input load: the
+            # profile prices them per layer, unless the user fixed a block size.
+            block_sizes=(1, 4) if config.block_size == 1 else None, latency=True,
+            activations=any(p.activation_pays for p in profiles))
+    refit = weight_pruning.SequentialRefit(model, layers, probes, config.seed) \
+        if tables is not None and config.sequential_refit else None
+    return {"model": model, "layers": layers, "inputs": inputs, "removed": removed,
+            "refused": refused, "tables": tables, "refit": refit}
+
+
+def _finish(prepared: dict, probes: np.ndarray, reference: list, config: PruneConfig,
+            profile, bar, original_macs: int) -> dict:
+    """Prunes the prepared model for one target (its profile; None: per-layer budgets or a
+    global budget), writes it and measures its fidelity on the probes."""
+    model, layers, inputs = prepared["model"], prepared["layers"], prepared["inputs"]
     global_budget = any(v is not None for v in (config.target_macs, config.min_agreement,
                                                 config.max_kl))
-    if global_budget or config.objective == "latency":
 
-        def evaluate(thresholds_by_layer):
-            flat, _ = _to_ours(model, layers, thresholds_by_layer, config.block_size)
-            return fidelity.compare(reference,
-                                    runtime.predict_all(flat, probes, config.num_threads,
-                                                        batch_size=statistics.predict_batch(model)))
+    def evaluate(thresholds_by_layer):
+        flat, _ = _to_ours(model, layers, thresholds_by_layer, config.block_size)
+        return fidelity.compare(reference,
+                                runtime.predict_all(flat, probes, config.num_threads,
+                                                    batch_size=statistics.predict_batch(model)))
 
-        latency = not global_budget
+    if profile is not None:
+        weights, activations, search = budget.choose(
+            model, prepared["tables"], evaluate,
+            accept=lambda fid: config.guard.miss(reference, fid) is None, profile=profile,
+            refit=prepared["refit"])
+    elif global_budget:
         weights, activations, search = budget.allocate(
             model, layers, inputs, probes, reference, evaluate,
             target_macs=None if config.target_macs is None
             else config.target_macs * original_macs,
             min_agreement=config.min_agreement, max_kl=config.max_kl,
-            block_size=config.block_size, progress=bar,
-            # Blocks of 4 output channels let the vector kernels reuse each input load: the
-            # profile prices them per layer, unless the user fixed a block size.
-            block_sizes=(1, 4) if latency and config.block_size == 1 else None,
-            accept=(lambda fid: config.guard.miss(reference, fid) is None) if latency else None,
-            profile=config.profile if latency else None,
-            max_sparsity=config.max_sparsity)
+            block_size=config.block_size, progress=bar, max_sparsity=config.max_sparsity)
     else:
         search = None
         weights = weight_pruning.prune_weights(
@@ -241,8 +309,8 @@ def _reduce(model, probes: np.ndarray, reference: list, config: PruneConfig, sca
     fid = fidelity.compare(reference, runtime.predict_all(
         tflite, probes, config.num_threads, batch_size=statistics.predict_batch(model)))
     return {"model": model, "layers": layers, "weights": weights, "activations": activations,
-            "removed": removed, "refused": refused, "search": search, "tflite": tflite,
-            "records": records, "fidelity": fid}
+            "removed": prepared["removed"], "refused": prepared["refused"], "search": search,
+            "tflite": tflite, "records": records, "fidelity": fid}
 
 
 def _report(config: PruneConfig, outcome: dict, before: dict, macs_before: dict,

@@ -3,16 +3,62 @@
 from __future__ import annotations
 
 
+def _predicted(report: dict) -> dict:
+    search = report.get("global_budget_search") or {}
+    return search.get("predicted_seconds") or {}
+
+
+def headline(report: dict) -> str | None:
+    """Latency on the target: predicted for the convs, and measured here for the host."""
+    t, target = report["totals"], report.get("target", {})
+    parts = []
+    if "predicted_conv_seconds_after" in t:
+        before = t.get("predicted_conv_seconds_original", t["predicted_conv_seconds_before"])
+        after = t["predicted_conv_seconds_after"]
+        parts.append(f"convs on {target.get('name', 'the target')} ({target.get('latency')}): "
+                     f"{before * 1e3:.3f} ms -> {after * 1e3:.3f} ms predicted "
+                     f"({before / after:.2f}x)")
+    lat = report.get("latency_on_host")
+    if lat:
+        parts.append(f"whole model here (batch 1, {lat['threads']} thread(s)): "
+                     f"{lat['original_seconds'] * 1e3:.3f} ms -> "
+                     f"{lat['pruned_seconds'] * 1e3:.3f} ms measured ({lat['speedup']:.2f}x)")
+    return "latency: " + "; ".join(parts) if parts else None
+
+
+def comparison(reports: dict[str, dict]) -> str:
+    """One line per target of a multi-target run."""
+    header = (f"{'target':<26}{'latency model':<26}{'convs before':>13}{'after':>10}"
+              f"{'speed':>8}{'our op':>8}{'nonzero':>10}{'bytes':>10}  fidelity")
+    lines = [header, "-" * len(header)]
+    for name, rep in reports.items():
+        t = rep["totals"]
+        before = t.get("predicted_conv_seconds_original", 0.0)
+        after = t.get("predicted_conv_seconds_after", 0.0)
+        ours = sum(r["runs_as"] == "HybridSparseConv2D" for r in rep["layers"])
+        fid = ", ".join(f"{k} {v:.3f}" for k, v in rep["fidelity_on_probes"].items()
+                        if isinstance(v, float))
+        lines.append(f"{name:<26}{rep['target']['latency']:<26}{before * 1e3:>10.3f} ms"
+                     f"{after * 1e3:>7.3f} ms{before / max(after, 1e-12):>7.2f}x"
+                     f"{ours:>8}{t['nonzero_parameters']:>10}{t['tflite_bytes']:>10}  {fid}")
+    return "\n".join(lines)
+
+
 def summary(report: dict) -> str:
+    predicted = _predicted(report)
     header = (f"{'layer':<16}{'kind':<7}{'channels':>10}{'params':>9}{'w.sparse':>9}"
-              f"{'a.sparse':>9}{'MACs':>10}{'eff MACs':>10}  runs as")
+              f"{'a.sparse':>9}{'MACs':>10}{'eff MACs':>10}"
+              + (f"{'builtin':>10}{'chosen':>8}" if predicted else "") + "  runs as")
     lines = [header, "-" * len(header)]
     for r in report["layers"]:
         ch = f"{r['channels_before']}->{r['channels_after']}"
+        p = predicted.get(r["layer"])
+        times = (f"{p['builtin'] * 1e3:>10.3f}{p['chosen'] * 1e3:>8.3f}" if p
+                 else " " * 18) if predicted else ""
         lines.append(
             f"{r['layer']:<16}{r['kind']:<7}{ch:>10}{r['parameters_before']:>9}"
             f"{r['weight_sparsity']:>9.1%}{r['activation_sparsity']:>9.1%}"
-            f"{r['macs_before']:>10}{r['effective_macs']:>10}  {r['runs_as']}")
+            f"{r['macs_before']:>10}{r['effective_macs']:>10}{times}  {r['runs_as']}")
     for b in report.get("builtin_layers", []):
         lines.append(f"{b['layer']:<16}{'':<7}{'':>10}{'':>9}{'':>9}{'':>9}"
                      f"{b['macs_before']:>10}{b['macs_after']:>10}  {b['runs_as']}")
@@ -31,11 +77,6 @@ def summary(report: dict) -> str:
     fid = ", ".join(f"{k} {v:.4f}" for k, v in report["fidelity_on_probes"].items()
                     if isinstance(v, float))
     lines.append(f"fidelity on probes (reduced .tflite vs original Keras): {fid}")
-    lat = report.get("latency_on_host")
-    if lat:
-        lines.append(f"latency here (batch 1, {lat['threads']} thread(s)): original "
-                     f"{lat['original_seconds'] * 1e3:.3f} ms -> pruned "
-                     f"{lat['pruned_seconds'] * 1e3:.3f} ms ({lat['speedup']:.2f}x)")
     if "probes" in report:
         lines.append(f"probes: {report['probes']['count']} '{report['probes']['kind']}' inputs "
                      "(data-free)")
@@ -50,6 +91,9 @@ def summary(report: dict) -> str:
     for name, reason in report.get("channel_removal_refused", {}).items():
         lines.append(f"channels of {name} kept: {reason}")
     lines.append(f"time: {report['seconds']:.1f} s")
+    line = headline(report)
+    if line:  # last, where the eye lands: what the user came for
+        lines.append(line)
     return "\n".join(lines)
 
 
@@ -74,7 +118,9 @@ def plot(report: dict, path: str) -> None:
         top.bar(x + 0.2, [predicted.get(n, {}).get("chosen", 0) * 1e6 for n in names], 0.4,
                 label="chosen (predicted)")
         top.set_ylabel("microseconds, batch 1")
-        title = "predicted conv latency here"
+        target = report.get("target", {})
+        title = (f"conv latency on {target.get('name', 'the target')} "
+                 f"({target.get('latency', 'predicted')})")
     else:
         top.bar(x - 0.2, [r["macs_before"] / 1e6 for r in rows], 0.4, label="MACs before")
         top.bar(x + 0.2, [r["effective_macs"] / 1e6 for r in rows], 0.4,

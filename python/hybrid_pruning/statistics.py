@@ -111,10 +111,16 @@ def activation_bytes_per_probe(model) -> int:
     return total
 
 
+def tap_model(model, layers: list[graph.PrunableLayer]):
+    """The model from the input to the layers' inputs (for collect; build once, reuse)."""
+    return graph.keras_module(model).Model(model.inputs, [pl.layer.input for pl in layers])
+
+
 def collect(model, layers: list[graph.PrunableLayer], probes: np.ndarray, seed: int = 0,
-            batch_bytes: int = BATCH_BYTES) -> list[LayerSample]:
-    """A sample of every layer's input patches on the probes, one batch at a time."""
-    tap = graph.keras_module(model).Model(model.inputs, [pl.layer.input for pl in layers])
+            batch_bytes: int = BATCH_BYTES, tap=None) -> list[LayerSample]:
+    """A sample of every layer's input patches on the probes, one batch at a time. The same
+    seed and layer shapes draw the same positions, whatever the weights."""
+    tap = tap if tap is not None else tap_model(model, layers)
     per_probe = sum(int(np.prod(pl.layer.input.shape[1:])) * 4 for pl in layers)
     batch = int(max(1, min(len(probes), batch_bytes // max(per_probe, 1))))
     rng = np.random.default_rng(seed)

@@ -9,8 +9,18 @@ grid points. Measurements are cached on disk, keyed by the CPU, the thread count
 delegate library's contents, so a second run costs nothing and a rebuilt kernel library is
 measured afresh.
 
+Targets that cannot run here (arm64, riscv64, the scalar `generic` device) are modelled, not
+measured: ModelledProfile derives a layer's latency from what our microkernels execute (per
+nonzero weight block: vector loads of a tile of input pixels, one broadcast per row, one FMA
+per row and vector; per tile and channel an epilogue; the input packing and output transposes)
+and XNNPACK's dense conv from its MACs at a fraction of peak, both priced with a documented
+core's instruction costs (CORES; ../shared/DEVICES.md gives their sources). The same model of
+the host's ISA is checked against the host's measurements (benchmarks/results/) so that its
+error is known.
+
 The vector kernels (AVX2, AVX-512, NEON, RVV) skip zero weights but not zero activations, so on
-them activation thresholds buy no time: ACTIVATION_PAYS says so for the optimiser.
+them activation thresholds buy no time; the portable reference kernel (the `generic` target, a
+scalar core) skips both. A profile's `activation_pays` says which for the optimiser.
 """
 
 from __future__ import annotations
@@ -18,9 +28,11 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import os
 import pathlib
 import platform
+import re
 
 import numpy as np
 from absl import logging
@@ -28,7 +40,6 @@ from absl import logging
 from hybrid_pruning import graph, op_format, runtime, timing, tflite_model
 
 SPARSITY_GRID = (0.0, 0.5, 0.7, 0.8, 0.9, 0.95, 0.98)
-ACTIVATION_PAYS = False  # on the host's vector kernels (see the module docstring)
 _ROUNDS, _MIN_SECONDS = 3, 0.01
 
 
@@ -97,16 +108,22 @@ def random_filter(rng: np.random.Generator, shape: ConvShape, sparsity: float,
 
 
 class HostProfile:
-    """Measured latencies on this machine (batch 1)."""
+    """Measured latencies on this machine (batch 1). `kernel` forces one of our kernel variants
+    (e.g. "avx2" on an AVX-512 machine); "" is the one the delegate picks here."""
 
-    name = "host"
+    activation_pays = False  # every kernel the delegate picks on a host is a vector kernel
+    modelled = False
 
-    def __init__(self, threads: int = 1, cache_dir: str | os.PathLike | None = None):
+    def __init__(self, threads: int = 1, cache_dir: str | os.PathLike | None = None,
+                 kernel: str = "", name: str = "host"):
         self.threads = threads
+        self.kernel = kernel
+        self.name = name
         self.cpu = _cpu_key()
         self.library = _library_digest()
         directory = pathlib.Path(cache_dir) if cache_dir else _cache_dir()
-        tag = hashlib.sha256(f"{self.cpu}|{self.library}|{threads}".encode()).hexdigest()[:16]
+        tag = hashlib.sha256(
+            f"{self.cpu}|{self.library}|{threads}|{kernel}".encode()).hexdigest()[:16]
         self.path = directory / f"host-{tag}.json"
         self._table: dict = {}
         try:
@@ -136,7 +153,8 @@ class HostProfile:
             w = random_filter(rng, shape, s, block)
             ours = tflite_model.single_conv_model(x.shape, w, bias, shape.geometry, "hybrid",
                                                   block_size=block)
-            invokes.append(timing.invoker(ours, x, ours=True, threads=self.threads))
+            invokes.append(timing.invoker(ours, x, ours=True, threads=self.threads,
+                                          kernel=self.kernel))
         times = timing.best_times(*invokes, rounds=_ROUNDS, min_seconds=_MIN_SECONDS)
         logging.info("measured %s block %d: builtin %.3g s, ours %s", shape.key(), block,
                      times[0], times[1:])
@@ -156,8 +174,199 @@ class HostProfile:
         """Seconds of the builtin CONV_2D (dense, XNNPACK)."""
         return float(self._entry(shape, 1)["builtin"])
 
-    def ours(self, shape: ConvShape, sparsity: float, block: int = 1) -> float:
-        """Seconds of HybridSparseConv2D at this weight sparsity, interpolated."""
+    def ours(self, shape: ConvShape, sparsity: float, block: int = 1,
+             activation_sparsity: float = 0.0) -> float:
+        """Seconds of HybridSparseConv2D at this weight sparsity, interpolated (zero
+        activations cost the vector kernels as much as any others)."""
+        del activation_sparsity
         times = np.log(np.asarray(self._entry(shape, block)["ours"], np.float64))
         s = float(np.clip(sparsity, SPARSITY_GRID[0], SPARSITY_GRID[-1]))
         return float(np.exp(np.interp(s, SPARSITY_GRID, times)))
+
+
+@dataclasses.dataclass(frozen=True)
+class Core:
+    """Instruction costs of one core, in cycles per instruction (reciprocal throughput) at the
+    vector width our microkernel for it uses. Sources: ../shared/DEVICES.md."""
+
+    name: str
+    ghz: float
+    lanes: int  # fp32 lanes of one vector instruction of our microkernel
+    fma: float  # cycles per vector FMA
+    load: float  # cycles per vector load
+    scalar_load: float  # cycles per broadcast / scalar load (weights, offsets)
+    issue: float  # instructions per cycle
+    in_order: bool  # loads and FMAs do not overlap: their cycles add up
+    dense_efficiency: float  # fraction of FMA peak XNNPACK's dense conv reaches
+    epilogue: float  # cycles per output vector: start value, clamp, store
+    transpose: float  # cycles per float of input packing and output transpose
+    overhead: float  # cycles per op invoke (dispatch, setup)
+
+
+@dataclasses.dataclass(frozen=True)
+class Microkernel:
+    """Our microkernel's tiling on that ISA (tflite_ops/kernels/<isa>.cc)."""
+
+    tile: int  # output positions per call
+    max_rows: int  # rows of a block computed per pass over its nonzeros
+
+
+# x86: Zen 3 (AVX2: 2 FMA pipes x 256 bit, 2 FP loads/cycle) and Zen 4 (ZMM FMA takes a pipe
+# two cycles, one 512-bit load per cycle assumed); arm64: Cortex-A76 (2 x 128-bit FMLA and
+# loads per cycle, 4-wide, XNNPACK ~0.8 of peak); riscv64: SpacemiT X60 (VLEN 256, LMUL 4:
+# vfmacc 4 cycles, vle32 8.6, vse32 ~10, in-order dual issue; XNNPACK's dense efficiency there
+# is not published: 0.6 assumed); generic: a scalar in-order MCU-class core, one FMA and one
+# load per cycle. Dense efficiency, epilogue, transpose and overhead of the x86 cores are
+# fitted to the host's measurements (benchmarks/results/targets.md); the other cores keep the
+# x86 fit's overhead and transpose costs scaled to their load throughput.
+CORES = {
+    "x86_64-avx2": (Core("AMD Zen 3", 3.8, 8, 0.5, 0.5, 0.5, 4, False, 1.0, 3, 0.9, 2000),
+                    Microkernel(32, 2)),
+    "x86_64-avx512": (Core("AMD Zen 4", 4.5, 16, 1.0, 1.0, 0.5, 4, False, 1.0, 3, 0.9, 2000),
+                      Microkernel(64, 4)),
+    "arm64-neon": (Core("Arm Cortex-A76", 2.4, 4, 0.5, 0.5, 0.5, 4, False, 0.8, 3, 1.0, 2000),
+                   Microkernel(16, 4)),
+    "riscv64-rvv": (Core("SpacemiT X60", 1.6, 32, 4.0, 8.6, 1.0, 2, False, 0.6, 18, 2.0, 3000),
+                    Microkernel(32, 4)),
+    "generic": (Core("scalar in-order core", 0.5, 1, 1.0, 1.0, 1.0, 1, True, 0.33, 0, 2.0, 500),
+                Microkernel(1, 1)),
+}
+TARGETS = ("host", *CORES)
+
+
+class ModelledProfile:
+    """Latencies derived from our kernels' instruction counts and a core's documented costs
+    (batch 1, one thread). Labelled 'modelled' wherever shown."""
+
+    modelled = True
+
+    def __init__(self, target: str, vlen: int | None = None, ghz: float | None = None):
+        core, kernel = CORES[target]
+        if target == "riscv64-rvv" and vlen:
+            # Same datapath, longer vectors: an LMUL=4 instruction covers vlen/8 lanes and
+            # takes proportionally longer; the tile follows VLEN (rvv.cc).
+            scale = vlen / 256
+            core = dataclasses.replace(core, lanes=vlen // 8, fma=core.fma * scale,
+                                       load=core.load * scale, epilogue=core.epilogue * scale)
+            kernel = Microkernel(vlen // 8, kernel.max_rows)
+        if ghz:
+            core = dataclasses.replace(core, ghz=ghz)
+        self.target, self.core, self.kernel = target, core, kernel
+        self.name = target + (f":vlen={vlen}" if vlen else "")
+        self.activation_pays = target == "generic"
+
+    @staticmethod
+    def _positions(shape: ConvShape) -> tuple[int, int]:
+        """(output positions, positions the kernel computes, wasted lanes included)."""
+        oh, ow = _output_hw(shape)
+        if shape.kh == shape.kw == 1 and shape.stride == (1, 1):
+            return oh * ow, oh * ow
+        pad_w = max((ow - 1) * shape.stride[1] + (shape.kw - 1) * shape.dilation[1] + 1
+                    - shape.in_w, 0)
+        wq = -(-(shape.in_w + pad_w) // shape.stride[1])
+        return oh * ow, oh * wq
+
+    def builtin(self, shape: ConvShape) -> float:
+        c = self.core
+        out, _ = self._positions(shape)
+        macs = out * shape.kh * shape.kw * shape.in_c * shape.out_c
+        cycles = macs * c.fma / c.lanes / c.dense_efficiency + c.overhead
+        return cycles / (c.ghz * 1e9)
+
+    def ours(self, shape: ConvShape, sparsity: float, block: int = 1,
+             activation_sparsity: float = 0.0) -> float:
+        c, k = self.core, self.kernel
+        out, computed = self._positions(shape)
+        cols = shape.kh * shape.kw * shape.in_c
+        blocks = -(-shape.out_c // block)
+        nonzero_blocks = (1.0 - sparsity) * cols * blocks
+        if self.target == "generic":
+            # The reference kernel: per output position and patch input, a load and a test;
+            # per nonzero input, for each nonzero weight of its column, a load of the weight
+            # and of the accumulator, an FMA and a store.
+            density = 1.0 - activation_sparsity
+            per_position = cols * 2 + density * nonzero_blocks * (1 + 3 * block) \
+                + shape.out_c * 2
+            cycles = out * per_position + c.overhead
+            return cycles / (c.ghz * 1e9)
+        vecs = k.tile // c.lanes
+        passes = [min(k.max_rows, block - r) for r in range(0, block, k.max_rows)]
+        per_nonzero = 0.0
+        for rows in passes:
+            loads = vecs * c.load + (rows + 1) * c.scalar_load
+            fmas = rows * vecs * c.fma
+            instructions = vecs + rows + 1 + rows * vecs + 2
+            bound = loads + fmas if c.in_order else max(loads, fmas)
+            per_nonzero += max(bound, instructions / c.issue)
+        tiles = math.ceil(computed / k.tile)
+        epilogue = blocks * block * vecs * c.epilogue
+        packing = (shape.in_h * shape.in_w * shape.in_c + out * shape.out_c) * c.transpose
+        cycles = tiles * (nonzero_blocks * per_nonzero + epilogue) + packing + c.overhead
+        return cycles / (c.ghz * 1e9)
+
+
+def _output_hw(shape: ConvShape) -> tuple[int, int]:
+    def size(n, k, s, d):
+        if shape.padding == "SAME":
+            return -(-n // s)
+        return (n - (k - 1) * d - 1) // s + 1
+
+    return (size(shape.in_h, shape.kh, shape.stride[0], shape.dilation[0]),
+            size(shape.in_w, shape.kw, shape.stride[1], shape.dilation[1]))
+
+
+def host_isa() -> str:
+    """The x86 target name of this machine's best ISA our kernels use, or '' if none."""
+    try:
+        text = pathlib.Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return ""
+    if platform.machine() not in ("x86_64", "AMD64"):
+        return ""
+    if " avx512f" in text:
+        return "x86_64-avx512"
+    return "x86_64-avx2" if " avx2" in text else ""
+
+
+def host_ghz() -> float | None:
+    try:
+        text = pathlib.Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return None
+    mhz = re.search(r"^cpu MHz\s*:\s*([0-9.]+)", text, re.M)
+    return float(mhz.group(1)) / 1e3 if mhz else None
+
+
+def parse_target(spec: str) -> tuple[str, int | None]:
+    """'riscv64-rvv:vlen=256' -> ('riscv64-rvv', 256); raises ValueError naming the problem."""
+    name, _, options = spec.strip().partition(":")
+    if name not in TARGETS:
+        raise ValueError(f"unknown target '{name}' (known: {', '.join(TARGETS)})")
+    vlen = None
+    if options:
+        m = re.fullmatch(r"vlen=(\d+)", options)
+        if name != "riscv64-rvv" or not m:
+            raise ValueError(f"target '{spec}': only riscv64-rvv takes an option, vlen=N")
+        vlen = int(m.group(1))
+        if vlen < 128 or vlen & (vlen - 1):
+            raise ValueError(f"target '{spec}': vlen must be a power of two >= 128")
+    return name, vlen
+
+
+def file_tag(spec: str) -> str:
+    """A target's name as it goes into a file name: 'riscv64-rvv:vlen=256' ->
+    'riscv64-rvv-vlen256'."""
+    return spec.replace(":vlen=", "-vlen")
+
+
+def profile_for(spec: str, threads: int = 1):
+    """The profile of a target: the host and x86 ISAs this machine has are measured (an x86
+    target runs our kernel of that ISA here); the rest are modelled."""
+    name, vlen = parse_target(spec)
+    if name == "host":
+        return HostProfile(threads)
+    have = host_isa()
+    if name in ("x86_64-avx2", "x86_64-avx512") and have and (
+            name == "x86_64-avx2" or have == name):
+        return HostProfile(threads, kernel=name.split("-")[1], name=name)
+    return ModelledProfile(name, vlen)

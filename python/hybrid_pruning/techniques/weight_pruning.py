@@ -188,6 +188,57 @@ class LayerPruner:
                                    None if bias_delta is None else bias_delta.astype(np.float32))
 
 
+class SequentialRefit:
+    """Re-fits pruned layers in order to what the unpruned network computed there, given the
+    inputs the already pruned layers upstream now give them: the kept weights w' of each
+    output channel minimise ||P' w' - P w||^2 on the probes (P, P': the layer's input
+    patches in the unpruned and in the pruned model, at the same positions; w: its unpruned
+    weights), the bias absorbs the mean shift. The per-layer re-fit alone fits each layer to
+    the unpruned inputs, so errors compound with depth; this undoes most of that (measured in
+    benchmarks/results/codesign.md). Sparsity patterns are kept as they are."""
+
+    def __init__(self, model, layers: list[PrunableLayer], probes: np.ndarray, seed: int = 0):
+        """Takes the reference (unpruned) inputs and weights: call before pruning."""
+        self.model, self.layers, self.probes, self.seed = model, layers, probes, seed
+        # One tap per layer, built once: a new Keras model would be traced again every call.
+        self.taps = [statistics.tap_model(model, [pl]) for pl in layers]
+        self.reference = [statistics.collect(model, [pl], probes, seed, tap=tap)[0].rows
+                          for pl, tap in zip(layers, self.taps)]
+        self.weights = [pl.folded_kernel.astype(np.float64).reshape(-1, pl.kernel.shape[-1])
+                        for pl in layers]
+        self.bias = [pl.folded_bias.astype(np.float64) for pl in layers]
+
+    def apply(self, only: set[str] | None = None) -> None:
+        """Re-fits every layer that has zeros (or is in `only`), first to last."""
+        for pl, tap, xo, wo, bo in zip(self.layers, self.taps, self.reference, self.weights,
+                                       self.bias):
+            current = pl.folded_kernel.reshape(wo.shape)
+            keep = current != 0
+            if (only is not None and pl.name not in only) or keep.all():
+                continue
+            xp = statistics.collect(self.model, [pl], self.probes, self.seed, tap=tap)[0].rows
+            xp, xo64 = xp.astype(np.float64), xo.astype(np.float64)
+            mp, mo = xp.mean(0), xo64.mean(0)
+            centre = pl.can_shift_bias
+            rp = (xp - mp if centre else xp) / np.sqrt(len(xp))
+            ro = (xo64 - mo if centre else xo64) / np.sqrt(len(xo64))
+            cov = Moments(matrix=rp.T @ rp) if rp.shape[1] <= rp.shape[0] else Moments(rows=rp)
+            ridge = DAMPING * max(float(np.mean(cov.diag())), 1e-12)
+            target = rp.T @ (ro @ wo)
+            if cov.size > _DIRECT_MAX:
+                new = _refit_cg(cov, ridge, target, keep, current.astype(np.float64))
+            else:
+                new = np.zeros_like(wo)
+                for c in range(wo.shape[1]):
+                    s = np.flatnonzero(keep[:, c])
+                    if s.size:
+                        new[s, c] = np.linalg.solve(cov.block(s) + ridge * np.eye(s.size),
+                                                    target[s, c])
+            delta = (bo + mo @ wo - mp @ new - pl.folded_bias) if centre else None
+            pl.set_folded(new.reshape(pl.kernel.shape).astype(np.float32),
+                          None if delta is None else delta.astype(np.float32))
+
+
 def prune_layer(layer: PrunableLayer, x, error_budget: float,
                 max_sparsity: float = 0.99, block_size: int = 1, iterations: int = 10,
                 reconstruct: bool = True) -> WeightPruningResult:
