@@ -69,7 +69,8 @@ flags.DEFINE_enum("probe", "auto", ["auto", "bn", "image", "random"],
 flags.DEFINE_integer("probe_count", 128, "Number of probe inputs.", lower_bound=1)
 flags.DEFINE_list("input_range", ["0", "1"], "Min,max of the model's inputs (for probes).")
 flags.DEFINE_integer("seed", 0, "Seed of the probe inputs.")
-flags.DEFINE_integer("num_threads", 1, "Threads for checking the result in the interpreter.",
+flags.DEFINE_integer("num_threads", 1, "Threads the model will run with: the host's latency "
+                     "profile is measured with them, and the result checked with them.",
                      lower_bound=1)
 flags.DEFINE_bool("quiet", False, "No progress bar and no summary.")
 flags.DEFINE_bool("verbose", False, "Also show TensorFlow's, Keras' and the converter's own "

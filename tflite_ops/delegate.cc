@@ -24,7 +24,7 @@ namespace {
 
 // Below this many multiply-adds per worker, waking a pool thread costs more than it saves
 // (the pool spins between passes, so this is about splitting overhead, not wake-ups).
-constexpr int64_t kMinMacsPerThread = 1 << 20;
+constexpr int64_t kMinMacsPerThread = 1 << 17;
 
 struct DelegateConfig {
   int num_threads = 0;  // 0: follow the interpreter's num_threads

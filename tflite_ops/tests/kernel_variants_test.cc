@@ -54,6 +54,38 @@ TEST_P(KernelVariants, PointwiseCasesMatchDenseConvolution) {
   }
 }
 
+// What the latency optimiser can choose (python/hybrid_pruning/pipeline.py offers blocks of 1
+// and 4 at SPARSITIES of budget.py), on the conv kinds of a ResNet-style model: 3x3 stride 1
+// and 2, 1x1 stride-2 projections, pointwise; every variant, under qemu too.
+TEST_P(KernelVariants, LevelsTheOptimiserChooses) {
+  struct Geometry {
+    int in_h, in_w, in_c, out_c, kernel, stride;
+    Padding padding;
+  };
+  const Geometry geometries[] = {{12, 12, 16, 16, 3, 1, Padding::kSame},
+                                 {12, 11, 16, 24, 3, 2, Padding::kSame},
+                                 {12, 12, 16, 24, 1, 2, Padding::kSame},
+                                 {9, 13, 24, 20, 1, 1, Padding::kValid}};
+  int seed = 0;
+  for (const Geometry& g : geometries) {
+    for (int block : {1, 4}) {
+      for (float sparsity : {0.2f, 0.5f, 0.8f, 0.95f}) {
+        testing::Case c;
+        c.shape.batch = 1, c.shape.in_h = g.in_h, c.shape.in_w = g.in_w, c.shape.in_c = g.in_c;
+        c.shape.out_c = g.out_c, c.shape.kernel_h = c.shape.kernel_w = g.kernel;
+        c.shape.stride_h = c.shape.stride_w = g.stride;
+        c.padding = g.padding;
+        ASSERT_TRUE(ComputeConvShape(c.padding, &c.shape));
+        c.activation = Activation::kRelu;
+        c.block_size = block;
+        c.weight_sparsity = sparsity;
+        EXPECT_LE(testing::MaxRelativeError(variant(), c, ++seed), 1e-5)
+            << variant().name << ": " << c.Describe();
+      }
+    }
+  }
+}
+
 TEST_P(KernelVariants, FullySparseFilterGivesBiasThroughActivation) {
   testing::Case c;
   c.shape = {1, 5, 11, 3, 0, 0, 4, 3, 3};
