@@ -12,15 +12,15 @@ with XNNPACK, same process, batch 1, one thread). --vgg adds the VGG-16-style sc
 from __future__ import annotations
 
 import collections
-import datetime
 import multiprocessing
 import os
-import platform
 import tempfile
 import time
 
 import numpy as np
 from absl import app, flags
+
+import bench_results
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("output", None, "Markdown file to write (default: print only).")
@@ -134,15 +134,10 @@ def main(argv):
         vgg = queue.get()
         child.join()
         print(vgg, flush=True)
-    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo")
-                if line.startswith("model name")), platform.processor())
-    flags_cpu = open("/proc/cpuinfo").read()
     lines = [
         "# Test architectures pruned at default flags",
         "",
-        f"Machine: {cpu}, {os.cpu_count()} vCPUs, "
-        f"{'AVX-512' if 'avx512f' in flags_cpu else 'AVX2, no AVX-512'}; "
-        f"{datetime.date.today().isoformat()}.",
+        bench_results.machine(),
         "Command: `./bazelw run //tests/bench:architectures_bench -- "
         "--output=$PWD/benchmarks/results/architectures.md --vgg`",
         "",
@@ -186,10 +181,7 @@ def main(argv):
             f"{vgg['fidelity'].get('relative_error', 0):.4f}). Random weights say little "
             "about fidelity; this row is for memory and time.",
         ]
-    text = "\n".join(lines) + "\n"
-    print(text)
-    if FLAGS.output:
-        io.write_bytes_atomic(io.user_path(FLAGS.output), text.encode())
+    bench_results.emit(lines, FLAGS.output)
 
 
 if __name__ == "__main__":

@@ -18,12 +18,12 @@ so that the modelled targets' error is known.
 from __future__ import annotations
 
 import collections
-import datetime
 import os
-import platform
 
 import numpy as np
 from absl import app, flags
+
+import bench_results
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("output", None, "Markdown file to write (default: print only).")
@@ -154,17 +154,12 @@ def main(argv):
                     f"({min(b_err):.2f}-{max(b_err):.2f}) | "
                     + (f"{len(o_err)} | {np.median(o_err):.2f} ({min(o_err):.2f}-"
                        f"{max(o_err):.2f})" if o_err else "0 | -") + " |")
-    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo")
-                if line.startswith("model name")), platform.processor())
-    flags_cpu = open("/proc/cpuinfo").read()
     from hybrid_pruning import targets
 
     lines = [
         "# Co-design: one network, several targets, at default flags",
         "",
-        f"Machine: {cpu}, {os.cpu_count()} vCPUs, "
-        f"{'AVX-512' if 'avx512f' in flags_cpu else 'AVX2, no AVX-512'}, "
-        f"{targets.host_ghz() or 0:.2f} GHz reported; {datetime.date.today().isoformat()}.",
+        f"{bench_results.machine()} Clock {targets.host_ghz() or 0:.2f} GHz as reported.",
         "Command: `./bazelw run //tests/bench:codesign_bench -- "
         "--output=$PWD/benchmarks/results/codesign.md`",
         "",
@@ -213,10 +208,7 @@ def main(argv):
         "| --- | ---: | --- | ---: | --- |",
         *error_rows,
     ]
-    text = "\n".join(lines) + "\n"
-    print(text)
-    if FLAGS.output:
-        io.write_bytes_atomic(io.user_path(FLAGS.output), text.encode())
+    bench_results.emit(lines, FLAGS.output)
 
 
 if __name__ == "__main__":

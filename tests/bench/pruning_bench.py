@@ -15,6 +15,8 @@ import sys
 import numpy as np
 from absl import app, flags, logging
 
+import bench_results
+
 FLAGS = flags.FLAGS
 flags.DEFINE_string("output", None, "Markdown file to write (default: print only).")
 
@@ -133,10 +135,7 @@ def main(argv):
         lines.append(f"| {r['layer']} | {r['channels_before']} -> {r['channels_after']} | "
                      f"{r['weight_sparsity']:.1%} | {r['activation_sparsity']:.1%} | "
                      f"{r['macs_before']:,} | {r['effective_macs']:,} |")
-    text = "\n".join(lines) + "\n"
-    print(text)
-    if FLAGS.output:
-        io.write_bytes_atomic(io.user_path(FLAGS.output), text.encode())
+    bench_results.emit(lines, FLAGS.output)
 
 
 if __name__ == "__main__":
