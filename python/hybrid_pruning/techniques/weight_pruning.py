@@ -103,12 +103,14 @@ def block_scores(kernel_2d: np.ndarray, block_size: int) -> np.ndarray:
 _DIRECT_MAX = 1024
 
 
-def refit(cov, w2: np.ndarray, keep: np.ndarray, damping: float = DAMPING) -> np.ndarray:
+def refit(cov, w2: np.ndarray, keep: np.ndarray, damping: float = DAMPING,
+          target: np.ndarray | None = None) -> np.ndarray:
     """Least-squares re-fit of the kept weights of each output channel (columns of w2);
-    `cov`: Moments or a [K, K] matrix."""
+    `cov`: Moments or a [K, K] matrix. `target`: the right-hand side (default cov w2, i.e.
+    reproduce w2's outputs on the same inputs)."""
     cov = cov if isinstance(cov, Moments) else Moments(matrix=cov)
     ridge = damping * max(float(np.mean(cov.diag())), 1e-12)
-    target = cov.mul(w2)  # [K, out_c]
+    target = cov.mul(w2) if target is None else target  # [K, out_c]
     if cov.size > _DIRECT_MAX:
         return _refit_cg(cov, ridge, target, keep, w2)
     new = np.zeros_like(w2)
@@ -208,32 +210,20 @@ class SequentialRefit:
                         for pl in layers]
         self.bias = [pl.folded_bias.astype(np.float64) for pl in layers]
 
-    def apply(self, only: set[str] | None = None) -> None:
-        """Re-fits every layer that has zeros (or is in `only`), first to last."""
+    def apply(self) -> None:
+        """Re-fits every layer that has zeros, first to last."""
         for pl, tap, xo, wo, bo in zip(self.layers, self.taps, self.reference, self.weights,
                                        self.bias):
             current = pl.folded_kernel.reshape(wo.shape)
             keep = current != 0
-            if (only is not None and pl.name not in only) or keep.all():
+            if keep.all():
                 continue
             xp = statistics.collect(self.model, [pl], self.probes, self.seed, tap=tap)[0].rows
             xp, xo64 = xp.astype(np.float64), xo.astype(np.float64)
             mp, mo = xp.mean(0), xo64.mean(0)
             centre = pl.can_shift_bias
-            rp = (xp - mp if centre else xp) / np.sqrt(len(xp))
-            ro = (xo64 - mo if centre else xo64) / np.sqrt(len(xo64))
-            cov = Moments(matrix=rp.T @ rp) if rp.shape[1] <= rp.shape[0] else Moments(rows=rp)
-            ridge = DAMPING * max(float(np.mean(cov.diag())), 1e-12)
-            target = rp.T @ (ro @ wo)
-            if cov.size > _DIRECT_MAX:
-                new = _refit_cg(cov, ridge, target, keep, current.astype(np.float64))
-            else:
-                new = np.zeros_like(wo)
-                for c in range(wo.shape[1]):
-                    s = np.flatnonzero(keep[:, c])
-                    if s.size:
-                        new[s, c] = np.linalg.solve(cov.block(s) + ridge * np.eye(s.size),
-                                                    target[s, c])
+            cross = (xp - mp if centre else xp).T @ ((xo64 - mo if centre else xo64) @ wo)
+            new = refit(Moments.of(xp, centre), wo, keep, target=cross / len(xp))
             delta = (bo + mo @ wo - mp @ new - pl.folded_bias) if centre else None
             pl.set_folded(new.reshape(pl.kernel.shape).astype(np.float32),
                           None if delta is None else delta.astype(np.float32))
