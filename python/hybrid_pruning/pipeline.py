@@ -142,8 +142,11 @@ def compress_targets(model, config: PruneConfig) -> dict[str, PruneResult]:
             prepared = _prepare(work, probes, reference, config, scale, bar,
                                 [profiles[i] for i in pending])
             work = prepared["model"]  # channel removal rebuilt it
+            several = len(profiles) > 1  # each target starts from the same weights
             for i in list(pending):
-                snapshot = (work.get_weights(), [pl.shift.copy() for pl in prepared["layers"]])
+                if several:
+                    snapshot = (work.get_weights(),
+                                [pl.shift.copy() for pl in prepared["layers"]])
                 outcome = _finish(prepared, probes, reference, _scaled(config, scale),
                                   profiles[i], bar, sum(m for _, _, m in before.values()))
                 miss = config.guard.miss(reference, outcome["fidelity"])
@@ -154,10 +157,10 @@ def compress_targets(model, config: PruneConfig) -> dict[str, PruneResult]:
                                  names[i], scale, miss)
                 if miss is None or scale == scales[-1]:
                     report = _report(config, outcome, before, macs_before, skipped, dense_size)
-                    kept = work if len(profiles) == 1 else _copy(work)
+                    kept = _copy(work) if several else work
                     final[i] = (outcome, report, scale, miss, kept)
                     pending.remove(i)
-                if len(profiles) > 1:
+                if several:
                     work.set_weights(snapshot[0])
                     for pl, shift in zip(prepared["layers"], snapshot[1]):
                         pl.shift = shift
