@@ -77,15 +77,19 @@ def conv_shape(pl: graph.PrunableLayer) -> ConvShape:
 
 
 def _cpu_key() -> str:
-    model, flags = platform.machine(), ""
-    try:
-        text = pathlib.Path("/proc/cpuinfo").read_text()
-        model = next((l.split(":", 1)[1].strip() for l in text.splitlines()
-                      if l.startswith("model name")), model)
-        flags = " ".join(f for f in ("avx2", "avx512f", "asimd") if f" {f}" in text)
-    except OSError:
-        pass
+    text = _cpuinfo()
+    model = next((l.split(":", 1)[1].strip() for l in text.splitlines()
+                  if l.startswith("model name")), platform.machine())
+    flags = " ".join(f for f in ("avx2", "avx512f", "asimd") if f" {f}" in text)
     return f"{model} [{flags}]"
+
+
+def _cpuinfo() -> str:
+    """/proc/cpuinfo, or '' where there is none."""
+    try:
+        return pathlib.Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return ""
 
 
 def _library_digest() -> str:
@@ -317,10 +321,7 @@ def _output_hw(shape: ConvShape) -> tuple[int, int]:
 
 def host_isa() -> str:
     """The x86 target name of this machine's best ISA our kernels use, or '' if none."""
-    try:
-        text = pathlib.Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return ""
+    text = _cpuinfo()
     if platform.machine() not in ("x86_64", "AMD64"):
         return ""
     if " avx512f" in text:
@@ -329,11 +330,7 @@ def host_isa() -> str:
 
 
 def host_ghz() -> float | None:
-    try:
-        text = pathlib.Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return None
-    mhz = re.search(r"^cpu MHz\s*:\s*([0-9.]+)", text, re.M)
+    mhz = re.search(r"^cpu MHz\s*:\s*([0-9.]+)", _cpuinfo(), re.M)
     return float(mhz.group(1)) / 1e3 if mhz else None
 
 
