@@ -22,9 +22,11 @@
 namespace hybrid_sparse {
 namespace {
 
-// Below this many multiply-adds per worker, waking a pool thread costs more than it saves
-// (the pool spins between passes, so this is about splitting overhead, not wake-ups).
-constexpr int64_t kMinMacsPerThread = 1 << 17;
+// Below this many multiply-adds per worker, waking a pool thread costs more than it saves:
+// the pool sleeps between layers (ThreadPool::Rest), so a layer pays one wake-up, and on few
+// cores it competes with the interpreter's own pool (chosen on the demo and the ResNet-style
+// model at batch 1 and 8, 2 threads; benchmarks/results/codesign.md).
+constexpr int64_t kMinMacsPerThread = 1 << 19;
 
 struct DelegateConfig {
   int num_threads = 0;  // 0: follow the interpreter's num_threads
@@ -227,6 +229,7 @@ TfLiteStatus KernelInvoke(TfLiteContext* ctx, TfLiteNode* node) {
   const int64_t useful = std::max<int64_t>(1, k->plan.macs() / kMinMacsPerThread);
   const int workers = static_cast<int>(std::min<int64_t>(k->pool->threads(), useful));
   k->plan.Run(in.data.f, out.data.f, k->pool, workers);
+  if (workers > 1) k->pool->Rest();
   return kTfLiteOk;
 }
 

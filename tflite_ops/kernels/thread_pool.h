@@ -23,6 +23,11 @@ class ThreadPool : public Parallel {
   ~ThreadPool() override;
   int threads() const { return static_cast<int>(workers_.size()) + 1; }
 
+  // Workers stop spinning and sleep until the next For. Called after each layer: the next
+  // node is often the stock interpreter's (XNNPACK, with its own spinning pool), and two
+  // pools spinning on the same cores slow both (benchmarks/results/codesign.md, threads).
+  void Rest();
+
   // Not reentrant: one For at a time (the interpreter runs one node at a time).
   void For(int num_tasks, int max_workers,
            const std::function<void(int task, int worker)>& fn) override;
@@ -36,6 +41,7 @@ class ThreadPool : public Parallel {
   std::condition_variable start_;
   std::atomic<uint64_t> generation_{0};  // one per For
   std::atomic<bool> stop_{false};
+  std::atomic<bool> resting_{false};  // set by Rest, cleared by the next For
   int participants_ = 0;          // workers (caller included) of the current For
   std::atomic<int> pending_{0};   // participating workers still draining the current For
   int num_tasks_ = 0;

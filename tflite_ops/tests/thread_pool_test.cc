@@ -1,5 +1,5 @@
-// The pool runs every task exactly once per For, with worker ids in range, For after For, and
-// the kernels give the same result through it as serially.
+// The pool runs every task exactly once per For, with worker ids in range, For after For (and
+// after Rest), and the kernels give the same result through it as serially.
 #include "tflite_ops/kernels/thread_pool.h"
 
 #include <atomic>
@@ -30,6 +30,8 @@ TEST(ThreadPool, RunsEveryTaskOnceWithWorkerIdsInRange) {
       });
       for (int t = 0; t < tasks; ++t) ASSERT_EQ(runs[t].load(), 1) << "task " << t;
       ASSERT_EQ(bad_worker.load(), 0);
+      // Resting workers (as after every layer) must still wake for the next For.
+      if (round % 7 == 0) pool.Rest();
     }
   }
 }
