@@ -87,6 +87,10 @@ flags.DEFINE_float("guard_output_error", 0.1,
                    lower_bound=0.0)
 flags.DEFINE_bool("backoff", True, "With per-layer budgets: when the guard is missed, retry "
                   "with the budgets halved (down to no pruning) instead of failing.")
+flags.DEFINE_integer("refine_steps", 12, "Latency objective: after the global search, up to "
+                     "this many single-layer steps to faster levels, each kept only if the "
+                     "written model still meets the guard (0: off; each costs one fidelity "
+                     "check).", lower_bound=0)
 flags.DEFINE_bool("write_anyway", False, "Write the output even when it misses the fidelity "
                   "guard (the exit status is still 3).")
 flags.mark_flags_as_required(["model", "output"])
@@ -192,6 +196,7 @@ def main(argv):
             probe_count=FLAGS.probe_count,
             input_range=_input_range(), seed=FLAGS.seed, num_threads=FLAGS.num_threads,
             quiet=FLAGS.quiet, guard=_guard(), auto_backoff=FLAGS.backoff,
+            refine_steps=FLAGS.refine_steps,
             input_shape=tuple(int(v) for v in FLAGS.input_shape) if FLAGS.input_shape
             else None, targets=specs)
         model = io.load_keras_model(model_path)

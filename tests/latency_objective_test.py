@@ -12,7 +12,7 @@ import tempfile
 import numpy as np
 from absl.testing import absltest
 
-from hybrid_pruning import io, pipeline, targets
+from hybrid_pruning import budget, io, pipeline, targets
 
 import test_models
 
@@ -98,6 +98,41 @@ class OptimiserTest(absltest.TestCase):
         # The same costs on a vector target that ignores zero inputs: no thresholds.
         vector = self._compress(_Profile(lambda s, b: 2.0 * (1 - s) + 0.1))
         self.assertFalse(any(r["activation_thresholds"] for r in vector.report["layers"]))
+
+
+class RefineTest(absltest.TestCase):
+    """The greedy steps after the bisection, on tables with known costs and damage."""
+
+    @staticmethod
+    def _table(errors, seconds):
+        return budget.LayerTable(
+            layer=None, pruner=None, macs=0, sensitivity=1.0,
+            weights=[(None, e, 0.0, 1) for e in errors], activations=[(None, 0.0, 0.0)],
+            seconds=np.array(seconds, dtype=float)[:, None])
+
+    def test_takes_the_gentlest_faster_level_while_the_guard_holds(self):
+        # Level 1 of each layer is faster and costs some damage; level 2 faster still.
+        tables = [self._table([0.0, 0.1, 0.5], [1.0, 0.6, 0.3]),
+                  self._table([0.0, 0.3, 0.6], [1.0, 0.9, 0.2]),
+                  self._table([0.0, 0.2, 0.4], [1.0, 1.5, 2.0])]  # never faster
+        checked = []
+
+        def fidelity_ok(choice):  # the guard: total damage within 0.05
+            checked.append(list(choice))
+            return sum(t.damage()[c] for t, c in zip(tables, choice)) <= 0.05
+
+        choice, kept = budget._refine(tables, [(0, 0)] * 3, fidelity_ok, trials=5)
+        # Offers: layer 0 -> level 1 (0.4 s for 0.01), layer 1 -> level 1 (0.1 s for 0.09);
+        # the first fits, the second would exceed the guard on top of it.
+        # A second round offers layer 0 its next level (0.3 s for 0.24): over the guard too.
+        # Layer 1's gentlest step failed, so none of its harsher ones is tried.
+        self.assertEqual(choice, [(1, 0), (0, 0), (0, 0)])
+        self.assertEqual(kept, 1)
+        self.assertEqual(checked, [[(1, 0), (0, 0), (0, 0)], [(1, 0), (1, 0), (0, 0)],
+                                   [(2, 0), (0, 0), (0, 0)]])
+        # No trials: the bisection's choice as it was.
+        self.assertEqual(budget._refine(tables, [(0, 0)] * 3, fidelity_ok, trials=0),
+                         ([(0, 0)] * 3, 0))
 
 
 class HostProfileTest(absltest.TestCase):

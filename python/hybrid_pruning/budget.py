@@ -50,17 +50,21 @@ class LayerTable:
         """Indices (weight level, activation level) maximising what is saved (MACs, or
         seconds on the target) - lam * damage."""
         ws = np.array([w[2] for w in self.weights])
-        we = np.array([w[1] for w in self.weights]) ** 2
         asp = np.array([a[2] for a in self.activations])
-        ae = np.array([a[1] for a in self.activations]) ** 2
         if self.seconds is not None:
             saved = self.seconds[0, 0] - self.seconds
         else:
             saved = self.macs * (1 - np.outer(1 - ws, 1 - asp))
             saved[0, [a[0] is None for a in self.activations]] = 0.0  # stays a builtin op
-        score = saved - lam * self.sensitivity * (we[:, None] + ae[None, :])
+        score = saved - lam * self.damage()
         i, j = np.unravel_index(np.argmax(score), score.shape)
         return int(i), int(j)
+
+    def damage(self) -> np.ndarray:
+        """[weight level, activation level] predicted output damage: sensitivity x error^2."""
+        we = np.array([w[1] for w in self.weights]) ** 2
+        ae = np.array([a[1] for a in self.activations]) ** 2
+        return self.sensitivity * (we[:, None] + ae[None, :])
 
     def effective_macs(self, i: int, j: int) -> float:
         """Zeros are skipped only by our op: an untouched layer stays a dense builtin op."""
@@ -158,9 +162,44 @@ def allocate(model, layers: list[graph.PrunableLayer], inputs: list[np.ndarray],
                   accept, profile)
 
 
+def _refine(tables: list[LayerTable], choice: list, fidelity_ok, trials: int
+            ) -> tuple[list, int]:
+    """Greedy steps past the bisection, each judged by the real fidelity check. One price
+    of damage for all layers stops the bisection at the first layer whose step breaks the
+    guard, which can leave slack: each layer is offered its gentlest faster level (least
+    predicted damage among the levels that save time), best saving per predicted damage
+    first, and keeps it if the guard still holds; rounds repeat from the new choice until
+    one keeps nothing or `trials` checks are spent. Returns the choice and the steps kept."""
+    kept, rejected = 0, set()
+    while trials > 0:
+        offers = []
+        for n, (t, current) in enumerate(zip(tables, choice)):
+            if t.seconds is None:
+                continue
+            saved = t.seconds[current] - t.seconds
+            damage = t.damage()
+            extra = np.where(saved > 0, damage - damage[current], np.inf)
+            level = tuple(int(v) for v in np.unravel_index(np.argmin(extra), extra.shape))
+            if np.isfinite(extra[level]) and (n, level) not in rejected:
+                offers.append((float(saved[level]) / max(float(extra[level]), 1e-30), n, level))
+        kept_before = kept
+        for _, n, level in sorted(offers, reverse=True)[:trials]:
+            trials -= 1
+            trial = list(choice)
+            trial[n] = level
+            if fidelity_ok(trial):
+                choice, kept = trial, kept + 1
+            else:
+                rejected.add((n, level))
+        if kept == kept_before:
+            break
+    return choice, kept
+
+
 def choose(model, tables: list[LayerTable], evaluate_fidelity,
            target_macs: float | None = None, min_agreement: float | None = None,
-           max_kl: float | None = None, accept=None, profile=None, refit=None
+           max_kl: float | None = None, accept=None, profile=None, refit=None,
+           refine: int = 0
            ) -> tuple[list[weight_pruning.WeightPruningResult],
                       list[activation_pruning.ActivationPruningResult], dict]:
     """Chooses every layer's levels for the target, applies the weights to the model, and
@@ -173,7 +212,8 @@ def choose(model, tables: list[LayerTable], evaluate_fidelity,
     priced as the faster of the builtin dense kernel (unpruned) and our op at that weight
     sparsity, block size and (where the target's kernel skips zeros) activation sparsity.
     `refit` (weight_pruning.SequentialRefit, taken on the unpruned model) re-fits every
-    candidate in order before its fidelity is judged, and the result."""
+    candidate in order before its fidelity is judged, and the result. `refine`: with a
+    fidelity target, up to this many greedy single-layer steps after the bisection (_refine)."""
     for t in tables:
         t.seconds = _seconds(profile, t.layer, t.weights, t.activations) \
             if profile is not None else None
@@ -226,9 +266,13 @@ def choose(model, tables: list[LayerTable], evaluate_fidelity,
             lo, hi = (lo, mid) if fidelity_ok(choice) else (mid, hi)
     mu = lo if target_macs is not None else hi
     choice = choose(total * 10 ** mu)
+    kept = 0
+    if target_macs is None and refine > 0:
+        choice, kept = _refine(tables, choice, fidelity_ok, refine)
     apply(choice)
     summary = {"lambda": total * 10 ** mu,
-               "sensitivity": {t.layer.name: t.sensitivity for t in tables}}
+               "sensitivity": {t.layer.name: t.sensitivity for t in tables},
+               "refined_layers": kept}
     if profile is not None:
         summary["objective"] = "latency"
         summary["predicted_seconds"] = {

@@ -56,6 +56,9 @@ class PruneConfig:
     # Latency objective: re-fit the chosen layers in order to the unpruned network's outputs
     # (weight_pruning.SequentialRefit) before each fidelity check.
     sequential_refit: bool = True
+    # Latency objective: at most this many greedy single-layer steps after the global search,
+    # each checked against the guard (budget._refine); 0 turns them off.
+    refine_steps: int = 12
     # What the latency objective prices with: targets.TARGETS names (one output each, the
     # target-independent work done once), or one profile object (tests) that replaces them.
     targets: tuple[str, ...] = ("host",)
@@ -291,7 +294,7 @@ def _finish(prepared: dict, probes: np.ndarray, reference: list, config: PruneCo
         weights, activations, search = budget.choose(
             model, prepared["tables"], evaluate,
             accept=lambda fid: config.guard.miss(reference, fid) is None, profile=profile,
-            refit=prepared["refit"])
+            refit=prepared["refit"], refine=config.refine_steps)
     elif global_budget:
         weights, activations, search = budget.allocate(
             model, layers, inputs, probes, reference, evaluate,

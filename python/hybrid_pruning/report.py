@@ -86,6 +86,10 @@ def summary(report: dict) -> str:
         lines.append("fidelity guard: " + ("met" if guard["met"] else "MISSED: " + guard["miss"])
                      + ("" if scale == 1 else f" (per-layer budgets scaled by {scale:g} to "
                         "meet it)"))
+    refined = (report.get("global_budget_search") or {}).get("refined_layers")
+    if refined:
+        lines.append(f"refined: {refined} single-layer step(s) to faster levels kept after the "
+                     "search, each checked against the guard (--refine_steps)")
     for name, reason in report["skipped_layers"].items():
         lines.append(f"not pruned: {name}: {reason}")
     for name, reason in report.get("channel_removal_refused", {}).items():
