@@ -6,6 +6,7 @@
 // between two of our nodes keep their own buffers), and runs it with our kernels.
 // Loaded from Python with load_delegate(path) or from C++ via tflite_plugin_create_delegate().
 #include <algorithm>
+#include <chrono>
 #include <cstdlib>
 #include <cstring>
 #include <memory>
@@ -22,10 +23,9 @@
 namespace hybrid_sparse {
 namespace {
 
-// Below this many multiply-adds per worker, waking a pool thread costs more than it saves:
-// the pool sleeps between layers (ThreadPool::Rest), so a layer pays one wake-up, and on few
-// cores it competes with the interpreter's own pool (chosen on the demo and the ResNet-style
-// model at batch 1 and 8, 2 threads; benchmarks/results/codesign.md).
+// Below this many multiply-adds per worker a second worker is not even tried (WorkerChoice
+// times one against more for larger layers): the pool sleeps between layers
+// (ThreadPool::Rest), so a layer pays one wake-up.
 constexpr int64_t kMinMacsPerThread = 1 << 19;
 
 struct DelegateConfig {
@@ -48,6 +48,7 @@ struct OpKernel {
   const KernelVariant* kernel = nullptr;
   ThreadPool* pool = nullptr;
   ConvPlan plan;  // rebuilt by every Prepare: it depends on the input shape
+  WorkerChoice workers;  // likewise
 };
 
 std::string Dims(const TfLiteIntArray* dims) {
@@ -210,6 +211,7 @@ TfLiteStatus KernelPrepare(TfLiteContext* ctx, TfLiteNode* node) {
                     o.thresholds.empty() ? nullptr : o.thresholds.data(), o.activation,
                     *k->kernel, k->pool->threads());
   if (!error.empty()) return Fail(ctx, k, error);
+  k->workers = WorkerChoice();  // a new shape: time one worker against more afresh
   auto* dims = static_cast<TfLiteIntArray*>(std::malloc(sizeof(int) * 5));
   if (dims == nullptr) return Fail(ctx, k, "out of memory");
   dims->size = 4;
@@ -227,9 +229,14 @@ TfLiteStatus KernelInvoke(TfLiteContext* ctx, TfLiteNode* node) {
   if (in.data.raw == nullptr || out.data.raw == nullptr)
     return Fail(ctx, k, "input or output tensor has no buffer");
   const int64_t useful = std::max<int64_t>(1, k->plan.macs() / kMinMacsPerThread);
-  const int workers = static_cast<int>(std::min<int64_t>(k->pool->threads(), useful));
+  const int workers =
+      k->workers.Next(static_cast<int>(std::min<int64_t>(k->pool->threads(), useful)));
+  const auto start = std::chrono::steady_clock::now();
   k->plan.Run(in.data.f, out.data.f, k->pool, workers);
   if (workers > 1) k->pool->Rest();
+  if (!k->workers.decided())
+    k->workers.Report(workers, std::chrono::duration<double>(
+                                   std::chrono::steady_clock::now() - start).count());
   return kTfLiteOk;
 }
 

@@ -65,10 +65,15 @@ def _row(name: str, model, result, input_shape, accuracy=None) -> dict:
     removed = sum(r["channels_before"] - r["channels_after"] for r in rep["layers"])
     base, pruned = _latency(model, result, input_shape)
     # Predicted whole-model latency: the measured original with its convs' predicted time
-    # replaced by the chosen implementations' (other ops are taken as unchanged).
+    # replaced by the chosen implementations', and the rest (depthwise, dense, element-wise
+    # ops) scaled by the builtin layers' MACs after / before: channel removal shrinks the
+    # depthwise layers between removed channels too.
     before, after = (t.get("predicted_conv_seconds_original"),
                      t.get("predicted_conv_seconds_after"))
-    predicted = base - before + after if before is not None else None
+    other_before = sum(b["macs_before"] for b in rep["builtin_layers"])
+    other_after = sum(b["macs_after"] for b in rep["builtin_layers"])
+    shrink = other_after / other_before if other_before else 1.0
+    predicted = after + (base - before) * shrink if before is not None else None
     return {
         "model": name, "ours": len(ours), "builtin": dict(builtin),
         "macs": f"{t['macs_before'] / 1e6:.2f} -> {t['effective_macs'] / 1e6:.2f} "

@@ -55,12 +55,14 @@ void ThreadPool::WorkerLoop(int id) {
       if (stop_.load()) return;
       seen = generation_.load();
       // Read with the generation: a worker left out of one For may only look after the next
-      // has begun, and must not join that one and then again under its own generation.
-      participate = id < participants_;
+      // has begun, and must not join that one and then again under its own generation. A
+      // worker that wakes after the caller has finished every task stays out (open_).
+      participate = open_ && id < participants_;
+      if (participate) active_.fetch_add(1, std::memory_order_relaxed);
     }
     if (participate) {
       Drain(id);
-      pending_.fetch_sub(1, std::memory_order_acq_rel);
+      active_.fetch_sub(1, std::memory_order_acq_rel);
     }
   }
 }
@@ -81,13 +83,35 @@ void ThreadPool::For(int num_tasks, int max_workers,
     next_.store(0);
     participants_ = participants;
     resting_.store(false, std::memory_order_relaxed);
-    pending_.store(participants - 1);
+    open_ = true;
     generation_.fetch_add(1, std::memory_order_release);
   }
   start_.notify_all();
   Drain(0);
-  // The workers are already running by now: waiting for them is short, so spin.
-  while (pending_.load(std::memory_order_acquire) != 0) Relax();
+  // Every task is taken: close the For, so that a worker still waking up (a sleeping one
+  // takes tens of microseconds) does not make the caller wait for it, then wait only for
+  // those that joined, which are finishing their last task.
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    open_ = false;
+  }
+  while (active_.load(std::memory_order_acquire) != 0) Relax();
+}
+
+int WorkerChoice::Next(int most) const {
+  if (most <= 1) return 1;
+  if (decided_) return more_ ? most : 1;
+  return trials_[0] <= trials_[1] ? 1 : most;
+}
+
+void WorkerChoice::Report(int workers, double seconds) {
+  const int i = workers > 1 ? 1 : 0;
+  best_[i] = trials_[i] == 0 ? seconds : std::min(best_[i], seconds);
+  ++trials_[i];
+  if (!decided_ && trials_[0] >= kTrials && trials_[1] >= kTrials) {
+    decided_ = true;
+    more_ = best_[1] < best_[0];
+  }
 }
 
 }  // namespace hybrid_sparse

@@ -43,10 +43,31 @@ class ThreadPool : public Parallel {
   std::atomic<bool> stop_{false};
   std::atomic<bool> resting_{false};  // set by Rest, cleared by the next For
   int participants_ = 0;          // workers (caller included) of the current For
-  std::atomic<int> pending_{0};   // participating workers still draining the current For
+  bool open_ = false;             // the current For still takes workers (guarded by mu_)
+  std::atomic<int> active_{0};    // workers that joined the current For and are draining it
   int num_tasks_ = 0;
   const std::function<void(int, int)>* fn_ = nullptr;
   std::atomic<int> next_{0};
+};
+
+// Chooses, per layer, between one worker and `most` by timing both where the layer runs:
+// whether a second worker pays depends on what else is on the cores (the interpreter's own
+// pool, spinning between its nodes, takes the core our worker would wake on), which no
+// single-layer measurement sees. The first 2 * kTrials runs alternate; then the faster stays.
+class WorkerChoice {
+ public:
+  static constexpr int kTrials = 5;
+  // Workers for the next run, given how many could help (1: no choice to make).
+  int Next(int most) const;
+  // The wall time of the run that used `workers` (as returned by Next).
+  void Report(int workers, double seconds);
+  bool decided() const { return decided_; }
+
+ private:
+  int trials_[2] = {0, 0};       // runs with one worker, with more
+  double best_[2] = {0.0, 0.0};  // their fastest, valid once trials_ > 0
+  bool decided_ = false;
+  bool more_ = false;            // the decision: more than one worker pays
 };
 
 }  // namespace hybrid_sparse

@@ -2,6 +2,7 @@
 // after Rest), and the kernels give the same result through it as serially.
 #include "tflite_ops/kernels/thread_pool.h"
 
+#include <algorithm>
 #include <atomic>
 #include <random>
 #include <vector>
@@ -33,6 +34,26 @@ TEST(ThreadPool, RunsEveryTaskOnceWithWorkerIdsInRange) {
       // Resting workers (as after every layer) must still wake for the next For.
       if (round % 7 == 0) pool.Rest();
     }
+  }
+}
+
+TEST(WorkerChoice, AlternatesThenKeepsTheFaster) {
+  for (const bool more_is_faster : {true, false}) {
+    WorkerChoice choice;
+    std::vector<int> used;
+    for (int run = 0; run < 2 * WorkerChoice::kTrials; ++run) {
+      EXPECT_FALSE(choice.decided());
+      const int w = choice.Next(4);
+      used.push_back(w);
+      // The first run of each is slow (cold caches): only the fastest counts.
+      const double t = (w > 1) == more_is_faster ? 1.0 : 1.5;
+      choice.Report(w, run < 2 ? 10.0 : t);
+    }
+    EXPECT_TRUE(choice.decided());
+    EXPECT_EQ(std::count(used.begin(), used.end(), 1), WorkerChoice::kTrials);
+    EXPECT_EQ(std::count(used.begin(), used.end(), 4), WorkerChoice::kTrials);
+    EXPECT_EQ(choice.Next(4), more_is_faster ? 4 : 1);
+    EXPECT_EQ(choice.Next(1), 1);  // nothing to choose
   }
 }
 
