@@ -77,14 +77,18 @@ def conv_shape(pl: graph.PrunableLayer) -> ConvShape:
 
 
 def _cpu_key() -> str:
-    text = _cpuinfo()
-    model = next((l.split(":", 1)[1].strip() for l in text.splitlines()
-                  if l.startswith("model name")), platform.machine())
+    text = cpuinfo()
     flags = " ".join(f for f in ("avx2", "avx512f", "asimd") if f" {f}" in text)
-    return f"{model} [{flags}]"
+    return f"{cpu_model()} [{flags}]"
 
 
-def _cpuinfo() -> str:
+def cpu_model() -> str:
+    """The CPU's model name (/proc/cpuinfo), else the machine type."""
+    return next((l.split(":", 1)[1].strip() for l in cpuinfo().splitlines()
+                 if l.startswith("model name")), platform.machine())
+
+
+def cpuinfo() -> str:
     """/proc/cpuinfo, or '' where there is none."""
     try:
         return pathlib.Path("/proc/cpuinfo").read_text()
@@ -321,7 +325,7 @@ def _output_hw(shape: ConvShape) -> tuple[int, int]:
 
 def host_isa() -> str:
     """The x86 target name of this machine's best ISA our kernels use, or '' if none."""
-    text = _cpuinfo()
+    text = cpuinfo()
     if platform.machine() not in ("x86_64", "AMD64"):
         return ""
     if " avx512f" in text:
@@ -330,7 +334,7 @@ def host_isa() -> str:
 
 
 def host_ghz() -> float | None:
-    mhz = re.search(r"^cpu MHz\s*:\s*([0-9.]+)", _cpuinfo(), re.M)
+    mhz = re.search(r"^cpu MHz\s*:\s*([0-9.]+)", cpuinfo(), re.M)
     return float(mhz.group(1)) / 1e3 if mhz else None
 
 

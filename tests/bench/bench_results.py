@@ -10,15 +10,13 @@ import platform
 
 def machine() -> str:
     """'Machine: <CPU model>, <n> vCPUs, <vector ISA>; <date>.'"""
-    try:
-        text = open("/proc/cpuinfo").read()
-    except OSError:
-        text = ""
-    cpu = next((line.split(":", 1)[1].strip() for line in text.splitlines()
-                if line.startswith("model name")), platform.processor() or platform.machine())
+    from hybrid_pruning import targets
+
+    text = targets.cpuinfo()
     isa = ("AVX-512" if " avx512f" in text else "AVX2, no AVX-512" if " avx2" in text
            else platform.machine())
-    return f"Machine: {cpu}, {os.cpu_count()} vCPUs, {isa}; {datetime.date.today().isoformat()}."
+    return (f"Machine: {targets.cpu_model()}, {os.cpu_count()} vCPUs, {isa}; "
+            f"{datetime.date.today().isoformat()}.")
 
 
 def emit(lines: list[str], output: str | None) -> None:

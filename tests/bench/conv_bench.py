@@ -12,12 +12,10 @@ round (hybrid_pruning.timing).
 
 from __future__ import annotations
 
-import datetime
-import platform
-
 import numpy as np
 from absl import app, flags, logging
 
+import bench_results
 from hybrid_pruning import io, op_format, runtime, targets, timing, tflite_model
 
 FLAGS = flags.FLAGS
@@ -196,8 +194,7 @@ def main(argv):
     lines = [
         "# HybridSparseConv2D vs builtin CONV_2D (XNNPACK)",
         "",
-        f"Date: {datetime.date.today()}. Machine: {platform.machine()}, {platform.processor() or ''} "
-        f"{_cpu_name()}. Our kernel: {FLAGS.kernel or 'fastest available'}.",
+        f"{bench_results.machine()} Our kernel: {FLAGS.kernel or 'fastest available'}.",
         "Command: `./bazelw run //tests/bench:conv_bench -- --output=...`",
         "",
         "Ratio = builtin time / our time (> 1: ours is faster). FLOP-limit ratio = 1 / (1 - "
@@ -212,19 +209,6 @@ def main(argv):
         model_table(lines)
     if FLAGS.output:
         io.write_bytes_atomic(io.user_path(FLAGS.output), ("\n".join(lines) + "\n").encode())
-
-
-def _cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            info = f.read()
-    except OSError:
-        return ""
-    name = next((l.split(":", 1)[1].strip() for l in info.splitlines()
-                 if l.startswith("model name")), "")
-    flags_line = next((l for l in info.splitlines() if l.startswith("flags")), "")
-    isa = [f for f in ("avx2", "fma", "avx512f") if f" {f}" in flags_line]
-    return f"({name}; {', '.join(isa)}; {len(info.split('processor')) - 1} logical CPUs)"
 
 
 if __name__ == "__main__":
