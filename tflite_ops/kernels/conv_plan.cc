@@ -6,6 +6,20 @@
 #include <numeric>
 
 namespace hybrid_sparse {
+namespace {
+
+// Tasks of the packing pass per worker: enough for a late-waking worker to still take a share.
+constexpr int kPackRunsPerWorker = 2;
+
+// Floats between the starts of two workers' scratch buffers: rounded up to cache lines, plus
+// one line, so that no line holds both (each worker writes its own on every multiply-add; a
+// shared line made two reference-kernel workers slower than one).
+size_t WorkerStride(size_t floats) {
+  constexpr size_t kLine = 64 / sizeof(float);
+  return (floats + kLine - 1) / kLine * kLine + kLine;
+}
+
+}  // namespace
 
 void SerialParallel::For(int num_tasks, int /*max_workers*/,
                          const std::function<void(int, int)>& fn) {
@@ -27,7 +41,8 @@ std::string ConvPlan::Build(const ConvShape& s, const SparseFilter& f, const flo
   if (f.num_cols != s.kernel_h * s.kernel_w * s.in_c || f.out_c != s.out_c)
     return "filter does not match the convolution shape";
   if (variant.microkernel == nullptr) {
-    scratch_.assign(static_cast<size_t>(max_workers_) * padded_c_, 0.0f);
+    scratch_stride_ = WorkerStride(padded_c_);
+    scratch_.assign(static_cast<size_t>(max_workers_) * scratch_stride_, 0.0f);
     return "";
   }
 
@@ -124,7 +139,8 @@ std::string ConvPlan::Build(const ConvShape& s, const SparseFilter& f, const flo
   }
   x_image_ = x_size;
   x_.assign(x_size * (pointwise_ ? max_workers_ : s.batch), 0.0f);
-  scratch_.assign(static_cast<size_t>(max_workers_) * padded_c_ * tile, 0.0f);
+  scratch_stride_ = WorkerStride(static_cast<size_t>(padded_c_) * tile);
+  scratch_.assign(static_cast<size_t>(max_workers_) * scratch_stride_, 0.0f);
   return "";
 }
 
@@ -188,12 +204,12 @@ void ConvPlan::Run(const float* input, float* output, Parallel* parallel, int wo
     parallel->For(s.batch * s.out_h, workers, [&](int row, int worker) {
       const ConvArgs args{&s,          &filter_,    input,  bias_,
                           thresholds_, activation_, output,
-                          scratch_.data() + static_cast<size_t>(worker) * padded_c_};
+                          scratch_.data() + static_cast<size_t>(worker) * scratch_stride_};
       SparseConvRowsReference(args, row, row + 1);
     });
     return;
   }
-  const size_t per_worker = static_cast<size_t>(padded_c_) * variant_.tile;
+  const size_t per_worker = scratch_stride_;
   if (pointwise_) {
     const int64_t pixels = static_cast<int64_t>(s.out_h) * s.out_w;
     parallel->For(s.batch * num_tiles_, workers, [&](int task, int worker) {
@@ -207,10 +223,18 @@ void ConvPlan::Run(const float* input, float* output, Parallel* parallel, int wo
     });
     return;
   }
+  // Each task packs a run of consecutive rows: rows of one channel plane share cache lines
+  // at their ends, and workers packing neighbouring rows would pass those lines back and
+  // forth on every channel (a two-worker pack ran several times slower than one worker).
   const int rows = hq_ * s.stride_h;
-  parallel->For(s.batch * rows, workers, [&](int task, int) {
-    const int n = task / rows;
-    PackRow(input + n * in_image, task % rows, x_.data() + n * x_image_);
+  const int total = s.batch * rows;
+  const int run = std::max(1, (total + kPackRunsPerWorker * workers - 1) /
+                                  (kPackRunsPerWorker * workers));
+  parallel->For((total + run - 1) / run, workers, [&](int task, int) {
+    for (int i = task * run; i < std::min(total, (task + 1) * run); ++i) {
+      const int n = i / rows;
+      PackRow(input + n * in_image, i % rows, x_.data() + n * x_image_);
+    }
   });
   parallel->For(s.batch * num_tiles_, workers, [&](int task, int worker) {
     const int n = task / num_tiles_, t = task % num_tiles_;

@@ -84,6 +84,7 @@ class ConvPlan {
   int64_t x_image_ = 0;         // floats of one packed image, slack for the last tile included
   std::vector<float> x_;        // packed input of every image (pointwise: of every worker)
   std::vector<float> scratch_;  // per worker: [padded_c_][tile] (reference: [padded_c_])
+  size_t scratch_stride_ = 0;   // floats from one worker's scratch to the next
 };
 
 }  // namespace hybrid_sparse

@@ -21,7 +21,7 @@ inline void Relax() {
 
 }  // namespace
 
-ThreadPool::ThreadPool(int threads) {
+ThreadPool::ThreadPool(int threads) : ranges_(std::max(threads, 1)) {
   for (int id = 1; id < threads; ++id) workers_.emplace_back([this, id] { WorkerLoop(id); });
 }
 
@@ -34,8 +34,25 @@ ThreadPool::~ThreadPool() {
   for (auto& w : workers_) w.join();
 }
 
+bool ThreadPool::Claim(Range& r, bool owner, int* task) {
+  if (r.left.load(std::memory_order_relaxed) <= 0) return false;
+  if (r.left.fetch_sub(1, std::memory_order_acq_rel) <= 0) {
+    r.left.fetch_add(1, std::memory_order_relaxed);
+    return false;
+  }
+  // At most `end - begin` claims succeed, so front and back never cross.
+  *task = owner ? r.begin + r.front.fetch_add(1, std::memory_order_relaxed)
+                : r.end - 1 - r.back.fetch_add(1, std::memory_order_relaxed);
+  return true;
+}
+
 void ThreadPool::Drain(int worker) {
-  for (int t = next_.fetch_add(1); t < num_tasks_; t = next_.fetch_add(1)) (*fn_)(t, worker);
+  int task;
+  while (Claim(ranges_[worker], true, &task)) (*fn_)(task, worker);
+  for (int i = 1; i < participants_; ++i) {
+    Range& other = ranges_[(worker + i) % participants_];
+    while (Claim(other, false, &task)) (*fn_)(task, worker);
+  }
 }
 
 void ThreadPool::WorkerLoop(int id) {
@@ -80,7 +97,14 @@ void ThreadPool::For(int num_tasks, int max_workers,
     std::lock_guard<std::mutex> lock(mu_);
     fn_ = &fn;
     num_tasks_ = num_tasks;
-    next_.store(0);
+    for (int i = 0; i < participants; ++i) {
+      Range& r = ranges_[i];
+      r.begin = static_cast<int>(static_cast<int64_t>(num_tasks) * i / participants);
+      r.end = static_cast<int>(static_cast<int64_t>(num_tasks) * (i + 1) / participants);
+      r.front.store(0, std::memory_order_relaxed);
+      r.back.store(0, std::memory_order_relaxed);
+      r.left.store(r.end - r.begin, std::memory_order_relaxed);
+    }
     participants_ = participants;
     resting_.store(false, std::memory_order_relaxed);
     open_ = true;

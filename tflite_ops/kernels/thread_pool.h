@@ -47,7 +47,18 @@ class ThreadPool : public Parallel {
   std::atomic<int> active_{0};    // workers that joined the current For and are draining it
   int num_tasks_ = 0;
   const std::function<void(int, int)>* fn_ = nullptr;
-  std::atomic<int> next_{0};
+  // Each participant owns a contiguous range of the tasks, the same from one For to the next
+  // (its output stays in its cache, as pthreadpool does), and takes it from the front; one
+  // done with its own takes others' from the back. A range handed out by a global counter
+  // moved every output line between cores on each run and made two workers slower than one.
+  struct alignas(64) Range {
+    int begin = 0, end = 0;
+    std::atomic<int> left{0};   // tasks not yet claimed: claiming one decrements it
+    std::atomic<int> front{0};  // claimed by the owner
+    std::atomic<int> back{0};   // claimed by others
+  };
+  std::vector<Range> ranges_;   // one per thread, caller included
+  static bool Claim(Range& r, bool owner, int* task);
 };
 
 // Chooses, per layer, between one worker and `most` by timing both where the layer runs:
