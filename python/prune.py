@@ -69,9 +69,10 @@ flags.DEFINE_enum("probe", "auto", ["auto", "bn", "image", "random"],
 flags.DEFINE_integer("probe_count", 128, "Number of probe inputs.", lower_bound=1)
 flags.DEFINE_list("input_range", ["0", "1"], "Min,max of the model's inputs (for probes).")
 flags.DEFINE_integer("seed", 0, "Seed of the probe inputs.")
-flags.DEFINE_integer("num_threads", 1, "Threads the model will run with: the host's latency "
-                     "profile is measured with them, and the result checked with them.",
-                     lower_bound=1)
+flags.DEFINE_list("num_threads", ["1", "all"], "Thread counts the model will run with "
+                  "('all': this machine's cores): the host's latency profile is measured at "
+                  "each, a conv runs our op only where it is faster than the builtin at every "
+                  "one, and the written model is timed at each.")
 flags.DEFINE_bool("quiet", False, "No progress bar and no summary.")
 flags.DEFINE_bool("verbose", False, "Also show TensorFlow's, Keras' and the converter's own "
                   "messages (hidden by default).")
@@ -103,6 +104,12 @@ flags.register_multi_flags_validator(
 @flags.validator("input_shape", message="--input_shape: expected three positive integers H,W,C")
 def _valid_input_shape(value):
     return value is None or (len(value) == 3 and all(v.isdigit() and int(v) > 0 for v in value))
+
+
+@flags.validator("num_threads", message="--num_threads: expected positive integers or 'all', "
+                 "comma-separated (e.g. 1,all)")
+def _valid_num_threads(value):
+    return bool(value) and all(v == "all" or (v.isdigit() and int(v) > 0) for v in value)
 
 
 def _input_range() -> tuple[float, float]:
@@ -194,7 +201,7 @@ def main(argv):
             max_sparsity=FLAGS.max_sparsity, objective=FLAGS.objective,
             block_size=FLAGS.block_size, dense_below=FLAGS.dense_below, probe=FLAGS.probe,
             probe_count=FLAGS.probe_count,
-            input_range=_input_range(), seed=FLAGS.seed, num_threads=FLAGS.num_threads,
+            input_range=_input_range(), seed=FLAGS.seed, num_threads=",".join(FLAGS.num_threads),
             quiet=FLAGS.quiet, guard=_guard(), auto_backoff=FLAGS.backoff,
             refine_steps=FLAGS.refine_steps,
             input_shape=tuple(int(v) for v in FLAGS.input_shape) if FLAGS.input_shape

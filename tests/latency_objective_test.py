@@ -12,7 +12,7 @@ import tempfile
 import numpy as np
 from absl.testing import absltest
 
-from hybrid_pruning import budget, io, pipeline, targets
+from hybrid_pruning import budget, io, op_format, pipeline, targets, tflite_model
 
 import test_models
 
@@ -135,6 +135,40 @@ class RefineTest(absltest.TestCase):
                          ([(0, 0)] * 3, 0))
 
 
+class _WrongHostProfile(_Profile):
+    """A host profile whose table is wrong: our op 100x faster than the builtin at any
+    sparsity, so the optimiser puts lightly pruned layers on our op, which really run slower."""
+
+    modelled = False
+
+    def __init__(self):
+        super().__init__(lambda sparsity, block: 0.01)
+
+
+class MeasuredFallbackTest(absltest.TestCase):
+
+    def test_layers_that_make_the_model_slower_go_back_to_the_builtin(self):
+        result = pipeline.compress(io.load_keras_model(str(io.DEMO_MODEL)), pipeline.PruneConfig(
+            quiet=True, probe_count=32, profile=_WrongHostProfile(), num_threads=1,
+            sequential_refit=False, refine_steps=0))
+        rep = result.report
+        self.assertIsNone(result.fidelity_miss)
+        reverted = rep["global_budget_search"]["measured_fallback"]
+        self.assertNotEqual(reverted, [])
+        runs_as = {row["layer"]: row["runs_as"] for row in rep["layers"]}
+        for name in reverted:
+            self.assertEqual(runs_as[name], pipeline.SLOWER)
+        # What the report says runs where is what the written model holds.
+        hybrid = sum(v == "HybridSparseConv2D" for v in runs_as.values())
+        self.assertEqual(hybrid, _count_hybrid(result.tflite))
+
+
+def _count_hybrid(tflite: bytes) -> int:
+    model = tflite_model.read(tflite)
+    return sum(1 for op in model.subgraphs[0].operators
+               if tflite_model.custom_code(model, op) == op_format.OP_NAME)
+
+
 class HostProfileTest(absltest.TestCase):
 
     def setUp(self):
@@ -164,6 +198,35 @@ class HostProfileTest(absltest.TestCase):
             targets._library_digest = saved
 
 
+    def test_several_thread_counts_price_the_worst_ratio(self):
+        profile = targets.HostProfile((1, 2), cache_dir=self.dir)
+        self.assertEqual(profile.threads, (1, 2))
+        key = f"{self.shape.key()}-b1"
+        grid = len(targets.SPARSITY_GRID)
+        # One thread: ours at half the builtin's time. Two: the builtin twice as fast, ours
+        # not faster (a layer too small for a second worker), so ours is slower there.
+        profile._tables[0]._table[key] = {"builtin": 2e-4, "ours": [1e-4] * grid}
+        profile._tables[1]._table[key] = {"builtin": 1e-4, "ours": [1.2e-4] * grid}
+        self.assertAlmostEqual(profile.builtin(self.shape), 2e-4)
+        self.assertAlmostEqual(profile.ours(self.shape, 0.8), 2.4e-4)
+        # Faster at both counts: priced at the worse of its two ratios.
+        profile._tables[1]._table[key] = {"builtin": 1e-4, "ours": [0.8e-4] * grid}
+        self.assertAlmostEqual(profile.ours(self.shape, 0.8), 1.6e-4)
+        self.assertEqual(profile.measured, 0)
+        single = targets.HostProfile(1, cache_dir=self.dir)  # one count: its own time
+        single._tables[0]._table[key] = {"builtin": 2e-4, "ours": [1e-4] * grid}
+        self.assertAlmostEqual(single.ours(self.shape, 0.8), 1e-4)
+
+    def test_thread_counts(self):
+        self.assertEqual(targets.thread_counts("1,all"), (1, os.cpu_count()) if
+                         os.cpu_count() > 1 else (1,))
+        self.assertEqual(targets.thread_counts(2), (2,))
+        self.assertEqual(targets.thread_counts((1, 1, 4)), (1, 4))
+        for bad in ("0", "two", ""):
+            with self.assertRaisesRegex(ValueError, "thread count"):
+                targets.thread_counts(bad)
+
+
 class HostDefaultTest(absltest.TestCase):
 
     def test_demo_at_default_flags(self):
@@ -176,13 +239,18 @@ class HostDefaultTest(absltest.TestCase):
             if row["kind"] != "conv2d":
                 continue
             seconds = predicted[row["layer"]]
-            if row["weight_sparsity"] > 0:  # pruned only where the profile says ours wins
+            if row["runs_as"] == pipeline.SLOWER:  # the whole-model measurement overruled it
+                self.assertEqual(seconds["chosen"], seconds["builtin"])
+            elif row["weight_sparsity"] > 0:  # pruned only where the profile says ours wins
                 self.assertEqual(row["runs_as"], "HybridSparseConv2D", row)
                 self.assertLess(seconds["chosen"], seconds["builtin"])
             else:
                 self.assertEqual(seconds["chosen"], seconds["builtin"])
         self.assertLess(rep["totals"]["predicted_conv_seconds_after"],
                         rep["totals"]["predicted_conv_seconds_before"])
+        # Timed at one thread and at all of this machine's cores, side by side.
+        self.assertEqual([r["threads"] for r in rep["latency_on_host"]["by_threads"]],
+                         list(targets.thread_counts("1,all")))
         self.assertIn("speedup", rep["latency_on_host"])
 
 

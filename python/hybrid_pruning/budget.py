@@ -274,9 +274,16 @@ def choose(model, tables: list[LayerTable], evaluate_fidelity,
                "sensitivity": {t.layer.name: t.sensitivity for t in tables},
                "refined_layers": kept}
     if profile is not None:
+        from hybrid_pruning import targets
+
         summary["objective"] = "latency"
+        # What the chosen level takes (a profile priced over several thread counts reports
+        # its first one's seconds: `latency`), not what it was priced at.
+        latency = getattr(profile, "latency", None)
         summary["predicted_seconds"] = {
-            t.layer.name: {"builtin": float(t.seconds[0, 0]), "chosen": float(t.seconds[i, j])}
+            t.layer.name: {"builtin": float(t.seconds[0, 0]), "chosen": float(
+                t.seconds[i, j] if latency is None or t.seconds[i, j] >= t.seconds[0, 0]
+                else latency(targets.conv_shape(t.layer), t.weights[i][2], t.weights[i][3]))}
             for t, (i, j) in zip(tables, choice) if t.layer.kind == "conv2d"}
     logging.info("budget: lambda %.3g, levels %s", summary["lambda"], choice)
     weights_out, acts_out = [], []

@@ -45,7 +45,10 @@ class PruneConfig:
     probe_count: int = 128
     input_range: tuple[float, float] = (0.0, 1.0)
     seed: int = 0
-    num_threads: int = 1
+    # Thread counts the model will run with (targets.thread_counts: "1,all", an int, a tuple):
+    # the host profile prices our op at its worst ratio to the builtin over them, and the
+    # written model is timed at each.
+    num_threads: int | str | tuple[int, ...] = "1,all"
     quiet: bool = False
     input_shape: tuple[int, ...] | None = None  # replaces dynamic input dims (H, W, C)
     # The fidelity guard on the written model (fidelity.Guard): a miss is an error unless
@@ -79,9 +82,9 @@ class PruneResult:
 
 
 def _to_ours(model, layers, thresholds_by_layer: dict, block_size,
-             dense_below: float = 0.0):
+             dense_below: float = 0.0, builtin: frozenset = frozenset()):
     """Converts the Keras model and rewrites its pruned convs to our op. `block_size`: one
-    for every layer, or {layer name: block size}."""
+    for every layer, or {layer name: block size}. `builtin`: layers kept on CONV_2D."""
     flat = convert.to_tflite(model)
     names = tflite_rewrite.match_layers(flat, {pl.name: pl.folded_kernel for pl in layers
                                                if pl.kind == "conv2d"})
@@ -91,7 +94,8 @@ def _to_ours(model, layers, thresholds_by_layer: dict, block_size,
               for i, n in names.items()}
     return tflite_rewrite.rewrite(flat, block_sizes=blocks,
                                   thresholds=thresholds, layer_names=names,
-                                  dense_below=dense_below, only=set(names))
+                                  dense_below=dense_below,
+                                  only={i for i, n in names.items() if n not in builtin})
 
 
 # Per-layer budgets are scaled by these in turn until the guard holds (0: no pruning).
@@ -112,6 +116,8 @@ def compress_targets(model, config: PruneConfig) -> dict[str, PruneResult]:
     from tqdm import tqdm
 
     start = time.time()
+    threads = targets.thread_counts(config.num_threads)
+    config = dataclasses.replace(config, num_threads=threads[0])  # fidelity checks use one
     original = graph.normalize(model, config.input_shape)
     original_layers, skipped = graph.prunable_layers(original)
     _check_memory(original, original_layers, config)
@@ -129,7 +135,7 @@ def compress_targets(model, config: PruneConfig) -> dict[str, PruneResult]:
     scales = BACKOFF if config.auto_backoff and not global_budget else BACKOFF[:1]
     if config.objective == "latency" and not global_budget:
         profiles = [config.profile] if config.profile is not None else [
-            targets.profile_for(t, config.num_threads) for t in config.targets]
+            targets.profile_for(t, threads) for t in config.targets]
     else:
         profiles = [None]
     names = [p.name if p is not None else config.targets[0] for p in profiles]
@@ -152,6 +158,10 @@ def compress_targets(model, config: PruneConfig) -> dict[str, PruneResult]:
                                 [pl.shift.copy() for pl in prepared["layers"]])
                 outcome = _finish(prepared, probes, reference, _scaled(config, scale),
                                   profiles[i], bar, sum(m for _, _, m in before.values()))
+                if config.measure_latency and outcome["search"] is not None and \
+                        not profiles[i].modelled:
+                    _measured_fallback(original_tflite, outcome, probes, reference, threads,
+                                       config)
                 miss = config.guard.miss(reference, outcome["fidelity"])
                 attempts[i].append({"budget_scale": scale, "fidelity": outcome["fidelity"],
                                     "miss": miss})
@@ -185,8 +195,8 @@ def compress_targets(model, config: PruneConfig) -> dict[str, PruneResult]:
                                     "miss": miss, "budget_scale": scale,
                                     "attempts": attempts[i]}
         if config.measure_latency and (profile is None or not profile.modelled):
-            report["latency_on_host"] = _measure(original_tflite, outcome["tflite"], probes,
-                                                 config.num_threads)
+            report["latency_on_host"] = outcome.get("latency") or _measure(
+                original_tflite, outcome["tflite"], probes, threads)
         report["seconds"] = time.time() - start
         results[names[i]] = PruneResult(outcome["tflite"], report, kept)
     logging.info("reduced %d layers for %s in %.1f s", len(original_layers), names,
@@ -214,17 +224,68 @@ def _check_memory(model, layers, config: PruneConfig) -> None:
             "lower --probe_count or free memory")
 
 
-def _measure(original: bytes, pruned: bytes, probes: np.ndarray, threads: int) -> dict:
+def _measure(original: bytes, pruned: bytes, probes: np.ndarray,
+             threads: tuple[int, ...]) -> dict:
     """Whole-model latency at batch 1 on this machine, side by side in one process: the
-    original on stock LiteRT (XNNPACK), the pruned model with our delegate."""
+    original on stock LiteRT (XNNPACK), the pruned model with our delegate; at each thread
+    count (the first one's figures at the top level)."""
     from hybrid_pruning import timing
 
     x = probes[:1]
-    base, ours = timing.best_times(timing.invoker(original, x, ours=False, threads=threads),
-                                   timing.invoker(pruned, x, ours=True, threads=threads),
-                                   rounds=3, min_seconds=0.05)
-    return {"original_seconds": base, "pruned_seconds": ours, "speedup": base / ours,
-            "batch": 1, "threads": threads}
+    rows = []
+    for n in threads:
+        base, ours = timing.best_times(timing.invoker(original, x, ours=False, threads=n),
+                                       timing.invoker(pruned, x, ours=True, threads=n),
+                                       rounds=3, min_seconds=0.05)
+        rows.append({"original_seconds": base, "pruned_seconds": ours, "speedup": base / ours,
+                     "batch": 1, "threads": n})
+    return {**rows[0], "by_threads": rows}
+
+
+SLOWER = "CONV_2D (our op made the whole model slower here, measured)"
+
+
+def _measured_fallback(original: bytes, outcome: dict, probes: np.ndarray, reference: list,
+                       threads: tuple[int, ...], config: PruneConfig) -> None:
+    """The measurement wins: times the written model against the original at every thread
+    count and, while it is slower at one of them, puts our layers back on the builtin kernel
+    (same weights, so fidelity barely moves), least predicted saving first, keeping each
+    change that improves the worst ratio. Single-layer tables cannot see everything a whole
+    model does (two thread pools sharing the cores, caches between layers)."""
+    latency = _measure(original, outcome["tflite"], probes, threads)
+    predicted = outcome["search"]["predicted_seconds"]
+    ours = sorted((r.layer for r in outcome["records"]
+                   if r.runs_as == "HybridSparseConv2D" and r.layer in predicted),
+                  key=lambda n: predicted[n]["builtin"] - predicted[n]["chosen"])
+    model, layers = outcome["model"], outcome["layers"]
+    thresholds = {a.name: a.thresholds for a in outcome["activations"]}
+    blocks = {w.name: w.block_size for w in outcome["weights"]}
+    worst = min(r["speedup"] for r in latency["by_threads"])
+    reverted: list[str] = []
+    for name in ours:
+        if worst >= 1.0:
+            break
+        tflite, records = _to_ours(model, layers, thresholds, blocks, config.dense_below,
+                                   builtin=frozenset(reverted + [name]))
+        trial = _measure(original, tflite, probes, threads)
+        trial_worst = min(r["speedup"] for r in trial["by_threads"])
+        logging.info("measured fallback: %s on the builtin kernel: worst ratio %.3f -> %.3f",
+                     name, worst, trial_worst)
+        if trial_worst > worst:
+            reverted.append(name)
+            worst, latency = trial_worst, trial
+            outcome["tflite"], outcome["records"] = tflite, records
+    if reverted:
+        for r in outcome["records"]:
+            if r.layer in reverted:
+                r.runs_as = SLOWER
+        for name in reverted:
+            predicted[name]["chosen"] = predicted[name]["builtin"]
+        outcome["fidelity"] = fidelity.compare(reference, runtime.predict_all(
+            outcome["tflite"], probes, config.num_threads,
+            batch_size=statistics.predict_batch(model)))
+    outcome["latency"] = latency
+    outcome["search"]["measured_fallback"] = reverted
 
 
 def _predicted(search: dict | None) -> dict:

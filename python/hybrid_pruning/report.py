@@ -19,10 +19,10 @@ def headline(report: dict) -> str | None:
                      f"{before * 1e3:.3f} ms -> {after * 1e3:.3f} ms predicted "
                      f"({before / after:.2f}x)")
     lat = report.get("latency_on_host")
-    if lat:
-        parts.append(f"whole model here (batch 1, {lat['threads']} thread(s)): "
-                     f"{lat['original_seconds'] * 1e3:.3f} ms -> "
-                     f"{lat['pruned_seconds'] * 1e3:.3f} ms measured ({lat['speedup']:.2f}x)")
+    for row in (lat or {}).get("by_threads", [lat] if lat else []):
+        parts.append(f"whole model here (batch 1, {row['threads']} thread(s)): "
+                     f"{row['original_seconds'] * 1e3:.3f} ms -> "
+                     f"{row['pruned_seconds'] * 1e3:.3f} ms measured ({row['speedup']:.2f}x)")
     return "latency: " + "; ".join(parts) if parts else None
 
 
@@ -90,6 +90,10 @@ def summary(report: dict) -> str:
     if refined:
         lines.append(f"refined: {refined} single-layer step(s) to faster levels kept after the "
                      "search, each checked against the guard (--refine_steps)")
+    fallback = (report.get("global_budget_search") or {}).get("measured_fallback")
+    if fallback:
+        lines.append(f"measured fallback: {', '.join(fallback)} back on the builtin kernel (the "
+                     "whole model ran slower than the original at some thread count with ours)")
     for name, reason in report["skipped_layers"].items():
         lines.append(f"not pruned: {name}: {reason}")
     for name, reason in report.get("channel_removal_refused", {}).items():

@@ -115,34 +115,27 @@ def random_filter(rng: np.random.Generator, shape: ConvShape, sparsity: float,
     return w * np.repeat(keep, block, axis=0)[:shape.out_c]
 
 
-class HostProfile:
-    """Measured latencies on this machine (batch 1). `kernel` forces one of our kernel variants
-    (e.g. "avx2" on an AVX-512 machine); "" is the one the delegate picks here."""
+class _MeasuredTable:
+    """One thread count's measurements (batch 1), cached on disk."""
 
-    activation_pays = False  # every kernel the delegate picks on a host is a vector kernel
-    modelled = False
-
-    def __init__(self, threads: int = 1, cache_dir: str | os.PathLike | None = None,
-                 kernel: str = "", name: str = "host"):
+    def __init__(self, cpu: str, library: str, threads: int, kernel: str,
+                 directory: pathlib.Path):
         self.threads = threads
         self.kernel = kernel
-        self.name = name
-        self.cpu = _cpu_key()
-        self.library = _library_digest()
-        directory = pathlib.Path(cache_dir) if cache_dir else _cache_dir()
-        tag = hashlib.sha256(
-            f"{self.cpu}|{self.library}|{threads}|{kernel}".encode()).hexdigest()[:16]
+        self.cpu = cpu
+        self.library = library
+        tag = hashlib.sha256(f"{cpu}|{library}|{threads}|{kernel}".encode()).hexdigest()[:16]
         self.path = directory / f"host-{tag}.json"
         self._table: dict = {}
         try:
             stored = json.loads(self.path.read_text())
-            if stored.get("library") == self.library and stored.get("cpu") == self.cpu:
+            if stored.get("library") == library and stored.get("cpu") == cpu:
                 self._table = stored["layers"]
         except (OSError, ValueError, KeyError):
             pass
-        self.measured = 0  # shapes measured by this instance (0: all came from the cache)
+        self.measured = 0
 
-    def _entry(self, shape: ConvShape, block: int) -> dict:
+    def entry(self, shape: ConvShape, block: int) -> dict:
         key = f"{shape.key()}-b{block}"
         if key not in self._table:
             self._table[key] = self._measure(shape, block)
@@ -164,8 +157,8 @@ class HostProfile:
             invokes.append(timing.invoker(ours, x, ours=True, threads=self.threads,
                                           kernel=self.kernel))
         times = timing.best_times(*invokes, rounds=_ROUNDS, min_seconds=_MIN_SECONDS)
-        logging.info("measured %s block %d: builtin %.3g s, ours %s", shape.key(), block,
-                     times[0], times[1:])
+        logging.info("measured %s block %d, %d thread(s): builtin %.3g s, ours %s",
+                     shape.key(), block, self.threads, times[0], times[1:])
         return {"builtin": times[0], "ours": times[1:]}
 
     def _save(self) -> None:
@@ -178,18 +171,86 @@ class HostProfile:
         except OSError as e:  # a cache that cannot be written only costs time
             logging.warning("latency cache %s not written: %s", self.path, e)
 
+    def ours(self, shape: ConvShape, sparsity: float, block: int) -> float:
+        times = np.log(np.asarray(self.entry(shape, block)["ours"], np.float64))
+        s = float(np.clip(sparsity, SPARSITY_GRID[0], SPARSITY_GRID[-1]))
+        return float(np.exp(np.interp(s, SPARSITY_GRID, times)))
+
+
+def thread_counts(spec: str | int | tuple | list) -> tuple[int, ...]:
+    """'1,all' -> (1, cores here); ints pass through. Raises ValueError naming the problem."""
+    items = spec.split(",") if isinstance(spec, str) else list(
+        spec if isinstance(spec, (tuple, list)) else [spec])
+    out = []
+    for item in items:
+        text = str(item).strip()
+        if text == "all":
+            n = os.cpu_count() or 1
+        elif text.isdigit() and int(text) >= 1:
+            n = int(text)
+        else:
+            raise ValueError(f"thread count '{text}' is not a positive integer or 'all'")
+        if n not in out:
+            out.append(n)
+    if not out:
+        raise ValueError("no thread count given")
+    return tuple(out)
+
+
+class HostProfile:
+    """Measured latencies on this machine (batch 1), at one or more thread counts. `kernel`
+    forces one of our kernel variants (e.g. "avx2" on an AVX-512 machine); "" is the one the
+    delegate picks here.
+
+    With several thread counts, our op is priced at its worst ratio to the builtin over them
+    (in seconds of the first count): a layer goes to our op only where it is faster at every
+    count the model may run with. XNNPACK's dense conv gains nearly linearly from a second
+    core, while a small layer of ours does not (a second worker of ours costs a wake-up), so a
+    model chosen at one thread alone can be slower than the original at two
+    (benchmarks/results/codesign.md)."""
+
+    activation_pays = False  # every kernel the delegate picks on a host is a vector kernel
+    modelled = False
+
+    def __init__(self, threads: int | tuple[int, ...] = 1,
+                 cache_dir: str | os.PathLike | None = None, kernel: str = "",
+                 name: str = "host"):
+        self.threads = thread_counts(threads)
+        self.kernel = kernel
+        self.name = name
+        self.cpu = _cpu_key()
+        self.library = _library_digest()
+        directory = pathlib.Path(cache_dir) if cache_dir else _cache_dir()
+        self._tables = [_MeasuredTable(self.cpu, self.library, t, kernel, directory)
+                        for t in self.threads]
+
+    @property
+    def measured(self) -> int:
+        """Shapes measured by this instance (0: all came from the cache)."""
+        return sum(t.measured for t in self._tables)
+
     def builtin(self, shape: ConvShape) -> float:
-        """Seconds of the builtin CONV_2D (dense, XNNPACK)."""
-        return float(self._entry(shape, 1)["builtin"])
+        """Seconds of the builtin CONV_2D (dense, XNNPACK) at the first thread count."""
+        return float(self._tables[0].entry(shape, 1)["builtin"])
+
+    def latency(self, shape: ConvShape, sparsity: float, block: int = 1,
+                activation_sparsity: float = 0.0) -> float:
+        """Predicted seconds of HybridSparseConv2D at the first thread count (what the
+        report shows; `ours` is what the optimiser prices)."""
+        del activation_sparsity
+        return self._tables[0].ours(shape, sparsity, block)
 
     def ours(self, shape: ConvShape, sparsity: float, block: int = 1,
              activation_sparsity: float = 0.0) -> float:
         """Seconds of HybridSparseConv2D at this weight sparsity, interpolated (zero
-        activations cost the vector kernels as much as any others)."""
+        activations cost the vector kernels as much as any others); with several thread
+        counts, the builtin's seconds times our worst ratio to it."""
         del activation_sparsity
-        times = np.log(np.asarray(self._entry(shape, block)["ours"], np.float64))
-        s = float(np.clip(sparsity, SPARSITY_GRID[0], SPARSITY_GRID[-1]))
-        return float(np.exp(np.interp(s, SPARSITY_GRID, times)))
+        if len(self._tables) == 1:
+            return self._tables[0].ours(shape, sparsity, block)
+        ratio = max(t.ours(shape, sparsity, block) / float(t.entry(shape, 1)["builtin"])
+                    for t in self._tables)
+        return ratio * self.builtin(shape)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -360,7 +421,7 @@ def file_tag(spec: str) -> str:
     return spec.replace(":vlen=", "-vlen")
 
 
-def profile_for(spec: str, threads: int = 1):
+def profile_for(spec: str, threads: int | tuple[int, ...] = 1):
     """The profile of a target: the host and x86 ISAs this machine has are measured (an x86
     target runs our kernel of that ISA here); the rest are modelled."""
     name, vlen = parse_target(spec)

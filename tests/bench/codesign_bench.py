@@ -168,7 +168,10 @@ def main(argv):
         "digits_cnn: the 16x16 demo; digits_resnet: the ResNet-style model on 64x64 digits "
         "(`python/train_demo.py --architecture=digits_resnet`). Top-1 on the digits test "
         "split (450 images). Rows with a --guard_agreement are a second run at that fidelity "
-        "guard (default 0.9), host only: the trade-off a user can choose.",
+        "guard (default 0.9), host only: the trade-off a user can choose. The host profile "
+        "is measured at 1 thread and at all cores (`--num_threads=1,all`, the default): a "
+        "conv runs our op only where it beats the builtin at both, and the written model "
+        "is timed at both, layers going back to the builtin while it is slower at either.",
         "",
         "## On this machine (host profile, measured)",
         "",
