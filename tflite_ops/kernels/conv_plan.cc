@@ -10,6 +10,10 @@ namespace {
 
 // Tasks of the packing pass per worker: enough for a late-waking worker to still take a share.
 constexpr int kPackRunsPerWorker = 2;
+// Tasks of the compute pass per worker below which output channels are split as well.
+constexpr int kTasksPerWorker = 4;
+// Output channels in one 64-byte line: the smallest channel chunk (no line has two writers).
+constexpr int kLineChannels = 64 / sizeof(float);
 
 // Floats between the starts of two workers' scratch buffers: rounded up to cache lines, plus
 // one line, so that no line holds both (each worker writes its own on every multiply-add; a
@@ -175,10 +179,20 @@ void ConvPlan::PackRow(const float* image, int row, float* x) {
   }
 }
 
-void ConvPlan::ComputeTile(const float* x_tile, int t, float* y, float* output_image) const {
+void ConvPlan::ComputeTile(const float* x_tile, int t, int b0, int b1, float* y,
+                           float* output_image) const {
   const int tile = variant_.tile;
-  for (const SpmmFilter& group : groups_) variant_.microkernel(group, x_tile, y);
+  const int bs = filter_.block_size;
   const ConvShape& s = shape_;
+  const int c0 = b0 * bs, c1 = std::min(s.out_c, b1 * bs);
+  float* y_chunk = y + static_cast<int64_t>(c0) * tile;
+  for (SpmmFilter group : groups_) {  // the blocks [b0, b1) of each group
+    group.num_blocks = b1 - b0;
+    group.block_begin += b0;
+    group.block_end += b0;
+    group.bias += c0;
+    variant_.microkernel(group, x_tile, y_chunk);
+  }
   // Runs of valid positions (ox < out_w) within one output row each transpose in one go.
   const int64_t q0 = static_cast<int64_t>(t) * tile, q1 = q0 + tile;
   for (int oy = static_cast<int>(q0 / wq_); oy < s.out_h && static_cast<int64_t>(oy) * wq_ < q1;
@@ -187,10 +201,22 @@ void ConvPlan::ComputeTile(const float* x_tile, int t, float* y, float* output_i
     const int ox0 = static_cast<int>(std::max<int64_t>(0, q0 - row));
     const int ox1 = static_cast<int>(std::min<int64_t>(s.out_w, q1 - row));
     if (ox1 <= ox0) continue;
-    variant_.transpose(y + (row + ox0 - q0), tile, s.out_c, ox1 - ox0, nullptr,
-                       output_image + (static_cast<int64_t>(oy) * s.out_w + ox0) * s.out_c,
+    variant_.transpose(y_chunk + (row + ox0 - q0), tile, c1 - c0, ox1 - ox0, nullptr,
+                       output_image + (static_cast<int64_t>(oy) * s.out_w + ox0) * s.out_c + c0,
                        s.out_c);
   }
+}
+
+int ConvPlan::BlocksPerChunk(int workers) const {
+  // Few tiles (small images) leave workers idle: split the output channels too, in chunks of
+  // whole cache lines of the output, until every worker has a few tasks.
+  const int nb = filter_.num_blocks;
+  if (workers <= 1 || num_tiles_ >= kTasksPerWorker * workers) return nb;
+  const int want = (kTasksPerWorker * workers + num_tiles_ - 1) / num_tiles_;
+  const int line_blocks = std::max(1, kLineChannels / filter_.block_size);
+  const int lines = (nb + line_blocks - 1) / line_blocks;
+  const int chunks = std::min(want, lines);
+  return (lines + chunks - 1) / chunks * line_blocks;
 }
 
 // All images go through each pass at once: a pass is one For, and a For costs a wake-up of
@@ -210,16 +236,22 @@ void ConvPlan::Run(const float* input, float* output, Parallel* parallel, int wo
     return;
   }
   const size_t per_worker = scratch_stride_;
+  const int nb = filter_.num_blocks;
+  const int per_chunk = BlocksPerChunk(workers);
+  const int chunks = (nb + per_chunk - 1) / per_chunk;
+  const int tasks = s.batch * num_tiles_ * chunks;  // image-major, then tile, then chunk
   if (pointwise_) {
     const int64_t pixels = static_cast<int64_t>(s.out_h) * s.out_w;
-    parallel->For(s.batch * num_tiles_, workers, [&](int task, int worker) {
-      const int n = task / num_tiles_, t = task % num_tiles_;
+    parallel->For(tasks, workers, [&](int task, int worker) {
+      const int c = task % chunks, t = task / chunks % num_tiles_;
+      const int n = task / chunks / num_tiles_;
       const int64_t first = static_cast<int64_t>(t) * variant_.tile;
       float* x = x_.data() + worker * x_image_;
       variant_.transpose(input + n * in_image + first * s.in_c, s.in_c,
                          static_cast<int>(std::min<int64_t>(variant_.tile, pixels - first)),
                          s.in_c, thresholds_, x, variant_.tile);
-      ComputeTile(x, t, scratch_.data() + worker * per_worker, output + n * out_image);
+      ComputeTile(x, t, c * per_chunk, std::min(nb, (c + 1) * per_chunk),
+                  scratch_.data() + worker * per_worker, output + n * out_image);
     });
     return;
   }
@@ -236,9 +268,11 @@ void ConvPlan::Run(const float* input, float* output, Parallel* parallel, int wo
       PackRow(input + n * in_image, i % rows, x_.data() + n * x_image_);
     }
   });
-  parallel->For(s.batch * num_tiles_, workers, [&](int task, int worker) {
-    const int n = task / num_tiles_, t = task % num_tiles_;
+  parallel->For(tasks, workers, [&](int task, int worker) {
+    const int c = task % chunks, t = task / chunks % num_tiles_;
+    const int n = task / chunks / num_tiles_;
     ComputeTile(x_.data() + n * x_image_ + static_cast<int64_t>(t) * variant_.tile, t,
+                c * per_chunk, std::min(nb, (c + 1) * per_chunk),
                 scratch_.data() + worker * per_worker, output + n * out_image);
   });
 }

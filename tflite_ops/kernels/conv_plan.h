@@ -57,9 +57,12 @@ class ConvPlan {
 
  private:
   void PackRow(const float* image, int row, float* x);
-  // Runs the microkernel on the tile whose packed input starts at x_tile and stores its
-  // valid positions into the NHWC output image.
-  void ComputeTile(const float* x_tile, int tile, float* y, float* output_image) const;
+  // Runs the microkernel for the weight blocks [b0, b1) on the tile whose packed input starts
+  // at x_tile and stores their channels at its valid positions into the NHWC output image.
+  void ComputeTile(const float* x_tile, int tile, int b0, int b1, float* y,
+                   float* output_image) const;
+  // Weight blocks per task of the compute pass, for `workers` workers.
+  int BlocksPerChunk(int workers) const;
 
   ConvShape shape_;
   SparseFilter filter_;

@@ -57,44 +57,66 @@ TEST(WorkerChoice, AlternatesThenKeepsTheFaster) {
   }
 }
 
+struct PlanCase {
+  int batch, h, w, in_c, out_c, k, stride, block;
+};
+
+// Several workers split a layer's tiles and, on small images, its output channels too: every
+// split must give exactly the serial result (same sums in the same order per output).
 TEST(ThreadPool, ConvPlanGivesTheSerialResult) {
-  ConvShape s;
-  s.batch = 2, s.in_h = 23, s.in_w = 19, s.in_c = 12, s.out_c = 20;
-  s.kernel_h = 3, s.kernel_w = 3, s.stride_h = 2, s.stride_w = 1;
-  ASSERT_TRUE(ComputeConvShape(Padding::kSame, &s));
-  std::mt19937 rng(3);
-  std::normal_distribution<float> normal;
-  const int cols = 9 * s.in_c;
-  std::vector<int32_t> col_ptr{0};
-  std::vector<int16_t> row_block;
-  std::vector<float> values;
-  for (int k = 0; k < cols; ++k) {
-    for (int b = 0; b < s.out_c; ++b) {
-      if (rng() % 4 != 0) continue;
-      row_block.push_back(static_cast<int16_t>(b));
-      values.push_back(normal(rng));
+  const PlanCase cases[] = {
+      {2, 23, 19, 12, 20, 3, 2, 1},  // many tiles
+      {1, 4, 4, 32, 40, 3, 1, 4},    // one tile: channel chunks, a partial last block
+      {2, 7, 7, 24, 72, 1, 1, 1},    // pointwise, one tile per image
+      {1, 8, 8, 16, 33, 3, 1, 1},    // channels not a multiple of a cache line
+  };
+  for (const PlanCase& c : cases) {
+    ConvShape s;
+    s.batch = c.batch, s.in_h = c.h, s.in_w = c.w, s.in_c = c.in_c, s.out_c = c.out_c;
+    s.kernel_h = c.k, s.kernel_w = c.k, s.stride_h = c.stride, s.stride_w = 1;
+    ASSERT_TRUE(ComputeConvShape(Padding::kSame, &s));
+    std::mt19937 rng(3);
+    std::normal_distribution<float> normal;
+    const int cols = c.k * c.k * s.in_c;
+    const int blocks = (s.out_c + c.block - 1) / c.block;
+    std::vector<int32_t> col_ptr{0};
+    std::vector<int16_t> row_block;
+    std::vector<float> values;
+    for (int k = 0; k < cols; ++k) {
+      for (int b = 0; b < blocks; ++b) {
+        if (rng() % 4 != 0) continue;
+        row_block.push_back(static_cast<int16_t>(b));
+        for (int r = 0; r < c.block; ++r) values.push_back(normal(rng));
+      }
+      col_ptr.push_back(static_cast<int32_t>(row_block.size()));
     }
-    col_ptr.push_back(static_cast<int32_t>(row_block.size()));
-  }
-  SparseFilter f;
-  f.out_c = s.out_c, f.num_cols = cols, f.block_size = 1, f.num_blocks = s.out_c;
-  f.num_nonzero_blocks = static_cast<int>(row_block.size());
-  f.col_ptr = col_ptr.data(), f.row_block = row_block.data(), f.values = values.data();
-  std::vector<float> input(static_cast<size_t>(s.batch) * s.in_h * s.in_w * s.in_c);
-  for (float& v : input) v = normal(rng);
-  const size_t out_size = static_cast<size_t>(s.batch) * s.out_h * s.out_w * s.out_c;
-  int count = 0;
-  const KernelVariant* variants = AvailableKernels(&count);
-  for (int v = 0; v < count; ++v) {
-    ConvPlan plan;
-    ASSERT_EQ(plan.Build(s, f, nullptr, nullptr, Activation::kRelu, variants[v], 2), "");
-    std::vector<float> serial(out_size), pooled(out_size, -1.0f);
-    SerialParallel one;
-    plan.Run(input.data(), serial.data(), &one, 1);
-    ThreadPool pool(2);
-    for (int repeat = 0; repeat < 3; ++repeat) {
-      plan.Run(input.data(), pooled.data(), &pool, 2);
-      EXPECT_EQ(serial, pooled) << variants[v].name;
+    SparseFilter f;
+    f.out_c = s.out_c, f.num_cols = cols, f.block_size = c.block, f.num_blocks = blocks;
+    f.num_nonzero_blocks = static_cast<int>(row_block.size());
+    f.col_ptr = col_ptr.data(), f.row_block = row_block.data(), f.values = values.data();
+    std::vector<float> bias(s.out_c);
+    for (float& v : bias) v = normal(rng);
+    std::vector<float> input(static_cast<size_t>(s.batch) * s.in_h * s.in_w * s.in_c);
+    for (float& v : input) v = normal(rng);
+    const size_t out_size = static_cast<size_t>(s.batch) * s.out_h * s.out_w * s.out_c;
+    int count = 0;
+    const KernelVariant* variants = AvailableKernels(&count);
+    for (int v = 0; v < count; ++v) {
+      for (int threads : {2, 3}) {
+        ConvPlan plan;
+        ASSERT_EQ(plan.Build(s, f, bias.data(), nullptr, Activation::kRelu, variants[v],
+                             threads), "");
+        std::vector<float> serial(out_size), pooled(out_size, -1.0f);
+        SerialParallel one;
+        plan.Run(input.data(), serial.data(), &one, 1);
+        ThreadPool pool(threads);
+        for (int repeat = 0; repeat < 3; ++repeat) {
+          plan.Run(input.data(), pooled.data(), &pool, threads);
+          EXPECT_EQ(serial, pooled) << variants[v].name << " " << s.in_h << "x" << s.in_w
+                                    << " " << s.in_c << "->" << s.out_c << " block "
+                                    << c.block << ", " << threads << " threads";
+        }
+      }
     }
   }
 }
