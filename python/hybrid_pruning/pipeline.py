@@ -161,7 +161,7 @@ def compress_targets(model, config: PruneConfig) -> dict[str, PruneResult]:
                 if config.measure_latency and outcome["search"] is not None and \
                         not profiles[i].modelled:
                     _measured_fallback(original_tflite, outcome, probes, reference, threads,
-                                       config)
+                                       config, getattr(profiles[i], "kernel", ""))
                 miss = config.guard.miss(reference, outcome["fidelity"])
                 attempts[i].append({"budget_scale": scale, "fidelity": outcome["fidelity"],
                                     "miss": miss})
@@ -225,7 +225,7 @@ def _check_memory(model, layers, config: PruneConfig) -> None:
 
 
 def _measure(original: bytes, pruned: bytes, probes: np.ndarray,
-             threads: tuple[int, ...]) -> dict:
+             threads: tuple[int, ...], kernel: str = "") -> dict:
     """Whole-model latency at batch 1 on this machine, side by side in one process: the
     original on stock LiteRT (XNNPACK), the pruned model with our delegate; at each thread
     count (the first one's figures at the top level)."""
@@ -235,7 +235,8 @@ def _measure(original: bytes, pruned: bytes, probes: np.ndarray,
     rows = []
     for n in threads:
         base, ours = timing.best_times(timing.invoker(original, x, ours=False, threads=n),
-                                       timing.invoker(pruned, x, ours=True, threads=n),
+                                       timing.invoker(pruned, x, ours=True, threads=n,
+                                                      kernel=kernel),
                                        rounds=3, min_seconds=0.05)
         rows.append({"original_seconds": base, "pruned_seconds": ours, "speedup": base / ours,
                      "batch": 1, "threads": n})
@@ -246,13 +247,13 @@ SLOWER = "CONV_2D (our op made the whole model slower here, measured)"
 
 
 def _measured_fallback(original: bytes, outcome: dict, probes: np.ndarray, reference: list,
-                       threads: tuple[int, ...], config: PruneConfig) -> None:
+                       threads: tuple[int, ...], config: PruneConfig, kernel: str = "") -> None:
     """The measurement wins: times the written model against the original at every thread
     count and, while it is slower at one of them, puts our layers back on the builtin kernel
     (same weights, so fidelity barely moves), least predicted saving first, keeping each
     change that improves the worst ratio. Single-layer tables cannot see everything a whole
     model does (two thread pools sharing the cores, caches between layers)."""
-    latency = _measure(original, outcome["tflite"], probes, threads)
+    latency = _measure(original, outcome["tflite"], probes, threads, kernel)
     predicted = outcome["search"]["predicted_seconds"]
     ours = sorted((r.layer for r in outcome["records"]
                    if r.runs_as == "HybridSparseConv2D" and r.layer in predicted),
@@ -267,7 +268,7 @@ def _measured_fallback(original: bytes, outcome: dict, probes: np.ndarray, refer
             break
         tflite, records = _to_ours(model, layers, thresholds, blocks, config.dense_below,
                                    builtin=frozenset(reverted + [name]))
-        trial = _measure(original, tflite, probes, threads)
+        trial = _measure(original, tflite, probes, threads, kernel)
         trial_worst = min(r["speedup"] for r in trial["by_threads"])
         logging.info("measured fallback: %s on the builtin kernel: worst ratio %.3f -> %.3f",
                      name, worst, trial_worst)
