@@ -158,7 +158,7 @@ def compress_targets(model, config: PruneConfig) -> dict[str, PruneResult]:
                                 [pl.shift.copy() for pl in prepared["layers"]])
                 outcome = _finish(prepared, probes, reference, _scaled(config, scale),
                                   profiles[i], bar, sum(m for _, _, m in before.values()))
-                if config.measure_latency and outcome["search"] is not None and \
+                if config.measure_latency and profiles[i] is not None and \
                         not profiles[i].modelled:
                     _measured_fallback(original_tflite, outcome, probes, reference, threads,
                                        config, getattr(profiles[i], "kernel", ""))

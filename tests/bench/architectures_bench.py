@@ -36,14 +36,15 @@ def _prune(path: str, input_range, input_shape):
     return model, pipeline.compress(model, config)
 
 
-def _latency(model, result, input_shape) -> tuple[float, float]:
+def _latency(model, result, input_shape, threads: int) -> tuple[float, float]:
     from hybrid_pruning import convert, graph, timing
 
     original = convert.to_tflite(graph.normalize(model, input_shape))
     shape = tuple(int(d) for d in graph.normalize(model, input_shape).inputs[0].shape[1:])
     x = np.random.default_rng(0).uniform(0, 1, (1, *shape)).astype(np.float32)
-    base, ours = timing.best_times(timing.invoker(original, x, ours=False, threads=1),
-                                   timing.invoker(result.tflite, x, ours=True, threads=1))
+    base, ours = timing.best_times(
+        timing.invoker(original, x, ours=False, threads=threads),
+        timing.invoker(result.tflite, x, ours=True, threads=threads))
     return base, ours
 
 
@@ -63,7 +64,8 @@ def _row(name: str, model, result, input_shape, accuracy=None) -> dict:
     if fid.get("relative_error") and ("top1_agreement" not in fid or "outputs" in fid):
         fidelity += (", " if fidelity else "") + f"rel. error {fid['relative_error']:.3f}"
     removed = sum(r["channels_before"] - r["channels_after"] for r in rep["layers"])
-    base, pruned = _latency(model, result, input_shape)
+    base, pruned = _latency(model, result, input_shape, 1)
+    base2, pruned2 = _latency(model, result, input_shape, 2)
     # Predicted whole-model latency: the measured original with its convs' predicted time
     # replaced by the chosen implementations', and the rest (depthwise, dense, element-wise
     # ops) scaled by the builtin layers' MACs after / before: channel removal shrinks the
@@ -82,7 +84,7 @@ def _row(name: str, model, result, input_shape, accuracy=None) -> dict:
         "probes": rep["probes"]["kind"], "fidelity": fidelity,
         "scale": rep["fidelity_guard"]["budget_scale"],
         "accuracy": accuracy, "latency": f"{base * 1e3:.3f} -> {pruned * 1e3:.3f} ms",
-        "speed": base / pruned, "seconds": rep["seconds"],
+        "speed": base / pruned, "speed2": base2 / pruned2, "seconds": rep["seconds"],
         "predicted": "-" if predicted is None else
         f"{predicted * 1e3:.3f} ms ({predicted / pruned - 1:+.0%})",
     }
@@ -148,7 +150,8 @@ def main(argv):
         "",
         "Each model is saved to disk and reloaded, then pruned with default flags (probes "
         "chosen automatically). MACs: whole network before -> effective after (what the "
-        "vector kernels compute, which skip zero weights only). Latency: batch 1, one thread, "
+        "vector kernels compute, which skip zero weights only). Latency: batch 1, one thread "
+        "(speed at two threads in its own column), "
         "the original converted as is on stock LiteRT (XNNPACK) vs the pruned model with our "
         "delegate, best of alternating rounds in one process; speed > 1 means the pruned "
         "model is faster. Predicted: the measured original with its convs' latency replaced "
@@ -162,7 +165,7 @@ def main(argv):
         "",
         "| model | on our op | builtin (why) | M MACs before -> after (vector) | channels "
         "removed | groups refused | probes | fidelity on probes | budget scale | top-1 "
-        "before -> after | latency | speed | predicted (error) | prune time |",
+        "before -> after | latency | speed | speed, 2 threads | predicted (error) | prune time |",
         "| --- | ---: | --- | --- | ---: | ---: | --- | --- | ---: | --- | --- | ---: | --- "
         "| ---: |",
     ]
@@ -171,7 +174,8 @@ def main(argv):
         lines.append(
             f"| {r['model']} | {r['ours']} | {builtin} | {r['macs']} | {r['channels_removed']} "
             f"| {r['refused']} | {r['probes']} | {r['fidelity']} | {r['scale']:g} | "
-            f"{r['accuracy'] or '-'} | {r['latency']} | {r['speed']:.2f}x | {r['predicted']} | "
+            f"{r['accuracy'] or '-'} | {r['latency']} | {r['speed']:.2f}x | {r['speed2']:.2f}x | "
+            f"{r['predicted']} | "
             f"{r['seconds']:.0f} s |")
     if vgg:
         t = vgg["totals"]
