@@ -12,15 +12,15 @@ namespace {
 constexpr int kPackRunsPerWorker = 2;
 // Tasks of the compute pass per worker below which output channels are split as well.
 constexpr int kTasksPerWorker = 4;
-// Output channels in one 64-byte line: the smallest channel chunk (no line has two writers).
-constexpr int kLineChannels = 64 / sizeof(float);
+// Floats in one 64-byte cache line: the smallest output-channel chunk (no line has two
+// writers).
+constexpr size_t kLineChannels = 64 / sizeof(float);
 
 // Floats between the starts of two workers' scratch buffers: rounded up to cache lines, plus
 // one line, so that no line holds both (each worker writes its own on every multiply-add; a
 // shared line made two reference-kernel workers slower than one).
 size_t WorkerStride(size_t floats) {
-  constexpr size_t kLine = 64 / sizeof(float);
-  return (floats + kLine - 1) / kLine * kLine + kLine;
+  return (floats + kLineChannels - 1) / kLineChannels * kLineChannels + kLineChannels;
 }
 
 }  // namespace
@@ -213,7 +213,7 @@ int ConvPlan::BlocksPerChunk(int workers) const {
   const int nb = filter_.num_blocks;
   if (workers <= 1 || num_tiles_ >= kTasksPerWorker * workers) return nb;
   const int want = (kTasksPerWorker * workers + num_tiles_ - 1) / num_tiles_;
-  const int line_blocks = std::max(1, kLineChannels / filter_.block_size);
+  const int line_blocks = std::max(1, static_cast<int>(kLineChannels) / filter_.block_size);
   const int lines = (nb + line_blocks - 1) / line_blocks;
   const int chunks = std::min(want, lines);
   return (lines + chunks - 1) / chunks * line_blocks;

@@ -96,7 +96,6 @@ void ThreadPool::For(int num_tasks, int max_workers,
   {
     std::lock_guard<std::mutex> lock(mu_);
     fn_ = &fn;
-    num_tasks_ = num_tasks;
     for (int i = 0; i < participants; ++i) {
       Range& r = ranges_[i];
       r.begin = static_cast<int>(static_cast<int64_t>(num_tasks) * i / participants);

@@ -45,7 +45,6 @@ class ThreadPool : public Parallel {
   int participants_ = 0;          // workers (caller included) of the current For
   bool open_ = false;             // the current For still takes workers (guarded by mu_)
   std::atomic<int> active_{0};    // workers that joined the current For and are draining it
-  int num_tasks_ = 0;
   const std::function<void(int, int)>* fn_ = nullptr;
   // Each participant owns a contiguous range of the tasks, the same from one For to the next
   // (its output stays in its cache, as pthreadpool does), and takes it from the front; one
