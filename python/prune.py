@@ -106,10 +106,15 @@ def _valid_input_shape(value):
     return value is None or (len(value) == 3 and all(v.isdigit() and int(v) > 0 for v in value))
 
 
-@flags.validator("num_threads", message="--num_threads: expected positive integers or 'all', "
-                 "comma-separated (e.g. 1,all)")
+@flags.validator("num_threads")
 def _valid_num_threads(value):
-    return bool(value) and all(v == "all" or (v.isdigit() and int(v) > 0) for v in value)
+    from hybrid_pruning import targets  # deferred: keeps --help fast
+
+    try:
+        targets.thread_counts(value or [])
+    except ValueError as e:
+        raise flags.ValidationError(f"--num_threads: {e} (e.g. 1,all)") from e
+    return True
 
 
 def _input_range() -> tuple[float, float]:

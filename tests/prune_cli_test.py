@@ -93,6 +93,8 @@ class PruneCliErrorsTest(absltest.TestCase):
                          "--target", "vlen")
         self.assertFails(["--model=demo", f"--output={self.out}", "--target=host,arm64-neon",
                           "--objective=budgets"], "--objective=latency")
+        self.assertFails(["--model=demo", f"--output={self.out}", "--num_threads=1,0"],
+                         "--num_threads", "thread count '0'")
 
 
 class FidelityGuardCliTest(absltest.TestCase):

@@ -19,7 +19,7 @@ def headline(report: dict) -> str | None:
                      f"{before * 1e3:.3f} ms -> {after * 1e3:.3f} ms predicted "
                      f"({before / after:.2f}x)")
     lat = report.get("latency_on_host")
-    for row in (lat or {}).get("by_threads", [lat] if lat else []):
+    for row in (lat or {}).get("by_threads", []):
         parts.append(f"whole model here (batch 1, {row['threads']} thread(s)): "
                      f"{row['original_seconds'] * 1e3:.3f} ms -> "
                      f"{row['pruned_seconds'] * 1e3:.3f} ms measured ({row['speedup']:.2f}x)")
