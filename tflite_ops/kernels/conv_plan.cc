@@ -142,7 +142,7 @@ std::string ConvPlan::Build(const ConvShape& s, const SparseFilter& f, const flo
     sf.max = last && activation == Activation::kRelu6 ? 6.0f : kInf;
   }
   x_image_ = x_size;
-  x_.assign(x_size * (pointwise_ ? max_workers_ : s.batch), 0.0f);
+  x_.assign(x_size * (pointwise_ ? max_workers_ : s.batch), 0.0f);  // padding stays zero
   scratch_stride_ = WorkerStride(static_cast<size_t>(padded_c_) * tile);
   scratch_.assign(static_cast<size_t>(max_workers_) * scratch_stride_, 0.0f);
   return "";
@@ -153,23 +153,18 @@ void ConvPlan::PackRow(const float* image, int row, float* x) {
   const int sh = s.stride_h, sw = s.stride_w;
   const int yq = row / sh, py = row % sh;
   const int iy = yq * sh + py - s.pad_top;
+  // Padding (rows outside the image, columns outside [lo, hi) below) is never written: it
+  // keeps the zeros Build put there.
+  if (iy < 0 || iy >= s.in_h) return;
   const int64_t channel_stride = plane_ * sh * sw;
   for (int px = 0; px < sw; ++px) {
     float* dst_row = x + (static_cast<int64_t>(py) * sw + px) * plane_ +
                      static_cast<int64_t>(yq) * wq_;
     // Columns xq whose input column ix = xq * sw + px - pad_left lies inside the image.
-    int lo = 0, hi = 0;
-    if (iy >= 0 && iy < s.in_h) {
-      lo = std::max(0, (s.pad_left - px + sw - 1) / sw);
-      hi = std::min(wq_, (s.in_w - 1 + s.pad_left - px) / sw + 1);
-      if (s.in_w - 1 + s.pad_left - px < 0) hi = 0;
-      lo = std::min(lo, hi);
-    }
-    for (int ic = 0; ic < s.in_c; ++ic) {
-      float* d = dst_row + ic * channel_stride;
-      for (int i = 0; i < lo; ++i) d[i] = 0.0f;  // a few padding columns: no memset call
-      for (int i = hi; i < wq_; ++i) d[i] = 0.0f;
-    }
+    int lo = std::max(0, (s.pad_left - px + sw - 1) / sw);
+    int hi = std::min(wq_, (s.in_w - 1 + s.pad_left - px) / sw + 1);
+    if (s.in_w - 1 + s.pad_left - px < 0) hi = 0;
+    lo = std::min(lo, hi);
     if (hi > lo) {
       const int ix = lo * sw + px - s.pad_left;
       variant_.transpose(image + (static_cast<int64_t>(iy) * s.in_w + ix) * s.in_c,
