@@ -8,10 +8,12 @@
 namespace hybrid_sparse {
 namespace {
 
-// Tasks of the packing pass per worker: enough for a late-waking worker to still take a share.
-constexpr int kPackRunsPerWorker = 2;
-// Tasks of the compute pass per worker below which output channels are split as well.
-constexpr int kTasksPerWorker = 4;
+// Tasks per worker: enough for one done early (or woken late) to take a share of another's.
+// Images with fewer bands than that are split by output channels as well.
+constexpr int kTasksPerWorker = 2;
+// Largest band buffer: a share of a core's L2 that leaves room for the band's output and the
+// weights, so that a band is packed and read from the same cache.
+constexpr int64_t kBandBytes = 256 << 10;
 // Floats in one 64-byte cache line: the smallest output-channel chunk (no line has two
 // writers).
 constexpr size_t kLineChannels = 64 / sizeof(float);
@@ -57,14 +59,39 @@ std::string ConvPlan::Build(const ConvShape& s, const SparseFilter& f, const flo
   // Pointwise convs need no padding or phases: each tile packs its own slice of the input
   // just before use (per worker, in L1) instead of a whole-image copy making a trip to L3.
   pointwise_ = s.kernel_h == 1 && s.kernel_w == 1 && sh == 1 && sw == 1;
-  plane_ = pointwise_ ? tile : static_cast<int64_t>(hq_) * wq_;
-  // Offsets reach at most one plane plus a row past the last channel's planes (wasted lanes
-  // of the last tile), hence the slack.
-  const int64_t x_size = plane_ * sh * sw * s.in_c + tile + wq_;
-  if (x_size > std::numeric_limits<int32_t>::max())
-    return "input is too large for 32-bit offsets (" + std::to_string(x_size) + " floats)";
   const int64_t positions = static_cast<int64_t>(s.out_h) * wq_;
   num_tiles_ = static_cast<int>((positions + tile - 1) / tile);
+  const int64_t phase_planes = static_cast<int64_t>(s.in_c) * sh * sw;
+  // The highest float a tile reads past its start, beyond the last plane's start.
+  const int64_t reach = static_cast<int64_t>((s.kernel_h - 1) * s.dilation_h / sh) * wq_ +
+                        (s.kernel_w - 1) * s.dilation_w / sw + tile;
+  int64_t x_size = 0;
+  if (pointwise_) {
+    plane_ = tile;
+    num_bands_ = num_tiles_;
+    x_size = plane_ * s.in_c;
+  } else {
+    const int64_t image_bytes = phase_planes * hq_ * wq_ * static_cast<int64_t>(sizeof(float));
+    int64_t bands = std::max<int64_t>(max_workers_ > 1 ? kTasksPerWorker * max_workers_ : 1,
+                                      (image_bytes + kBandBytes - 1) / kBandBytes);
+    bands = (bands + max_workers_ - 1) / max_workers_ * max_workers_;  // even shares
+    num_bands_ = static_cast<int>(std::min<int64_t>(bands, num_tiles_));
+    band_hq_ = 0;
+    int64_t span = 0;  // floats from a band buffer's start to the end of its last tile
+    for (int b = 0; b < num_bands_; ++b) {
+      int yq0, yq1;
+      BandRows(b, &yq0, &yq1);
+      band_hq_ = std::max(band_hq_, yq1 - yq0);
+      span = std::max(span, static_cast<int64_t>(BandTile(b + 1)) * tile -
+                                static_cast<int64_t>(yq0) * wq_);
+    }
+    // Planes start on cache lines: misaligned ones made the microkernel's loads slower.
+    plane_ = (static_cast<int64_t>(band_hq_) * wq_ + kLineChannels - 1) / kLineChannels *
+             kLineChannels;
+    x_size = std::max(phase_planes * plane_, (phase_planes - 1) * plane_ + span - tile + reach);
+  }
+  if (x_size > std::numeric_limits<int32_t>::max())
+    return "input is too large for 32-bit offsets (" + std::to_string(x_size) + " floats)";
 
   // Row-wise repack: block b's nonzeros, each as (input offset, block_size weights), sorted by
   // offset so that the microkernel walks X forwards.
@@ -141,26 +168,46 @@ std::string ConvPlan::Build(const ConvShape& s, const SparseFilter& f, const flo
     sf.min = !last || activation == Activation::kNone ? -kInf : 0.0f;
     sf.max = last && activation == Activation::kRelu6 ? 6.0f : kInf;
   }
-  x_image_ = x_size;
-  x_.assign(x_size * (pointwise_ ? max_workers_ : s.batch), 0.0f);  // padding stays zero
+  // Zeros: padding columns are never written, so they stay zero in every band.
+  x_stride_ = static_cast<int64_t>(WorkerStride(x_size));
+  x_.assign(static_cast<size_t>(x_stride_) * max_workers_, 0.0f);
+  held_.assign(static_cast<size_t>(max_workers_) * kLineChannels, -1);
   scratch_stride_ = WorkerStride(static_cast<size_t>(padded_c_) * tile);
   scratch_.assign(static_cast<size_t>(max_workers_) * scratch_stride_, 0.0f);
   return "";
 }
 
-void ConvPlan::PackRow(const float* image, int row, float* x) {
+int ConvPlan::BandTile(int band) const {
+  return static_cast<int>(static_cast<int64_t>(num_tiles_) * band / num_bands_);
+}
+
+void ConvPlan::BandRows(int band, int* yq0, int* yq1) const {
+  const ConvShape& s = shape_;
+  const int64_t q0 = static_cast<int64_t>(BandTile(band)) * variant_.tile;
+  const int64_t q1 = std::min<int64_t>(static_cast<int64_t>(s.out_h) * wq_,
+                                       static_cast<int64_t>(BandTile(band + 1)) * variant_.tile);
+  // Valid lanes (ox < out_w) read within their own row; wasted lanes may read anything in the
+  // buffer and are never stored.
+  *yq0 = static_cast<int>(q0 / wq_);
+  *yq1 = static_cast<int>((q1 - 1) / wq_) + (s.kernel_h - 1) * s.dilation_h / s.stride_h + 1;
+}
+
+void ConvPlan::PackRow(const float* image, int row, int yq0, float* x) {
   const ConvShape& s = shape_;
   const int sh = s.stride_h, sw = s.stride_w;
   const int yq = row / sh, py = row % sh;
   const int iy = yq * sh + py - s.pad_top;
-  // Padding (rows outside the image, columns outside [lo, hi) below) is never written: it
-  // keeps the zeros Build put there.
-  if (iy < 0 || iy >= s.in_h) return;
   const int64_t channel_stride = plane_ * sh * sw;
   for (int px = 0; px < sw; ++px) {
     float* dst_row = x + (static_cast<int64_t>(py) * sw + px) * plane_ +
-                     static_cast<int64_t>(yq) * wq_;
-    // Columns xq whose input column ix = xq * sw + px - pad_left lies inside the image.
+                     static_cast<int64_t>(yq - yq0) * wq_;
+    if (iy < 0 || iy >= s.in_h) {  // a padding row: the buffer may hold another band's row
+      for (int ic = 0; ic < s.in_c; ++ic)
+        std::fill_n(dst_row + ic * channel_stride, wq_, 0.0f);
+      continue;
+    }
+    // Columns xq whose input column ix = xq * sw + px - pad_left lies inside the image; the
+    // others are padding, never written (Build's zeros).
     int lo = std::max(0, (s.pad_left - px + sw - 1) / sw);
     int hi = std::min(wq_, (s.in_w - 1 + s.pad_left - px) / sw + 1);
     if (s.in_w - 1 + s.pad_left - px < 0) hi = 0;
@@ -203,19 +250,20 @@ void ConvPlan::ComputeTile(const float* x_tile, int t, int b0, int b1, float* y,
 }
 
 int ConvPlan::BlocksPerChunk(int workers) const {
-  // Few tiles (small images) leave workers idle: split the output channels too, in chunks of
+  // Few bands (small images) leave workers idle: split the output channels too, in chunks of
   // whole cache lines of the output, until every worker has a few tasks.
   const int nb = filter_.num_blocks;
-  if (workers <= 1 || num_tiles_ >= kTasksPerWorker * workers) return nb;
-  const int want = (kTasksPerWorker * workers + num_tiles_ - 1) / num_tiles_;
+  const int bands = shape_.batch * num_bands_;
+  if (workers <= 1 || bands >= kTasksPerWorker * workers) return nb;
+  const int want = (kTasksPerWorker * workers + bands - 1) / bands;
   const int line_blocks = std::max(1, static_cast<int>(kLineChannels) / filter_.block_size);
   const int lines = (nb + line_blocks - 1) / line_blocks;
   const int chunks = std::min(want, lines);
   return (lines + chunks - 1) / chunks * line_blocks;
 }
 
-// All images go through each pass at once: a pass is one For, and a For costs a wake-up of
-// the pool, which for small layers is worth more than the pass itself.
+// All images go through one For: a For costs a wake-up of the pool, which for small layers
+// is worth more than the layer itself.
 void ConvPlan::Run(const float* input, float* output, Parallel* parallel, int workers) {
   const ConvShape& s = shape_;
   workers = std::max(1, std::min(workers, max_workers_));
@@ -230,45 +278,40 @@ void ConvPlan::Run(const float* input, float* output, Parallel* parallel, int wo
     });
     return;
   }
-  const size_t per_worker = scratch_stride_;
+  const int tile = variant_.tile;
   const int nb = filter_.num_blocks;
   const int per_chunk = BlocksPerChunk(workers);
   const int chunks = (nb + per_chunk - 1) / per_chunk;
-  const int tasks = s.batch * num_tiles_ * chunks;  // image-major, then tile, then chunk
-  if (pointwise_) {
-    const int64_t pixels = static_cast<int64_t>(s.out_h) * s.out_w;
-    parallel->For(tasks, workers, [&](int task, int worker) {
-      const int c = task % chunks, t = task / chunks % num_tiles_;
-      const int n = task / chunks / num_tiles_;
-      const int64_t first = static_cast<int64_t>(t) * variant_.tile;
-      float* x = x_.data() + worker * x_image_;
-      variant_.transpose(input + n * in_image + first * s.in_c, s.in_c,
-                         static_cast<int>(std::min<int64_t>(variant_.tile, pixels - first)),
-                         s.in_c, thresholds_, x, variant_.tile);
-      ComputeTile(x, t, c * per_chunk, std::min(nb, (c + 1) * per_chunk),
-                  scratch_.data() + worker * per_worker, output + n * out_image);
-    });
-    return;
-  }
-  // Each task packs a run of consecutive rows: rows of one channel plane share cache lines
-  // at their ends, and workers packing neighbouring rows would pass those lines back and
-  // forth on every channel (a two-worker pack ran several times slower than one worker).
-  const int rows = hq_ * s.stride_h;
-  const int total = s.batch * rows;
-  const int run = std::max(1, (total + kPackRunsPerWorker * workers - 1) /
-                                  (kPackRunsPerWorker * workers));
-  parallel->For((total + run - 1) / run, workers, [&](int task, int) {
-    for (int i = task * run; i < std::min(total, (task + 1) * run); ++i) {
-      const int n = i / rows;
-      PackRow(input + n * in_image, i % rows, x_.data() + n * x_image_);
-    }
-  });
+  const int tasks = s.batch * num_bands_ * chunks;  // image-major, then band, then chunk
+  for (int w = 0; w < workers; ++w) held_[static_cast<size_t>(w) * kLineChannels] = -1;
   parallel->For(tasks, workers, [&](int task, int worker) {
-    const int c = task % chunks, t = task / chunks % num_tiles_;
-    const int n = task / chunks / num_tiles_;
-    ComputeTile(x_.data() + n * x_image_ + static_cast<int64_t>(t) * variant_.tile, t,
-                c * per_chunk, std::min(nb, (c + 1) * per_chunk),
-                scratch_.data() + worker * per_worker, output + n * out_image);
+    const int c = task % chunks, band = task / chunks;  // band counts over all images
+    const int n = band / num_bands_, b = band % num_bands_;
+    float* x = x_.data() + worker * x_stride_;
+    float* y = scratch_.data() + worker * scratch_stride_;
+    const int b0 = c * per_chunk, b1 = std::min(nb, (c + 1) * per_chunk);
+    const float* image = input + n * in_image;
+    const int t0 = BandTile(b), t1 = BandTile(b + 1);
+    if (pointwise_) {
+      const int64_t pixels = static_cast<int64_t>(s.out_h) * s.out_w;
+      const int64_t first = static_cast<int64_t>(t0) * tile;
+      variant_.transpose(image + first * s.in_c, s.in_c,
+                         static_cast<int>(std::min<int64_t>(tile, pixels - first)), s.in_c,
+                         thresholds_, x, tile);
+      ComputeTile(x, t0, b0, b1, y, output + n * out_image);
+      return;
+    }
+    int yq0, yq1;
+    BandRows(b, &yq0, &yq1);
+    int& held = held_[static_cast<size_t>(worker) * kLineChannels];
+    if (held != band) {
+      for (int row = yq0 * s.stride_h; row < yq1 * s.stride_h; ++row)
+        PackRow(image, row, yq0, x);
+      held = band;
+    }
+    for (int t = t0; t < t1; ++t)
+      ComputeTile(x + static_cast<int64_t>(t) * tile - static_cast<int64_t>(yq0) * wq_, t, b0,
+                  b1, y, output + n * out_image);
   });
 }
 

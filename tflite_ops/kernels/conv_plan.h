@@ -1,16 +1,17 @@
 // A HybridSparseConv2D layer made ready to run by one kernel variant: the driver around the
 // microkernels. Plain C++, no TFLite types.
 //
-// Run does two parallel passes over the batch:
-//  1. Pack the input into a channel-major buffer X[ic][py][px][yq][xq] (pointwise convs: per
-//     tile, just before step 2, into a per-worker buffer X[ic][tile]): zero padding is
-//     materialised and strides are split into phases (padded y = yq * stride_h + py, likewise
-//     x), so that for every filter tap the inputs of consecutive output positions are
-//     consecutive floats. Activation thresholds are applied here, once per input value.
-//  2. Output positions q = oy * Wq + ox (Wq = padded row pitch, so ox >= out_w are wasted
-//     lanes that are never stored) are cut into tiles of `tile`; the microkernel computes all
-//     output channels of a tile into a [channel][tile] scratch, which is transposed into the
-//     NHWC output. Tiles are independent, so threads take them from a shared counter.
+// Run cuts the output positions q = oy * Wq + ox (Wq = padded row pitch, so ox >= out_w are
+// wasted lanes that are never stored) into tiles of `tile`, and the tiles into bands of
+// consecutive tiles. A task is one band (with few tiles, one band's share of the output
+// channels): its worker packs the input rows the band reads into its own buffer, channel-major
+// X[ic][py][px][yq][xq] (zero padding materialised, strides split into phases: padded
+// y = yq * stride_h + py, likewise x), so that for every filter tap the inputs of consecutive
+// output positions are consecutive floats; then the microkernel computes the band's tiles into
+// a [channel][tile] scratch, which is transposed into the NHWC output. Activation thresholds
+// are applied while packing. A band's input is packed and read by one core: a whole-image
+// buffer packed by one worker and read by another moved every line between cores and made the
+// pack pass slower on two workers than on one. Pointwise convs (1x1, stride 1) pack per tile.
 // The filter is re-packed once (Build), with each nonzero's patch index turned into its input
 // offset in X: the microkernel's inner loop is then a load at x + offset and FMAs.
 #ifndef TFLITE_OPS_KERNELS_CONV_PLAN_H_
@@ -56,7 +57,13 @@ class ConvPlan {
   int64_t macs() const { return macs_; }
 
  private:
-  void PackRow(const float* image, int row, float* x);
+  // Packs padded row `row` (yq * stride_h + py) of one image into a band buffer whose first
+  // row is yq0.
+  void PackRow(const float* image, int row, int yq0, float* x);
+  // First tile of band `band` (bands differ by at most one tile).
+  int BandTile(int band) const;
+  // Padded rows [yq0, yq1) (in yq units) that band `band` reads.
+  void BandRows(int band, int* yq0, int* yq1) const;
   // Runs the microkernel for the weight blocks [b0, b1) on the tile whose packed input starts
   // at x_tile and stores their channels at its valid positions into the NHWC output image.
   void ComputeTile(const float* x_tile, int tile, int b0, int b1, float* y,
@@ -75,17 +82,21 @@ class ConvPlan {
 
   // Fast path geometry (unused by the reference).
   int hq_ = 0, wq_ = 0;   // per-phase padded height and width
-  int64_t plane_ = 0;     // hq_ * wq_; pointwise: tile
+  int64_t plane_ = 0;     // one channel-phase plane of a band buffer: band_hq_ * wq_;
+                          // pointwise: tile
   bool pointwise_ = false;  // 1x1 stride 1: each tile packs its own input slice
   int num_tiles_ = 0;
+  int num_bands_ = 1;
+  int band_hq_ = 0;       // rows of the tallest band's buffer
   int padded_c_ = 0;      // num_blocks * block_size
   std::vector<int32_t> offset_;
   std::vector<int32_t> bounds_;  // [groups + 1][num_blocks]: group g of block b starts at
                                  // bounds_[g][b]
   std::vector<float> values_, bias_padded_;
   std::vector<SpmmFilter> groups_;  // one microkernel call per input-channel group
-  int64_t x_image_ = 0;         // floats of one packed image, slack for the last tile included
-  std::vector<float> x_;        // packed input of every image (pointwise: of every worker)
+  int64_t x_stride_ = 0;        // floats of one worker's buffer, slack for wasted lanes included
+  std::vector<float> x_;        // per worker: its band's (pointwise: tile's) packed input
+  std::vector<int> held_;       // per worker, a cache line apart: the band its buffer holds
   std::vector<float> scratch_;  // per worker: [padded_c_][tile] (reference: [padded_c_])
   size_t scratch_stride_ = 0;   // floats from one worker's scratch to the next
 };

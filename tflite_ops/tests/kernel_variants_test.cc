@@ -86,6 +86,30 @@ TEST_P(KernelVariants, LevelsTheOptimiserChooses) {
   }
 }
 
+// Images whose packed input exceeds one band buffer (conv_plan.cc, kBandBytes) are cut into
+// bands by size as well as by worker count; bands share the rows their taps reach, and a
+// worker's buffer is refilled by bands in any order (padding rows included).
+TEST_P(KernelVariants, ImagesLargerThanABandBuffer) {
+  int seed = 100;
+  for (int stride : {1, 2}) {
+    for (int dilation : {1, 2}) {
+      testing::Case c;
+      c.shape.batch = 2, c.shape.in_h = 45, c.shape.in_w = 41, c.shape.in_c = 40;
+      c.shape.out_c = 12, c.shape.kernel_h = c.shape.kernel_w = 3;
+      c.shape.stride_h = c.shape.stride_w = stride;
+      c.shape.dilation_h = c.shape.dilation_w = dilation;
+      c.padding = Padding::kSame;
+      ASSERT_TRUE(ComputeConvShape(c.padding, &c.shape));
+      c.activation = Activation::kNone;
+      c.block_size = 4;
+      c.weight_sparsity = 0.8f;
+      c.with_thresholds = true;
+      EXPECT_LE(testing::MaxRelativeError(variant(), c, ++seed), 1e-5)
+          << variant().name << ": " << c.Describe();
+    }
+  }
+}
+
 TEST_P(KernelVariants, FullySparseFilterGivesBiasThroughActivation) {
   testing::Case c;
   c.shape = {1, 5, 11, 3, 0, 0, 4, 3, 3};
