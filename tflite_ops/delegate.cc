@@ -26,7 +26,7 @@ namespace {
 // Below this many multiply-adds per worker a second worker is not even tried (WorkerChoice
 // times one against more for larger layers): the pool sleeps between layers
 // (ThreadPool::Rest), so a layer pays one wake-up.
-constexpr int64_t kMinMacsPerThread = 1 << 19;
+constexpr int64_t kMinMacsPerThread = 1 << 17;
 
 struct DelegateConfig {
   int num_threads = 0;  // 0: follow the interpreter's num_threads
