@@ -20,6 +20,10 @@ struct Avx2 {
   static Vec Max(Vec a, Vec b) { return _mm256_max_ps(a, b); }
 };
 
+struct Avx2Narrow : Avx2 {
+  static constexpr int kTile = 16;
+};
+
 // Rows r[0..7] become columns.
 inline void Transpose8x8(__m256 r[8]) {
   const __m256 t0 = _mm256_unpacklo_ps(r[0], r[1]), t1 = _mm256_unpackhi_ps(r[0], r[1]);
@@ -110,6 +114,10 @@ void TransposeAvx2(const float* src, int64_t src_stride, int rows, int cols,
       }
     }
   }
+}
+
+void SpmmAvx2Narrow(const SpmmFilter& f, const float* x, float* y) {
+  spmm_internal::SpmmFixedWidth<Avx2Narrow>(f, x, y);
 }
 
 void SpmmAvx2(const SpmmFilter& f, const float* x, float* y) {

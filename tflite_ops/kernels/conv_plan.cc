@@ -11,6 +11,9 @@ namespace {
 // Tasks per worker: enough for one done early (or woken late) to take a share of another's.
 // Images with fewer bands than that are split by output channels as well.
 constexpr int kTasksPerWorker = 2;
+// Work of a narrow-tile position relative to a wide-tile one (narrow tiles load more weights
+// per multiply-add): a narrow tile is chosen only where it saves more wasted lanes than that.
+constexpr double kNarrowCost = 1.05;
 // Largest band buffer: a share of a core's L2 that leaves room for the band's output and the
 // weights, so that a band is packed and read from the same cache.
 constexpr int64_t kBandBytes = 256 << 10;
@@ -53,13 +56,22 @@ std::string ConvPlan::Build(const ConvShape& s, const SparseFilter& f, const flo
   }
 
   const int sh = s.stride_h, sw = s.stride_w;
-  const int tile = variant.tile;
   hq_ = s.out_h + (s.kernel_h - 1) * s.dilation_h / sh;
   wq_ = s.out_w + (s.kernel_w - 1) * s.dilation_w / sw;
   // Pointwise convs need no padding or phases: each tile packs its own slice of the input
   // just before use (per worker, in L1) instead of a whole-image copy making a trip to L3.
   pointwise_ = s.kernel_h == 1 && s.kernel_w == 1 && sh == 1 && sw == 1;
   const int64_t positions = static_cast<int64_t>(s.out_h) * wq_;
+  auto computed = [positions](int t) { return (positions + t - 1) / t * t; };
+  tile_ = variant.tile;
+  microkernel_ = variant.microkernel;
+  if (variant.narrow_microkernel != nullptr &&
+      (f.block_size > 1 || variant.narrow_unstructured) &&
+      computed(variant.narrow_tile) * kNarrowCost < computed(variant.tile)) {
+    tile_ = variant.narrow_tile;
+    microkernel_ = variant.narrow_microkernel;
+  }
+  const int tile = tile_;
   num_tiles_ = static_cast<int>((positions + tile - 1) / tile);
   const int64_t phase_planes = static_cast<int64_t>(s.in_c) * sh * sw;
   // The highest float a tile reads past its start, beyond the last plane's start.
@@ -183,9 +195,9 @@ int ConvPlan::BandTile(int band) const {
 
 void ConvPlan::BandRows(int band, int* yq0, int* yq1) const {
   const ConvShape& s = shape_;
-  const int64_t q0 = static_cast<int64_t>(BandTile(band)) * variant_.tile;
+  const int64_t q0 = static_cast<int64_t>(BandTile(band)) * tile_;
   const int64_t q1 = std::min<int64_t>(static_cast<int64_t>(s.out_h) * wq_,
-                                       static_cast<int64_t>(BandTile(band + 1)) * variant_.tile);
+                                       static_cast<int64_t>(BandTile(band + 1)) * tile_);
   // Valid lanes (ox < out_w) read within their own row; wasted lanes may read anything in the
   // buffer and are never stored.
   *yq0 = static_cast<int>(q0 / wq_);
@@ -223,7 +235,7 @@ void ConvPlan::PackRow(const float* image, int row, int yq0, float* x) {
 
 void ConvPlan::ComputeTile(const float* x_tile, int t, int b0, int b1, float* y,
                            float* output_image) const {
-  const int tile = variant_.tile;
+  const int tile = tile_;
   const int bs = filter_.block_size;
   const ConvShape& s = shape_;
   const int c0 = b0 * bs, c1 = std::min(s.out_c, b1 * bs);
@@ -233,7 +245,7 @@ void ConvPlan::ComputeTile(const float* x_tile, int t, int b0, int b1, float* y,
     group.block_begin += b0;
     group.block_end += b0;
     group.bias += c0;
-    variant_.microkernel(group, x_tile, y_chunk);
+    microkernel_(group, x_tile, y_chunk);
   }
   // Runs of valid positions (ox < out_w) within one output row each transpose in one go.
   const int64_t q0 = static_cast<int64_t>(t) * tile, q1 = q0 + tile;
@@ -278,7 +290,7 @@ void ConvPlan::Run(const float* input, float* output, Parallel* parallel, int wo
     });
     return;
   }
-  const int tile = variant_.tile;
+  const int tile = tile_;
   const int nb = filter_.num_blocks;
   const int per_chunk = BlocksPerChunk(workers);
   const int chunks = (nb + per_chunk - 1) / per_chunk;

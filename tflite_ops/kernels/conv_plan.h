@@ -55,6 +55,8 @@ class ConvPlan {
 
   // Multiply-adds of one invoke (nonzero weights x output pixels), to size the thread count.
   int64_t macs() const { return macs_; }
+  // Output positions per microkernel call: the variant's tile or its narrow one.
+  int tile() const { return tile_; }
 
  private:
   // Packs padded row `row` (yq * stride_h + py) of one image into a band buffer whose first
@@ -81,6 +83,8 @@ class ConvPlan {
   int64_t macs_ = 0;
 
   // Fast path geometry (unused by the reference).
+  int tile_ = 0;  // the variant's tile, or its narrow tile on small images
+  SpmmMicrokernelFn microkernel_ = nullptr;
   int hq_ = 0, wq_ = 0;   // per-phase padded height and width
   int64_t plane_ = 0;     // one channel-phase plane of a band buffer: band_hq_ * wq_;
                           // pointwise: tile

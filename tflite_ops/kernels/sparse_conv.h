@@ -106,8 +106,10 @@ struct SpmmFilter {
 // Reads x only at offsets + [0, tile); y holds num_blocks * block_size rows of `tile` floats.
 using SpmmMicrokernelFn = void (*)(const SpmmFilter& filter, const float* x, float* y);
 
-void SpmmAvx2(const SpmmFilter& filter, const float* x, float* y);    // tile 32
-void SpmmAvx512(const SpmmFilter& filter, const float* x, float* y);  // tile 64
+void SpmmAvx2(const SpmmFilter& filter, const float* x, float* y);          // tile 32
+void SpmmAvx2Narrow(const SpmmFilter& filter, const float* x, float* y);    // tile 16
+void SpmmAvx512(const SpmmFilter& filter, const float* x, float* y);        // tile 64
+void SpmmAvx512Narrow(const SpmmFilter& filter, const float* x, float* y);  // tile 32
 void SpmmNeon(const SpmmFilter& filter, const float* x, float* y);    // tile 16
 void SpmmRvv(const SpmmFilter& filter, const float* x, float* y);     // tile = VLEN/32 * 4
 int RvvTile();
@@ -132,6 +134,12 @@ struct KernelVariant {
   int tile;                       // output positions per microkernel call; 0 for the reference
   SpmmMicrokernelFn microkernel;  // nullptr for the reference
   TransposeFn transpose;
+  // Half as many positions per call, for small images where a wide tile's lanes would be
+  // wasted (ConvPlan picks; 0 / nullptr: none), and whether it pays on unstructured filters
+  // too (it loads inputs for fewer multiply-adds per nonzero).
+  int narrow_tile = 0;
+  SpmmMicrokernelFn narrow_microkernel = nullptr;
+  bool narrow_unstructured = false;
 };
 
 // Every variant this build has and this CPU can run, reference first, fastest last.

@@ -4,9 +4,11 @@
 #include <cstdlib>
 #include <random>
 #include <string>
+#include <vector>
 
 #include <gtest/gtest.h>
 
+#include "tflite_ops/kernels/conv_plan.h"
 #include "tflite_ops/kernels/sparse_conv.h"
 #include "tflite_ops/tests/sparse_conv_tester.h"
 
@@ -106,6 +108,32 @@ TEST_P(KernelVariants, ImagesLargerThanABandBuffer) {
       c.with_thresholds = true;
       EXPECT_LE(testing::MaxRelativeError(variant(), c, ++seed), 1e-5)
           << variant().name << ": " << c.Describe();
+    }
+  }
+}
+
+// Small images take the narrow microkernel where the variant has one (for unstructured
+// filters only where it pays), large ones the wide; the random cases above check both against
+// the dense convolution.
+TEST_P(KernelVariants, NarrowTilesOnSmallImages) {
+  const KernelVariant& v = variant();
+  if (v.narrow_microkernel == nullptr) GTEST_SKIP() << v.name << " has no narrow tile";
+  for (int block : {1, 4}) {
+    for (int hw : {2, 45}) {
+      ConvShape s;
+      s.batch = 1, s.in_h = hw, s.in_w = hw, s.in_c = 8, s.out_c = 8;
+      s.kernel_h = s.kernel_w = 3;
+      ASSERT_TRUE(ComputeConvShape(Padding::kSame, &s));
+      std::vector<int32_t> col_ptr(s.kernel_h * s.kernel_w * s.in_c + 1, 0);
+      SparseFilter f;
+      f.out_c = s.out_c, f.num_cols = static_cast<int>(col_ptr.size()) - 1;
+      f.block_size = block, f.num_blocks = (s.out_c + block - 1) / block;
+      f.num_nonzero_blocks = 0, f.col_ptr = col_ptr.data();
+      ConvPlan plan;
+      ASSERT_EQ(plan.Build(s, f, nullptr, nullptr, Activation::kNone, v, 1), "");
+      const bool narrow = hw == 2 && (block > 1 || v.narrow_unstructured);
+      EXPECT_EQ(plan.tile(), narrow ? v.narrow_tile : v.tile)
+          << v.name << " " << hw << "x" << hw << " block " << block;
     }
   }
 }
