@@ -16,7 +16,7 @@ constexpr int kTasksPerWorker = 2;
 constexpr double kNarrowCost = 1.05;
 // Largest band buffer: a share of a core's L2 that leaves room for the band's output and the
 // weights, so that a band is packed and read from the same cache.
-constexpr int64_t kBandBytes = 256 << 10;
+constexpr int64_t kBandBytes = 128 << 10;
 // Floats in one 64-byte cache line: the smallest output-channel chunk (no line has two
 // writers).
 constexpr size_t kLineChannels = 64 / sizeof(float);
