@@ -38,7 +38,7 @@ import re
 import numpy as np
 from absl import logging
 
-from hybrid_pruning import graph, op_format, runtime, timing, tflite_model
+from hybrid_pruning import graph, op_format, runtime, timing
 
 SPARSITY_GRID = (0.0, 0.5, 0.7, 0.8, 0.9, 0.95, 0.98)
 _ROUNDS, _MIN_SECONDS = 3, 0.01
@@ -145,6 +145,10 @@ class _MeasuredTable:
         return self._table[key]
 
     def _measure(self, shape: ConvShape, block: int) -> dict:
+        # Deferred: it imports TensorFlow, which prune's flag validators must not (their
+        # messages come before the console is quieted).
+        from hybrid_pruning import tflite_model
+
         rng = np.random.default_rng(0)
         x = rng.standard_normal((1, shape.in_h, shape.in_w, shape.in_c)).astype(np.float32)
         bias = rng.standard_normal(shape.out_c).astype(np.float32)
