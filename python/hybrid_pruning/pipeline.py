@@ -255,8 +255,9 @@ def _measured_fallback(original: bytes, outcome: dict, probes: np.ndarray, refer
     """The measurement wins: times the written model against the original at every thread
     count and, while it is not FALLBACK_MARGIN times as fast at one of them, puts our layers
     back on the builtin kernel (same weights, so fidelity barely moves), least predicted
-    saving first, keeping each change that improves the worst ratio. Single-layer tables cannot see everything a whole
-    model does (two thread pools sharing the cores, caches between layers)."""
+    saving first, keeping each change that improves the worst ratio. Single-layer tables
+    cannot see everything a whole model does (two thread pools sharing the cores, caches
+    between layers)."""
     latency = _measure(original, outcome["tflite"], probes, threads, kernel)
     predicted = outcome["search"]["predicted_seconds"]
     ours = sorted((r.layer for r in outcome["records"]

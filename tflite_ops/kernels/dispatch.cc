@@ -19,8 +19,7 @@ struct Table {
 #if defined(HYBRID_SPARSE_HAVE_AVX512)
     // Its layout changes use the AVX2 transpose: every AVX-512F CPU has AVX2.
     if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx2"))
-      variants[count++] = {"avx512", 64, SpmmAvx512, TransposeAvx2, 32, SpmmAvx512Narrow,
-                                 true};
+      variants[count++] = {"avx512", 64, SpmmAvx512, TransposeAvx2, 32, SpmmAvx512Narrow, true};
 #endif
 #if defined(HYBRID_SPARSE_HAVE_NEON)
     variants[count++] = {"neon", 16, SpmmNeon, TransposeNeon};  // NEON is mandatory on AArch64
