@@ -88,17 +88,17 @@ std::string ConvPlan::Build(const ConvShape& s, const SparseFilter& f, const flo
                                       (image_bytes + kBandBytes - 1) / kBandBytes);
     bands = (bands + max_workers_ - 1) / max_workers_ * max_workers_;  // even shares
     num_bands_ = static_cast<int>(std::min<int64_t>(bands, num_tiles_));
-    band_hq_ = 0;
+    int band_hq = 0;  // rows of the tallest band
     int64_t span = 0;  // floats from a band buffer's start to the end of its last tile
     for (int b = 0; b < num_bands_; ++b) {
       int yq0, yq1;
       BandRows(b, &yq0, &yq1);
-      band_hq_ = std::max(band_hq_, yq1 - yq0);
+      band_hq = std::max(band_hq, yq1 - yq0);
       span = std::max(span, static_cast<int64_t>(BandTile(b + 1)) * tile -
                                 static_cast<int64_t>(yq0) * wq_);
     }
     // Planes start on cache lines: misaligned ones made the microkernel's loads slower.
-    plane_ = (static_cast<int64_t>(band_hq_) * wq_ + kLineChannels - 1) / kLineChannels *
+    plane_ = (static_cast<int64_t>(band_hq) * wq_ + kLineChannels - 1) / kLineChannels *
              kLineChannels;
     x_size = std::max(phase_planes * plane_, (phase_planes - 1) * plane_ + span - tile + reach);
   }

@@ -86,12 +86,11 @@ class ConvPlan {
   int tile_ = 0;  // the variant's tile, or its narrow tile on small images
   SpmmMicrokernelFn microkernel_ = nullptr;
   int hq_ = 0, wq_ = 0;   // per-phase padded height and width
-  int64_t plane_ = 0;     // one channel-phase plane of a band buffer: band_hq_ * wq_;
-                          // pointwise: tile
+  int64_t plane_ = 0;     // one channel-phase plane of a band buffer: the tallest
+                          // band's rows * wq_, in whole cache lines; pointwise: tile
   bool pointwise_ = false;  // 1x1 stride 1: each tile packs its own input slice
   int num_tiles_ = 0;
   int num_bands_ = 1;
-  int band_hq_ = 0;       // rows of the tallest band's buffer
   int padded_c_ = 0;      // num_blocks * block_size
   std::vector<int32_t> offset_;
   std::vector<int32_t> bounds_;  // [groups + 1][num_blocks]: group g of block b starts at
