@@ -234,9 +234,8 @@ TfLiteStatus KernelInvoke(TfLiteContext* ctx, TfLiteNode* node) {
   const auto start = std::chrono::steady_clock::now();
   k->plan.Run(in.data.f, out.data.f, k->pool, workers);
   if (workers > 1) k->pool->Rest();
-  if (!k->workers.decided())
-    k->workers.Report(workers, std::chrono::duration<double>(
-                                   std::chrono::steady_clock::now() - start).count());
+  k->workers.Report(workers, std::chrono::duration<double>(
+                                 std::chrono::steady_clock::now() - start).count());
   return kTfLiteOk;
 }
 

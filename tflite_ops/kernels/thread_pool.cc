@@ -128,10 +128,15 @@ int WorkerChoice::Next(int most) const {
 }
 
 void WorkerChoice::Report(int workers, double seconds) {
+  if (decided_) {
+    if (++since_decision_ >= kRunsPerDecision) *this = WorkerChoice();
+    return;
+  }
   const int i = workers > 1 ? 1 : 0;
   best_[i] = trials_[i] == 0 ? seconds : std::min(best_[i], seconds);
-  ++trials_[i];
-  if (!decided_ && trials_[0] >= kTrials && trials_[1] >= kTrials) {
+  // Capped: a layer too small for a second worker reports one worker forever.
+  if (trials_[i] < kTrials) ++trials_[i];
+  if (trials_[0] >= kTrials && trials_[1] >= kTrials) {
     decided_ = true;
     more_ = best_[1] < best_[0];
   }

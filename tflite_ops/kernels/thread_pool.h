@@ -63,10 +63,13 @@ class ThreadPool : public Parallel {
 // Chooses, per layer, between one worker and `most` by timing both where the layer runs:
 // whether a second worker pays depends on what else is on the cores (the interpreter's own
 // pool, spinning between its nodes, takes the core our worker would wake on), which no
-// single-layer measurement sees. The first 2 * kTrials runs alternate; then the faster stays.
+// single-layer measurement sees. The first 2 * kTrials runs alternate; then the faster stays
+// for kRunsPerDecision runs, after which both are timed again: what else runs on the cores
+// changes over a process's life, and one unlucky trial on a noisy machine must not last.
 class WorkerChoice {
  public:
   static constexpr int kTrials = 5;
+  static constexpr int kRunsPerDecision = 1000;
   // Workers for the next run, given how many could help (1: no choice to make).
   int Next(int most) const;
   // The wall time of the run that used `workers` (as returned by Next).
@@ -78,6 +81,7 @@ class WorkerChoice {
   double best_[2] = {0.0, 0.0};  // their fastest, valid once trials_ > 0
   bool decided_ = false;
   bool more_ = false;            // the decision: more than one worker pays
+  int since_decision_ = 0;
 };
 
 }  // namespace hybrid_sparse

@@ -57,6 +57,27 @@ TEST(WorkerChoice, AlternatesThenKeepsTheFaster) {
   }
 }
 
+TEST(WorkerChoice, TimesBothAgainAfterAWhile) {
+  WorkerChoice choice;
+  for (int run = 0; run < 2 * WorkerChoice::kTrials; ++run) {
+    const int w = choice.Next(2);
+    choice.Report(w, w > 1 ? 1.0 : 2.0);
+  }
+  ASSERT_TRUE(choice.decided());
+  for (int run = 0; run < WorkerChoice::kRunsPerDecision; ++run) {
+    EXPECT_EQ(choice.Next(2), 2);
+    choice.Report(2, 1.0);
+  }
+  // The cores got busier: a second worker now costs more than it brings.
+  EXPECT_FALSE(choice.decided());
+  for (int run = 0; run < 2 * WorkerChoice::kTrials; ++run) {
+    const int w = choice.Next(2);
+    choice.Report(w, w > 1 ? 3.0 : 2.0);
+  }
+  EXPECT_TRUE(choice.decided());
+  EXPECT_EQ(choice.Next(2), 1);
+}
+
 struct PlanCase {
   int batch, h, w, in_c, out_c, k, stride, block;
 };
