@@ -78,10 +78,15 @@ flags.DEFINE_bool("verbose", False, "Also show TensorFlow's, Keras' and the conv
                   "messages (hidden by default).")
 flags.DEFINE_list("input_shape", None, "H,W,C to prune for, when the model's input has "
                   "dynamic dimensions (e.g. a fully convolutional model); the .tflite gets it.")
-flags.DEFINE_float("guard_agreement", 0.9,
+flags.DEFINE_float("guard_agreement", 0.8,
                    "Fidelity guard for classifier outputs: top-1 agreement of the written "
                    "model with the original on the probes must be at least this (per-layer "
                    "budgets are scaled down until it holds).", lower_bound=0.0, upper_bound=1.0)
+flags.DEFINE_float("guard_kl", 0.15,
+                   "Fidelity guard for classifier outputs: KL divergence of the written "
+                   "model's outputs (probabilities, or the softmax of logits) from the "
+                   "original's on the probes must be at most this. Lower it for a closer "
+                   "model, raise it for a faster one.", lower_bound=0.0)
 flags.DEFINE_float("guard_output_error", 0.1,
                    "Fidelity guard for other outputs (dense maps, regression): relative RMS "
                    "error ||y' - y|| / ||y|| on the probes must be at most this.",
@@ -133,12 +138,13 @@ def _input_range() -> tuple[float, float]:
 def _guard():
     from hybrid_pruning import fidelity
 
-    guard = fidelity.Guard(min_agreement=FLAGS.guard_agreement,
+    guard = fidelity.Guard(min_agreement=FLAGS.guard_agreement, max_kl=FLAGS.guard_kl,
                            max_relative_error=FLAGS.guard_output_error)
-    if FLAGS.min_agreement is not None:  # the global target is the guard too
+    if FLAGS.min_agreement is not None:  # the global target is the guard, alone
         guard.min_agreement, guard.agreement_flag = FLAGS.min_agreement, "--min_agreement"
+        guard.max_kl = None
     if FLAGS.max_kl is not None:
-        guard.max_kl = FLAGS.max_kl
+        guard.max_kl, guard.kl_flag = FLAGS.max_kl, "--max_kl"
     return guard
 
 

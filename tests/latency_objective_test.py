@@ -84,8 +84,9 @@ class OptimiserTest(absltest.TestCase):
                         totals["predicted_conv_seconds_before"])
         # The fidelity the guard judged is that of the written model.
         self.assertIsNone(result.fidelity_miss)
-        self.assertGreaterEqual(result.report["fidelity_on_probes"]["top1_agreement"],
-                                pipeline.fidelity.Guard().min_agreement)
+        fid = result.report["fidelity_on_probes"]
+        self.assertGreaterEqual(fid["top1_agreement"], pipeline.fidelity.Guard().min_agreement)
+        self.assertLessEqual(fid["kl_divergence"], pipeline.fidelity.Guard().max_kl)
 
 
     def test_activation_thresholds_only_where_zeros_pay(self):

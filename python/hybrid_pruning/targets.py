@@ -297,9 +297,10 @@ class Microkernel:
 # loads per cycle, 4-wide, XNNPACK ~0.8 of peak); riscv64: SpacemiT X60 (VLEN 256, LMUL 4:
 # vfmacc 4 cycles, vle32 8.6, vse32 ~10, in-order dual issue; XNNPACK's dense efficiency there
 # is not published: 0.6 assumed); generic: a scalar in-order MCU-class core, one FMA and one
-# load per cycle. Dense efficiency, epilogue, transpose and overhead of the x86 cores are
-# fitted to the host's measurements (benchmarks/results/targets.md); the other cores keep the
-# x86 fit's overhead and transpose costs scaled to their load throughput.
+# load per cycle. Dense efficiency, epilogue, transpose and overhead of the x86 cores were
+# fitted to the host's measurements of an earlier build of our kernels (the error against the
+# current build: benchmarks/results/codesign.md, "The analytic model"); the other cores keep
+# the x86 fit's overhead and transpose costs scaled to their load throughput.
 CORES = {
     "x86_64-avx2": (Core("AMD Zen 3", 3.8, 8, 0.5, 0.5, 0.5, 4, False, 1.0, 3, 0.9, 2000),
                     Microkernel(32, 2)),
