@@ -10,6 +10,8 @@ import sys
 
 from absl import app, flags, logging
 
+from hybrid_pruning import fidelity as _fidelity  # numpy only: the guard's defaults
+
 FLAGS = flags.FLAGS
 flags.DEFINE_string("model", None, "Keras model (.keras, .h5, or a tf.keras SavedModel "
                     "directory), or 'demo' for the built-in one.")
@@ -78,11 +80,14 @@ flags.DEFINE_bool("verbose", False, "Also show TensorFlow's, Keras' and the conv
                   "messages (hidden by default).")
 flags.DEFINE_list("input_shape", None, "H,W,C to prune for, when the model's input has "
                   "dynamic dimensions (e.g. a fully convolutional model); the .tflite gets it.")
-flags.DEFINE_float("guard_agreement", 0.8,
+flags.DEFINE_float("guard_agreement", None,
                    "Fidelity guard for classifier outputs: top-1 agreement of the written "
                    "model with the original on the probes must be at least this (per-layer "
-                   "budgets are scaled down until it holds).", lower_bound=0.0, upper_bound=1.0)
-flags.DEFINE_float("guard_kl", 0.15,
+                   "budgets are scaled down until it holds). Default: "
+                   f"{_fidelity.DEFAULT_AGREEMENT['bn']:g} with 'bn' probes, where --guard_kl "
+                   f"is what binds; {_fidelity.FALLBACK_AGREEMENT:g} with other probes.",
+                   lower_bound=0.0, upper_bound=1.0)
+flags.DEFINE_float("guard_kl", _fidelity.DEFAULT_KL,
                    "Fidelity guard for classifier outputs: KL divergence of the written "
                    "model's outputs (probabilities, or the softmax of logits) from the "
                    "original's on the probes must be at most this. Lower it for a closer "
@@ -138,7 +143,8 @@ def _input_range() -> tuple[float, float]:
 def _guard():
     from hybrid_pruning import fidelity
 
-    guard = fidelity.Guard(min_agreement=FLAGS.guard_agreement, max_kl=FLAGS.guard_kl,
+    guard = fidelity.Guard(min_agreement=fidelity.AUTO if FLAGS.guard_agreement is None
+                           else FLAGS.guard_agreement, max_kl=FLAGS.guard_kl,
                            max_relative_error=FLAGS.guard_output_error)
     if FLAGS.min_agreement is not None:  # the global target is the guard, alone
         guard.min_agreement, guard.agreement_flag = FLAGS.min_agreement, "--min_agreement"

@@ -45,21 +45,30 @@ class FidelityTest(absltest.TestCase):
         self.assertNotIn("top-1 agreement", miss)
 
     def test_default_guard_holds_classifiers_to_both(self):
-        guard = fidelity.Guard()
-        self.assertEqual(guard.min_agreement, fidelity.DEFAULT_AGREEMENT)
-        self.assertEqual(guard.max_kl, fidelity.DEFAULT_KL)
-        self.assertIsNone(guard.miss(self.logits, fidelity.compare(self.logits, self.logits)))
-        miss = guard.miss(self.logits, fidelity.compare(self.logits, -self.logits))
-        self.assertIn("--guard_agreement", miss)
-        self.assertIn("--guard_kl", miss)
+        with self.assertRaisesRegex(ValueError, "resolve"):
+            fidelity.Guard().miss(self.logits, fidelity.compare(self.logits, self.logits))
+        # KL binds on probes matched to the model's BatchNorm statistics; elsewhere the
+        # agreement floor stays where it was.
+        bn, image = fidelity.Guard().resolve("bn"), fidelity.Guard().resolve("image")
+        self.assertEqual(bn.min_agreement, 0.8)
+        self.assertEqual(image.min_agreement, fidelity.FALLBACK_AGREEMENT)
+        self.assertEqual(fidelity.Guard(min_agreement=0.7).resolve("bn").min_agreement, 0.7)
+        for guard in (bn, image):
+            self.assertEqual(guard.max_kl, fidelity.DEFAULT_KL)
+            self.assertIsNone(guard.miss(self.logits,
+                                         fidelity.compare(self.logits, self.logits)))
+            miss = guard.miss(self.logits, fidelity.compare(self.logits, -self.logits))
+            self.assertIn("--guard_agreement", miss)
+            self.assertIn("--guard_kl", miss)
 
     def test_dense_outputs_have_no_kl(self):
         maps = np.random.default_rng(1).normal(size=(8, 4, 4, 3))
         fid = fidelity.compare(maps, maps * 1.2)
         self.assertNotIn("kl_divergence", fid)
         self.assertAlmostEqual(fid["relative_error"], 0.2, places=6)
-        self.assertIsNone(fidelity.Guard().miss(maps, fidelity.compare(maps, maps * 1.05)))
-        self.assertIn("--guard_output_error", fidelity.Guard().miss(maps, fid))
+        guard = fidelity.Guard().resolve("image")
+        self.assertIsNone(guard.miss(maps, fidelity.compare(maps, maps * 1.05)))
+        self.assertIn("--guard_output_error", guard.miss(maps, fid))
 
 
 if __name__ == "__main__":

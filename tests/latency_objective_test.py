@@ -85,8 +85,10 @@ class OptimiserTest(absltest.TestCase):
         # The fidelity the guard judged is that of the written model.
         self.assertIsNone(result.fidelity_miss)
         fid = result.report["fidelity_on_probes"]
-        self.assertGreaterEqual(fid["top1_agreement"], pipeline.fidelity.Guard().min_agreement)
-        self.assertLessEqual(fid["kl_divergence"], pipeline.fidelity.Guard().max_kl)
+        guard = result.report["fidelity_guard"]
+        self.assertGreaterEqual(fid["top1_agreement"], guard["min_agreement"])
+        self.assertLessEqual(fid["kl_divergence"], guard["max_kl"])
+        self.assertEqual(guard["max_kl"], pipeline.fidelity.DEFAULT_KL)
 
 
     def test_activation_thresholds_only_where_zeros_pay(self):

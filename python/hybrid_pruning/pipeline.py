@@ -126,6 +126,8 @@ def compress_targets(model, config: PruneConfig) -> dict[str, PruneResult]:
     macs_before = {layer.name: graph.layer_macs(layer) for layer in original.layers}
     probes = probes_lib.make_probes(original, config.probe, config.probe_count,
                                     config.input_range, config.seed)
+    config = dataclasses.replace(
+        config, guard=config.guard.resolve(probes_lib.resolve(original, config.probe)))
     reference = fidelity.as_list(original.predict(
         probes, batch_size=statistics.predict_batch(original), verbose=0))
     original_tflite = convert.to_tflite(original)
