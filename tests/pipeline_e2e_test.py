@@ -52,8 +52,9 @@ class DemoPipelineTest(absltest.TestCase):
             cls.result = pipeline.compress(model, pipeline.PruneConfig(
                 quiet=True, objective="budgets",
                 # The per-layer budgets at their defaults, judged by the guard they met when
-                # they were the default (0.867 agreement on probes, 99.56 % real top-1).
-                guard=pipeline.fidelity.Guard(min_agreement=0.8)))
+                # they were the default (0.867 agreement on probes, 99.56 % real top-1; no KL
+                # limit then: at today's default KL the budgets are halved).
+                guard=pipeline.fidelity.Guard(min_agreement=0.8, max_kl=None)))
 
     def test_guard_blocks_data_imports(self):
         with _NoDataAllowed():
