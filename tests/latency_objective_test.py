@@ -230,32 +230,5 @@ class HostProfileTest(absltest.TestCase):
                 targets.thread_counts(bad)
 
 
-class HostDefaultTest(absltest.TestCase):
-
-    def test_demo_at_default_flags(self):
-        result = pipeline.compress(io.load_keras_model(str(io.DEMO_MODEL)),
-                                   pipeline.PruneConfig(quiet=True))
-        rep = result.report
-        self.assertIsNone(result.fidelity_miss)
-        predicted = rep["global_budget_search"]["predicted_seconds"]
-        for row in rep["layers"]:
-            if row["kind"] != "conv2d":
-                continue
-            seconds = predicted[row["layer"]]
-            if row["runs_as"] == pipeline.SLOWER:  # the whole-model measurement overruled it
-                self.assertEqual(seconds["chosen"], seconds["builtin"])
-            elif row["weight_sparsity"] > 0:  # pruned only where the profile says ours wins
-                self.assertEqual(row["runs_as"], "HybridSparseConv2D", row)
-                self.assertLess(seconds["chosen"], seconds["builtin"])
-            else:
-                self.assertEqual(seconds["chosen"], seconds["builtin"])
-        self.assertLess(rep["totals"]["predicted_conv_seconds_after"],
-                        rep["totals"]["predicted_conv_seconds_before"])
-        # Timed at one thread and at all of this machine's cores, side by side.
-        self.assertEqual([r["threads"] for r in rep["latency_on_host"]["by_threads"]],
-                         list(targets.thread_counts("1,all")))
-        self.assertIn("speedup", rep["latency_on_host"])
-
-
 if __name__ == "__main__":
     absltest.main()

@@ -13,6 +13,8 @@ import tempfile
 
 from absl.testing import absltest
 
+from hybrid_pruning import pipeline, targets
+
 _RUNFILES = pathlib.Path(__file__).parent.parent
 PRUNE = _RUNFILES / "python" / "prune"
 EVALUATE = _RUNFILES / "python" / "evaluate"
@@ -137,6 +139,21 @@ class PruneCliRunTest(absltest.TestCase):
         self.assertTrue(report["fidelity_guard"]["met"])
         self.assertLess(report["totals"]["predicted_conv_seconds_after"],
                         report["totals"]["predicted_conv_seconds_before"])
+        predicted = report["global_budget_search"]["predicted_seconds"]
+        for row in report["layers"]:
+            if row["kind"] != "conv2d":
+                continue
+            seconds = predicted[row["layer"]]
+            if row["runs_as"] == pipeline.SLOWER:  # the whole-model measurement overruled it
+                self.assertEqual(seconds["chosen"], seconds["builtin"])
+            elif row["weight_sparsity"] > 0:  # pruned only where the profile says ours wins
+                self.assertEqual(row["runs_as"], "HybridSparseConv2D", row)
+                self.assertLess(seconds["chosen"], seconds["builtin"])
+            else:
+                self.assertEqual(seconds["chosen"], seconds["builtin"])
+        # Timed at one thread and at all of this machine's cores, side by side.
+        self.assertEqual([r["threads"] for r in report["latency_on_host"]["by_threads"]],
+                         list(targets.thread_counts("1,all")))
         self.assertIn("speedup", report["latency_on_host"])
         proc = _run(EVALUATE, "--model=pruned.tflite", cwd=work)
         self.assertEqual(proc.returncode, 0, proc.stderr[-3000:])
@@ -153,28 +170,44 @@ class PruneCliRunTest(absltest.TestCase):
         work = tempfile.mkdtemp(dir=os.environ.get("TEST_TMPDIR"))
         # Without the refinement steps, tested on their own (latency_objective_test) and in
         # the default flow above: here they would only double the time.
+        names = ("host", "arm64-neon", "riscv64-rvv:vlen=128", "generic")
+        tags = [targets.file_tag(n) for n in names]
         proc = _run(PRUNE, "--model=demo", "--output=pruned.tflite", "--report=r.json",
-                    "--target=host,riscv64-rvv:vlen=128", "--probe_count=64",
-                    "--refine_steps=0", cwd=work)
+                    "--target=" + ",".join(names), "--probe_count=64", "--refine_steps=0",
+                    cwd=work)
         self.assertEqual(proc.returncode, 0, proc.stderr[-3000:])
-        self.assertEqual(sorted(os.listdir(work)), [
-            "pruned.host.tflite", "pruned.riscv64-rvv-vlen128.tflite", "r.host.json",
-            "r.riscv64-rvv-vlen128.json"])
-        rvv = json.loads(pathlib.Path(work, "r.riscv64-rvv-vlen128.json").read_text())
-        self.assertEqual(rvv["target"], {"name": "riscv64-rvv:vlen=128", "latency": "modelled"})
-        self.assertEqual(rvv["output"], str(pathlib.Path(work, "pruned.riscv64-rvv-vlen128.tflite")))
-        # The comparison table names both targets, the modelled one as such.
+        self.assertEqual(sorted(os.listdir(work)), sorted(
+            [f"pruned.{t}.tflite" for t in tags] + [f"r.{t}.json" for t in tags]))
+        self.assertIn("pruned.riscv64-rvv-vlen128.tflite", os.listdir(work))
+        # The comparison table names every target, the modelled ones as such.
         table = proc.stdout[proc.stdout.rindex("latency model"):]
-        self.assertIn("host", table)
-        self.assertIn("riscv64-rvv:vlen=128", table)
+        for name in names:
+            self.assertIn(name, table)
         self.assertIn("modelled", table)
-        for name in ("pruned.host.tflite", "pruned.riscv64-rvv-vlen128.tflite"):
-            proc = _run(EVALUATE, f"--model={name}", cwd=work)
+        written = {}
+        for name, tag in zip(names, tags):
+            rep = json.loads(pathlib.Path(work, f"r.{tag}.json").read_text())
+            self.assertEqual(rep["target"], {
+                "name": name,
+                "latency": "measured on this machine" if name == "host" else "modelled"})
+            self.assertEqual(rep["output"], str(pathlib.Path(work, f"pruned.{tag}.tflite")))
+            self.assertTrue(rep["fidelity_guard"]["met"], name)
+            self.assertLessEqual(rep["totals"]["predicted_conv_seconds_after"],
+                                 rep["totals"]["predicted_conv_seconds_original"], name)
+            self.assertEqual("latency_on_host" in rep, name == "host")
+            # Only the scalar target's kernel turns zero inputs into time.
+            if name in ("host", "arm64-neon"):
+                self.assertFalse(any(r["activation_thresholds"] for r in rep["layers"]), name)
+            # Each written model runs in the interpreter with our delegate.
+            proc = _run(EVALUATE, f"--model=pruned.{tag}.tflite", cwd=work)
             self.assertEqual(proc.returncode, 0, proc.stderr[-3000:])
             # Fewer probes than the default make a coarser guard: a working model, not the
             # default's accuracy (test_prune_then_evaluate_then_benchmark checks that).
             self.assertGreater(json.loads(proc.stdout.strip().splitlines()[-1])["top1_accuracy"],
                                0.9, name)
+            written[name] = pathlib.Path(work, f"pruned.{tag}.tflite").read_bytes()
+        # Each target's model is its own: the scalar target's choices differ from the host's.
+        self.assertNotEqual(written["host"], written["generic"])
 
     def test_evaluate_rejects_bad_data(self):
         work = tempfile.mkdtemp(dir=os.environ.get("TEST_TMPDIR"))
