@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "tflite_ops/abi/tflite_abi.h"
+#include "tflite_ops/kernels/clock.h"
 #include "tflite_ops/kernels/conv_plan.h"
 #include "tflite_ops/kernels/sparse_conv.h"
 #include "tflite_ops/kernels/thread_pool.h"
@@ -336,6 +337,11 @@ __attribute__((visibility("default"))) void tflite_plugin_destroy_delegate(TfLit
   if (d == nullptr) return;
   delete static_cast<hybrid_sparse::DelegateConfig*>(d->data_);
   delete d;
+}
+
+// Not part of the delegate: the analytic latency model's clock (kernels/clock.h), for ctypes.
+__attribute__((visibility("default"))) double hybrid_sparse_clock_ghz() {
+  return hybrid_sparse::MeasureClockGhz();
 }
 
 }  // extern "C"

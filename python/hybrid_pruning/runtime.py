@@ -29,6 +29,15 @@ def delegate_path() -> str:
         f"'./bazelw build //tflite_ops:{_LIBRARY}' or set ${_DELEGATE_ENV}")
 
 
+def clock_ghz() -> float:
+    """This core's effective clock, measured by the plugin (0.0 where it cannot)."""
+    import ctypes
+
+    fn = ctypes.CDLL(delegate_path()).hybrid_sparse_clock_ghz
+    fn.restype = ctypes.c_double
+    return float(fn())
+
+
 def make_interpreter(
     model_path: str | None = None, model_content: bytes | None = None, num_threads: int = 1,
     with_ops: bool = True, kernel: str = "",

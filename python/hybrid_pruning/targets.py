@@ -297,15 +297,17 @@ class Microkernel:
 # loads per cycle, 4-wide, XNNPACK ~0.8 of peak); riscv64: SpacemiT X60 (VLEN 256, LMUL 4:
 # vfmacc 4 cycles, vle32 8.6, vse32 ~10, in-order dual issue; XNNPACK's dense efficiency there
 # is not published: 0.6 assumed); generic: a scalar in-order MCU-class core, one FMA and one
-# load per cycle. Dense efficiency, epilogue, transpose and overhead of the x86 cores were
-# fitted to the host's measurements of an earlier build of our kernels (the error against the
-# current build: benchmarks/results/codesign.md, "The analytic model"); the other cores keep
-# the x86 fit's overhead and transpose costs scaled to their load throughput.
+# load per cycle. Dense efficiency, epilogue, transpose and overhead of the x86 cores are
+# fitted (relative least squares) to an AVX-512 host's one-thread measurements of the test
+# and benchmark models' layers, in cycles of the clock measured there (kernels/clock.h; a
+# VM's /proc/cpuinfo gives the nominal clock); the error: benchmarks/results/codesign.md, "The
+# analytic model". The other cores keep an earlier x86 fit's overhead and transpose costs,
+# scaled to their load throughput.
 CORES = {
-    "x86_64-avx2": (Core("AMD Zen 3", 3.8, 8, 0.5, 0.5, 0.5, 4, False, 1.0, 3, 0.9, 2000),
+    "x86_64-avx2": (Core("AMD Zen 3", 3.8, 8, 0.5, 0.5, 0.5, 4, False, 0.72, 5, 0.69, 3000),
                     Microkernel(32, 2)),
-    "x86_64-avx512": (Core("AMD Zen 4", 4.5, 16, 1.0, 1.0, 0.5, 4, False, 1.0, 3, 0.9, 2000),
-                      Microkernel(64, 4)),
+    "x86_64-avx512": (Core("AMD Zen 4", 4.5, 16, 1.0, 1.0, 0.5, 4, False, 0.72, 5, 0.69,
+                           3000), Microkernel(64, 4)),
     "arm64-neon": (Core("Arm Cortex-A76", 2.4, 4, 0.5, 0.5, 0.5, 4, False, 0.8, 3, 1.0, 2000),
                    Microkernel(16, 4)),
     "riscv64-rvv": (Core("SpacemiT X60", 1.6, 32, 4.0, 8.6, 1.0, 2, False, 0.6, 18, 2.0, 3000),
@@ -408,6 +410,18 @@ def host_isa() -> str:
 
 
 def host_ghz() -> float | None:
+    """The clock the kernels run at, measured (runtime.clock_ghz); else what /proc/cpuinfo
+    reports, which on a VM is the nominal clock, not the boost clock."""
+    from hybrid_pruning import runtime
+
+    measured = runtime.clock_ghz()
+    if measured > 0:
+        return measured
+    return reported_ghz()
+
+
+def reported_ghz() -> float | None:
+    """/proc/cpuinfo's clock."""
     mhz = re.search(r"^cpu MHz\s*:\s*([0-9.]+)", cpuinfo(), re.M)
     return float(mhz.group(1)) / 1e3 if mhz else None
 

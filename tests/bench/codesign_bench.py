@@ -160,7 +160,8 @@ def main(argv):
     lines = [
         "# Co-design: one network, several targets, at default flags",
         "",
-        f"{bench_results.machine()} Clock {targets.host_ghz() or 0:.2f} GHz as reported.",
+        f"{bench_results.machine()} Clock {targets.host_ghz() or 0:.2f} GHz measured "
+        f"(/proc/cpuinfo reports {targets.reported_ghz() or 0:.2f} GHz).",
         "Command: `./bazelw run //tests/bench:codesign_bench -- "
         "--output=$PWD/benchmarks/results/codesign.md`",
         "",
