@@ -5,10 +5,13 @@ caused by new weights w' is P (w - w'). With C = cov(P) and mean patch mu, its e
 correcting the bias by mu^T (w - w') is (w - w')^T C (w - w'): one covariance matrix per layer
 makes every step of the binary search a few small matrix products, whatever the probe count.
 
-Magnitude picks which weights go; the kept weights of each output channel are then re-fitted
-by least squares on the same covariance (w'_S = C_SS^-1 C_S: w, damped), so they absorb part
-of what the pruned ones did. This is data-free: C comes from synthetic probes. On the demo
-model, uniform 50 % sparsity keeps 42.7 % top-1 without the re-fit and 98.7 % with it.
+Magnitude picks which weights go, measured in units of the output a weight moves: |w| times
+the spread of its input on the probes (sqrt C_kk), so that a small weight on a large input is
+not taken for an unimportant one: a layer's inputs differ in scale. The kept weights of each
+output channel are then re-fitted by least squares on the same covariance
+(w'_S = C_SS^-1 C_S: w, damped), so they absorb part of what the pruned ones did. This is
+data-free: C comes from synthetic probes. On the demo model, uniform 50 % sparsity keeps
+42.7 % top-1 without the re-fit and 98.7 % with it (plain |w|, before the input scaling).
 """
 
 from __future__ import annotations
@@ -163,7 +166,9 @@ class LayerPruner:
         self.w2 = w.reshape(-1, w.shape[-1])  # [K, out_c]
         self.stats = _stats(layer, statistics.as_sample(layer, x), self.w2)
         self.block_size = block_size
-        self._scores = {block_size: block_scores(self.w2, block_size)}
+        # Each weight's magnitude in units of the output it moves: times its input's spread.
+        self._scored = self.w2 * np.sqrt(np.maximum(self.stats.cov.diag(), 0.0))[:, None]
+        self._scores = {block_size: block_scores(self._scored, block_size)}
         self.reconstruct = reconstruct
 
     def evaluate(self, sparsity: float, block_size: int | None = None
@@ -174,7 +179,7 @@ class LayerPruner:
             return self.w2, 0.0
         block = block_size or self.block_size
         if block not in self._scores:
-            self._scores[block] = block_scores(self.w2, block)
+            self._scores[block] = block_scores(self._scored, block)
         scores = self._scores[block]
         keep = scores > np.quantile(scores, sparsity, method="lower")
         new = refit(self.stats.cov, self.w2, keep) if self.reconstruct else np.where(
