@@ -60,8 +60,12 @@ __attribute__((target("avx2,fma"))) float YmmFromMemory(const float* buf, int of
 }
 
 __attribute__((target("avx2,fma"))) float YmmRegisters(const float* /*buf*/, int /*offset*/) {
-  __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0, a4 = a0, a5 = a0, a6 = a0, a7 = a0;
-  const __m256 w = _mm256_set1_ps(0.5f), x = _mm256_set1_ps(0.25f);
+  // Distinct starts: equal accumulators with equal updates would be merged into one chain.
+  __m256 a0 = _mm256_set1_ps(0), a1 = _mm256_set1_ps(1), a2 = _mm256_set1_ps(2),
+         a3 = _mm256_set1_ps(3), a4 = _mm256_set1_ps(4), a5 = _mm256_set1_ps(5),
+         a6 = _mm256_set1_ps(6), a7 = _mm256_set1_ps(7);
+  __m256 w = _mm256_set1_ps(0.5f), x = _mm256_set1_ps(0.25f);
+  asm("" : "+x"(w), "+x"(x));  // opaque: w * x of constants would fold the FMAs into adds
   for (int64_t n = 0; n < kIterations; ++n) {
     a0 = _mm256_fmadd_ps(w, x, a0);
     a1 = _mm256_fmadd_ps(w, x, a1);
@@ -97,8 +101,11 @@ __attribute__((target("avx512f"))) float ZmmFromMemory(const float* buf, int off
 }
 
 __attribute__((target("avx512f"))) float ZmmRegisters(const float* /*buf*/, int /*offset*/) {
-  __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0, a4 = a0, a5 = a0, a6 = a0, a7 = a0;
-  const __m512 w = _mm512_set1_ps(0.5f), x = _mm512_set1_ps(0.25f);
+  __m512 a0 = _mm512_set1_ps(0), a1 = _mm512_set1_ps(1), a2 = _mm512_set1_ps(2),
+         a3 = _mm512_set1_ps(3), a4 = _mm512_set1_ps(4), a5 = _mm512_set1_ps(5),
+         a6 = _mm512_set1_ps(6), a7 = _mm512_set1_ps(7);
+  __m512 w = _mm512_set1_ps(0.5f), x = _mm512_set1_ps(0.25f);
+  asm("" : "+v"(w), "+v"(x));
   for (int64_t n = 0; n < kIterations; ++n) {
     a0 = _mm512_fmadd_ps(w, x, a0);
     a1 = _mm512_fmadd_ps(w, x, a1);
