@@ -209,7 +209,7 @@ def main(argv):
         "",
         "## The analytic model on this machine",
         "",
-        "targets.ModelledProfile for this host's ISA (at the reported clock), against the "
+        "targets.ModelledProfile for this host's ISA (at the measured clock), against the "
         "host profile's measurements of the same layers of the pruned model: modelled / "
         "measured, median (range).",
         "",
