@@ -119,14 +119,17 @@ def _sensitivity(model, pl: graph.PrunableLayer, pruner, probes, reference, seed
 def tabulate(model, layers: list[graph.PrunableLayer], inputs: list[np.ndarray],
              probes: np.ndarray, reference: list, block_size: int = 1, progress=None,
              max_sparsity: float = 0.99, block_sizes: tuple[int, ...] | None = None,
-             latency: bool = False, activations: bool = True) -> list[LayerTable]:
+             latency: bool = False, activations: bool = True,
+             input_scaled: bool = True) -> list[LayerTable]:
     """Every layer's candidate levels with their re-fitted errors, and its sensitivity: the
     target-independent half of the search (choose() prices it for one target). `latency`:
     Dense layers stay dense (their builtin kernel gains nothing from zeros); `activations`:
-    offer activation thresholds on convs (where some target's kernel skips zeros)."""
+    offer activation thresholds on convs (where some target's kernel skips zeros);
+    `input_scaled`: weight magnitudes in output units (weight_pruning.LayerPruner)."""
     tables = []
     for seed, (pl, x) in enumerate(zip(layers, inputs)):
-        pruner = weight_pruning.LayerPruner(pl, x, block_size if pl.kind == "conv2d" else 1)
+        pruner = weight_pruning.LayerPruner(pl, x, block_size if pl.kind == "conv2d" else 1,
+                                            input_scaled=input_scaled)
         sparsities = SPARSITIES if not latency or pl.kind == "conv2d" else SPARSITIES[:1]
         blocks = (block_sizes or (block_size,)) if pl.kind == "conv2d" else (1,)
         levels = [(s, b) for b in blocks for s in sparsities
@@ -151,13 +154,14 @@ def allocate(model, layers: list[graph.PrunableLayer], inputs: list[np.ndarray],
              target_macs: float | None = None, min_agreement: float | None = None,
              max_kl: float | None = None, block_size: int = 1, progress=None,
              accept=None, profile=None, max_sparsity: float = 0.99,
-             block_sizes: tuple[int, ...] | None = None
+             block_sizes: tuple[int, ...] | None = None, input_scaled: bool = True
              ) -> tuple[list[weight_pruning.WeightPruningResult],
                         list[activation_pruning.ActivationPruningResult], dict]:
     """tabulate() then choose(), for one target."""
     tables = tabulate(model, layers, inputs, probes, reference, block_size, progress,
                       max_sparsity, block_sizes, latency=profile is not None,
-                      activations=profile is None or profile.activation_pays)
+                      activations=profile is None or profile.activation_pays,
+                      input_scaled=input_scaled)
     return choose(model, tables, evaluate_fidelity, target_macs, min_agreement, max_kl,
                   accept, profile)
 

@@ -126,8 +126,8 @@ def compress_targets(model, config: PruneConfig) -> dict[str, PruneResult]:
     macs_before = {layer.name: graph.layer_macs(layer) for layer in original.layers}
     probes = probes_lib.make_probes(original, config.probe, config.probe_count,
                                     config.input_range, config.seed)
-    config = dataclasses.replace(
-        config, guard=config.guard.resolve(probes_lib.resolve(original, config.probe)))
+    kind = probes_lib.resolve(original, config.probe)  # the work model may lose its BNs
+    config = dataclasses.replace(config, probe=kind, guard=config.guard.resolve(kind))
     reference = fidelity.as_list(original.predict(
         probes, batch_size=statistics.predict_batch(original), verbose=0))
     original_tflite = convert.to_tflite(original)
@@ -313,6 +313,13 @@ def _scaled(config: PruneConfig, scale: float) -> PruneConfig:
         merge_error_budget=config.merge_error_budget * scale)
 
 
+def _input_scaled(config: PruneConfig) -> bool:
+    """Weight magnitudes are scaled by their inputs' spread only where the probes are matched
+    to the model's BatchNorm statistics (config.probe resolved): synthetic images' spreads
+    misled the pruning of the BatchNorm-free demo (benchmarks/results/architectures.md)."""
+    return config.probe == "bn"
+
+
 def _prepare(model, probes: np.ndarray, reference: list, config: PruneConfig, scale: float,
              bar, profiles: list) -> dict:
     """The target-independent work at per-layer budgets x `scale`: channel removal (which pays
@@ -338,7 +345,8 @@ def _prepare(model, probes: np.ndarray, reference: list, config: PruneConfig, sc
             # Blocks of 4 output channels let the vector kernels reuse each input load: the
             # profile prices them per layer, unless the user fixed a block size.
             block_sizes=(1, 4) if config.block_size == 1 else None, latency=True,
-            activations=any(p.activation_pays for p in profiles))
+            activations=any(p.activation_pays for p in profiles),
+            input_scaled=_input_scaled(config))
     refit = weight_pruning.SequentialRefit(model, layers, probes, config.seed) \
         if tables is not None and config.sequential_refit else None
     return {"model": model, "layers": layers, "inputs": inputs, "removed": removed,
@@ -370,12 +378,13 @@ def _finish(prepared: dict, probes: np.ndarray, reference: list, config: PruneCo
             target_macs=None if config.target_macs is None
             else config.target_macs * original_macs,
             min_agreement=config.min_agreement, max_kl=config.max_kl,
-            block_size=config.block_size, progress=bar, max_sparsity=config.max_sparsity)
+            block_size=config.block_size, progress=bar, max_sparsity=config.max_sparsity,
+            input_scaled=_input_scaled(config))
     else:
         search = None
         weights = weight_pruning.prune_weights(
             layers, inputs, config.weight_error_budget, config.max_sparsity,
-            config.block_size, progress=bar)
+            config.block_size, progress=bar, input_scaled=_input_scaled(config))
         inputs = statistics.collect(model, layers, probes, config.seed)
         activations = activation_pruning.prune_activations(
             layers, inputs, config.activation_error_budget, progress=bar)

@@ -7,7 +7,9 @@ makes every step of the binary search a few small matrix products, whatever the 
 
 Magnitude picks which weights go, measured in units of the output a weight moves: |w| times
 the spread of its input on the probes (sqrt C_kk), so that a small weight on a large input is
-not taken for an unimportant one: a layer's inputs differ in scale. The kept weights of each
+not taken for an unimportant one: a layer's inputs differ in scale. Only where the probes
+stand for real inputs (matched to the model's BatchNorm statistics): on synthetic images the
+spreads mislead (benchmarks/results/architectures.md, digits_cnn_nobn). The kept weights of each
 output channel are then re-fitted by least squares on the same covariance
 (w'_S = C_SS^-1 C_S: w, damped), so they absorb part of what the pruned ones did. This is
 data-free: C comes from synthetic probes. On the demo model, uniform 50 % sparsity keeps
@@ -158,8 +160,9 @@ class LayerPruner:
     """Evaluates magnitude pruning of one layer at any sparsity, from its probe statistics."""
 
     def __init__(self, layer: PrunableLayer, x, block_size: int = 1,
-                 reconstruct: bool = True):
-        """`x`: the layer's input on the probes, as a statistics.LayerSample or an array."""
+                 reconstruct: bool = True, input_scaled: bool = True):
+        """`x`: the layer's input on the probes, as a statistics.LayerSample or an array;
+        `input_scaled`: magnitudes times their inputs' spread (else plain |w|)."""
         self.layer = layer
         w = layer.folded_kernel.astype(np.float64)
         self.shape = w.shape
@@ -167,7 +170,8 @@ class LayerPruner:
         self.stats = _stats(layer, statistics.as_sample(layer, x), self.w2)
         self.block_size = block_size
         # Each weight's magnitude in units of the output it moves: times its input's spread.
-        self._scored = self.w2 * np.sqrt(np.maximum(self.stats.cov.diag(), 0.0))[:, None]
+        self._scored = self.w2 * np.sqrt(np.maximum(self.stats.cov.diag(), 0.0))[:, None] \
+            if input_scaled else self.w2
         self._scores = {block_size: block_scores(self._scored, block_size)}
         self.reconstruct = reconstruct
 
@@ -236,10 +240,10 @@ class SequentialRefit:
 
 def prune_layer(layer: PrunableLayer, x, error_budget: float,
                 max_sparsity: float = 0.99, block_size: int = 1, iterations: int = 10,
-                reconstruct: bool = True) -> WeightPruningResult:
+                reconstruct: bool = True, input_scaled: bool = True) -> WeightPruningResult:
     """The largest magnitude-percentile sparsity whose relative output error on the probe
     activations `x` stays within `error_budget` (binary search over the percentile)."""
-    pruner = LayerPruner(layer, x, block_size, reconstruct)
+    pruner = LayerPruner(layer, x, block_size, reconstruct, input_scaled)
     best, best_err = search.largest_within_budget(
         pruner.evaluate, lambda c: c[1], max_sparsity, error_budget, iterations)
     result = pruner.result(best, best_err)
@@ -249,12 +253,13 @@ def prune_layer(layer: PrunableLayer, x, error_budget: float,
 
 def prune_weights(layers: list[PrunableLayer], inputs: list, error_budget: float,
                   max_sparsity: float = 0.99, block_size: int = 1, reconstruct: bool = True,
-                  progress=None) -> list[WeightPruningResult]:
+                  progress=None, input_scaled: bool = True) -> list[WeightPruningResult]:
     """Prunes every layer in place (zeros in its kernel) and returns what was done."""
     results = []
     for layer, x in zip(layers, inputs):
         r = prune_layer(layer, x, error_budget, max_sparsity,
-                        block_size if layer.kind == "conv2d" else 1, reconstruct=reconstruct)
+                        block_size if layer.kind == "conv2d" else 1, reconstruct=reconstruct,
+                        input_scaled=input_scaled)
         layer.set_folded(r.kernel, r.bias_delta)
         results.append(r)
         if progress is not None:
