@@ -14,6 +14,11 @@ constexpr int kTasksPerWorker = 2;
 // Work of a narrow-tile position relative to a wide-tile one (narrow tiles load more weights
 // per multiply-add): a narrow tile is chosen only where it saves more wasted lanes than that.
 constexpr double kNarrowCost = 1.05;
+// Work of packing one input float per output position, in multiply-adds of one nonzero: the
+// per-position cost beside the nonzeros that aligned taps do not speed up (fitted with the
+// variants' aligned_tap_cost to one-thread timings of 3x3 layers, 28x28 to 112x112, 32 to 128
+// channels, 50-95 % sparse).
+constexpr double kPackedFloatCost = 100.0;
 // Largest band buffer: a share of a core's L2 that leaves room for the band's output and the
 // weights, so that a band is packed and read from the same cache.
 constexpr int64_t kBandBytes = 128 << 10;
@@ -57,32 +62,61 @@ std::string ConvPlan::Build(const ConvShape& s, const SparseFilter& f, const flo
 
   const int sh = s.stride_h, sw = s.stride_w;
   hq_ = s.out_h + (s.kernel_h - 1) * s.dilation_h / sh;
-  wq_ = s.out_w + (s.kernel_w - 1) * s.dilation_w / sw;
   // Pointwise convs need no padding or phases: each tile packs its own slice of the input
   // just before use (per worker, in L1) instead of a whole-image copy making a trip to L3.
   pointwise_ = s.kernel_h == 1 && s.kernel_w == 1 && sh == 1 && sw == 1;
-  const int64_t positions = static_cast<int64_t>(s.out_h) * wq_;
-  auto computed = [positions](int t) { return (positions + t - 1) / t * t; };
-  tile_ = variant.tile;
-  microkernel_ = variant.microkernel;
-  if (variant.narrow_microkernel != nullptr &&
-      (f.block_size > 1 || variant.narrow_unstructured) &&
-      computed(variant.narrow_tile) * kNarrowCost < computed(variant.tile)) {
-    tile_ = variant.narrow_tile;
-    microkernel_ = variant.narrow_microkernel;
+  // Horizontal taps within one phase plane sit 0..max_shift floats apart.
+  const int max_shift = (s.kernel_w - 1) * s.dilation_w / sw;
+  // The pitch, tile and tap layout with the fewest (weighted) computed positions. Aligned
+  // taps: the pitch in whole cache lines and one copy of each plane per horizontal shift, so
+  // that every tap of every tile loads whole cache lines (load_fma.md: a misaligned load feeds
+  // FMAs at ~0.6 of the aligned rate, and unstructured nonzeros are load-bound).
+  const int plain_wq = s.out_w + max_shift;
+  const int aligned_wq = static_cast<int>((plain_wq + kLineChannels - 1) / kLineChannels *
+                                          kLineChannels);
+  // The copies' extra packing is cheap (each row is copied while in L1); what aligned taps
+  // cost is the pitch's wasted lanes, paid by the packing and epilogue as well.
+  const double nonzeros = static_cast<double>(f.num_nonzero_blocks) * f.block_size;
+  const double packing = kPackedFloatCost * s.in_c;
+  double best_cost = std::numeric_limits<double>::infinity();
+  for (const bool aligned : {false, true}) {
+    if (aligned && !(variant.aligned_tap_cost > 0.0f && f.block_size == 1 && max_shift > 0 &&
+                     max_shift < static_cast<int>(kLineChannels)))
+      continue;
+    const int64_t positions = static_cast<int64_t>(s.out_h) * (aligned ? aligned_wq : plain_wq);
+    const double per_position =
+        nonzeros * (aligned ? variant.aligned_tap_cost : 1.0f) + packing;
+    for (const bool narrow : {false, true}) {
+      if (narrow && !(variant.narrow_microkernel != nullptr &&
+                      (f.block_size > 1 || variant.narrow_unstructured)))
+        continue;
+      const int t = narrow ? variant.narrow_tile : variant.tile;
+      const double cost = static_cast<double>((positions + t - 1) / t * t) *
+                          (narrow ? kNarrowCost : 1.0) * per_position;
+      if (cost < best_cost) {
+        best_cost = cost;
+        tile_ = t;
+        microkernel_ = narrow ? variant.narrow_microkernel : variant.microkernel;
+        wq_ = aligned ? aligned_wq : plain_wq;
+        shifts_ = aligned ? max_shift + 1 : 1;
+      }
+    }
   }
+  const int64_t positions = static_cast<int64_t>(s.out_h) * wq_;
   const int tile = tile_;
   num_tiles_ = static_cast<int>((positions + tile - 1) / tile);
   const int64_t phase_planes = static_cast<int64_t>(s.in_c) * sh * sw;
   // The highest float a tile reads past its start, beyond the last plane's start.
   const int64_t reach = static_cast<int64_t>((s.kernel_h - 1) * s.dilation_h / sh) * wq_ +
-                        (s.kernel_w - 1) * s.dilation_w / sw + tile;
+                        (shifts_ > 1 ? 0 : max_shift) + tile;
   int64_t x_size = 0;
   if (pointwise_) {
     plane_ = tile;
     num_bands_ = num_tiles_;
     x_size = plane_ * s.in_c;
   } else {
+    // Bands are sized without the shifted copies: more bands repack more shared rows (measured
+    // slower), and the copies of a band still fit a core's L2.
     const int64_t image_bytes = phase_planes * hq_ * wq_ * static_cast<int64_t>(sizeof(float));
     int64_t bands = std::max<int64_t>(max_workers_ > 1 ? kTasksPerWorker * max_workers_ : 1,
                                       (image_bytes + kBandBytes - 1) / kBandBytes);
@@ -99,8 +133,9 @@ std::string ConvPlan::Build(const ConvShape& s, const SparseFilter& f, const flo
     }
     // Planes start on cache lines: misaligned ones made the microkernel's loads slower.
     plane_ = (static_cast<int64_t>(band_hq) * wq_ + kLineChannels - 1) / kLineChannels *
-             kLineChannels;
-    x_size = std::max(phase_planes * plane_, (phase_planes - 1) * plane_ + span - tile + reach);
+             kLineChannels + (shifts_ > 1 ? kLineChannels : 0);
+    const int64_t planes = phase_planes * shifts_;
+    x_size = std::max(planes * plane_, (planes - 1) * plane_ + span - tile + reach);
   }
   if (x_size > std::numeric_limits<int32_t>::max())
     return "input is too large for 32-bit offsets (" + std::to_string(x_size) + " floats)";
@@ -117,8 +152,10 @@ std::string ConvPlan::Build(const ConvShape& s, const SparseFilter& f, const flo
   for (int k = 0; k < f.num_cols; ++k) {
     const int ic = k % s.in_c, tap = k / s.in_c;
     const int dy = (tap / s.kernel_w) * s.dilation_h, dx = (tap % s.kernel_w) * s.dilation_w;
-    const int64_t off = ((static_cast<int64_t>(ic) * sh + dy % sh) * sw + dx % sw) * plane_ +
-                        static_cast<int64_t>(dy / sh) * wq_ + dx / sw;
+    const int shift = shifts_ > 1 ? dx / sw : 0;
+    const int64_t off =
+        (((static_cast<int64_t>(ic) * sh + dy % sh) * sw + dx % sw) * shifts_ + shift) * plane_ +
+        static_cast<int64_t>(dy / sh) * wq_ + dx / sw - shift;
     for (int32_t j = f.col_ptr[k]; j < f.col_ptr[k + 1]; ++j) {
       const int32_t dst = fill[f.row_block[j]]++;
       offset_[dst] = static_cast<int32_t>(off);
@@ -142,11 +179,12 @@ std::string ConvPlan::Build(const ConvShape& s, const SparseFilter& f, const flo
   // Input-channel groups: a group's planes, over the rows a tile's taps reach, take ~20 KiB
   // of a 32 KiB L1, so they stay cached while every output channel of the tile uses them
   // (measured: 1.3x on 3x3 layers at 80 % sparsity; 8 KiB or no groups are slower).
-  const int64_t planes = static_cast<int64_t>(s.in_c) * sh * sw;
+  const int64_t channel_planes = static_cast<int64_t>(sh) * sw * shifts_;
+  const int64_t planes = s.in_c * channel_planes;
   const int64_t rows_reached = (s.kernel_h - 1) * s.dilation_h / sh + 1;
-  const int64_t plane_bytes =
-      rows_reached * (tile + (s.kernel_w - 1) * s.dilation_w / sw + 16) * sizeof(float);
-  const int64_t group_planes = std::max<int64_t>(1, (20 << 10) / plane_bytes);
+  const int64_t plane_bytes = rows_reached * (tile + max_shift + 16) * sizeof(float);
+  const int64_t group_planes =
+      std::max<int64_t>(1, (20 << 10) / plane_bytes) * channel_planes;
   const int groups = static_cast<int>((planes + group_planes - 1) / group_planes);
   const int nb = f.num_blocks;
   bounds_.assign(static_cast<size_t>(groups + 1) * nb, 0);
@@ -182,7 +220,9 @@ std::string ConvPlan::Build(const ConvShape& s, const SparseFilter& f, const flo
   }
   // Zeros: padding columns are never written, so they stay zero in every band.
   x_stride_ = static_cast<int64_t>(WorkerStride(x_size));
-  x_.assign(static_cast<size_t>(x_stride_) * max_workers_, 0.0f);
+  x_.assign(static_cast<size_t>(x_stride_) * max_workers_ + kLineChannels, 0.0f);
+  x_base_ = x_.data();
+  while (reinterpret_cast<uintptr_t>(x_base_) % 64 != 0) ++x_base_;
   held_.assign(static_cast<size_t>(max_workers_) * kLineChannels, -1);
   scratch_stride_ = WorkerStride(static_cast<size_t>(padded_c_) * tile);
   scratch_.assign(static_cast<size_t>(max_workers_) * scratch_stride_, 0.0f);
@@ -209,26 +249,32 @@ void ConvPlan::PackRow(const float* image, int row, int yq0, float* x) {
   const int sh = s.stride_h, sw = s.stride_w;
   const int yq = row / sh, py = row % sh;
   const int iy = yq * sh + py - s.pad_top;
-  const int64_t channel_stride = plane_ * sh * sw;
+  const int64_t channel_stride = plane_ * sh * sw * shifts_;
   for (int px = 0; px < sw; ++px) {
-    float* dst_row = x + (static_cast<int64_t>(py) * sw + px) * plane_ +
+    float* dst_row = x + (static_cast<int64_t>(py) * sw + px) * shifts_ * plane_ +
                      static_cast<int64_t>(yq - yq0) * wq_;
     if (iy < 0 || iy >= s.in_h) {  // a padding row: the buffer may hold another band's row
       for (int ic = 0; ic < s.in_c; ++ic)
         std::fill_n(dst_row + ic * channel_stride, wq_, 0.0f);
-      continue;
+    } else {
+      // Columns xq whose input column ix = xq * sw + px - pad_left lies inside the image; the
+      // others are padding, never written (Build's zeros).
+      int lo = std::max(0, (s.pad_left - px + sw - 1) / sw);
+      int hi = std::min(wq_, (s.in_w - 1 + s.pad_left - px) / sw + 1);
+      if (s.in_w - 1 + s.pad_left - px < 0) hi = 0;
+      lo = std::min(lo, hi);
+      if (hi > lo) {
+        const int ix = lo * sw + px - s.pad_left;
+        variant_.transpose(image + (static_cast<int64_t>(iy) * s.in_w + ix) * s.in_c,
+                           static_cast<int64_t>(sw) * s.in_c, hi - lo, s.in_c, thresholds_,
+                           dst_row + lo, channel_stride);
+      }
     }
-    // Columns xq whose input column ix = xq * sw + px - pad_left lies inside the image; the
-    // others are padding, never written (Build's zeros).
-    int lo = std::max(0, (s.pad_left - px + sw - 1) / sw);
-    int hi = std::min(wq_, (s.in_w - 1 + s.pad_left - px) / sw + 1);
-    if (s.in_w - 1 + s.pad_left - px < 0) hi = 0;
-    lo = std::min(lo, hi);
-    if (hi > lo) {
-      const int ix = lo * sw + px - s.pad_left;
-      variant_.transpose(image + (static_cast<int64_t>(iy) * s.in_w + ix) * s.in_c,
-                         static_cast<int64_t>(sw) * s.in_c, hi - lo, s.in_c, thresholds_,
-                         dst_row + lo, channel_stride);
+    // Copy k of the row, k floats earlier (its first k land in the line between planes, or in
+    // the previous row's tail, where they belong), while the row is in L1.
+    for (int ic = 0; ic < s.in_c && shifts_ > 1; ++ic) {
+      float* src = dst_row + ic * channel_stride;
+      for (int k = 1; k < shifts_; ++k) std::copy_n(src, wq_, src + k * plane_ - k);
     }
   }
 }
@@ -299,7 +345,7 @@ void ConvPlan::Run(const float* input, float* output, Parallel* parallel, int wo
   parallel->For(tasks, workers, [&](int task, int worker) {
     const int c = task % chunks, band = task / chunks;  // band counts over all images
     const int n = band / num_bands_, b = band % num_bands_;
-    float* x = x_.data() + worker * x_stride_;
+    float* x = x_base_ + worker * x_stride_;
     float* y = scratch_.data() + worker * scratch_stride_;
     const int b0 = c * per_chunk, b1 = std::min(nb, (c + 1) * per_chunk);
     const float* image = input + n * in_image;

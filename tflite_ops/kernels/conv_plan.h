@@ -14,6 +14,10 @@
 // pack pass slower on two workers than on one. Pointwise convs (1x1, stride 1) pack per tile.
 // The filter is re-packed once (Build), with each nonzero's patch index turned into its input
 // offset in X: the microkernel's inner loop is then a load at x + offset and FMAs.
+// Aligned taps (x86, unstructured filters, where Build's cost estimate says they pay): the row
+// pitch is a whole number of cache lines and each phase plane is kept once per horizontal
+// shift k, copy k holding the plane k floats to the left, so that tap (dy, dx) of a tile reads
+// copy dx / stride_w at a cache-line boundary: every load of the microkernel is aligned.
 #ifndef TFLITE_OPS_KERNELS_CONV_PLAN_H_
 #define TFLITE_OPS_KERNELS_CONV_PLAN_H_
 
@@ -57,6 +61,8 @@ class ConvPlan {
   int64_t macs() const { return macs_; }
   // Output positions per microkernel call: the variant's tile or its narrow one.
   int tile() const { return tile_; }
+  // Whether every tap's input load is aligned (the input kept once per horizontal shift).
+  bool aligned_taps() const { return shifts_ > 1; }
 
  private:
   // Packs padded row `row` (yq * stride_h + py) of one image into a band buffer whose first
@@ -88,6 +94,7 @@ class ConvPlan {
   int hq_ = 0, wq_ = 0;   // per-phase padded height and width
   int64_t plane_ = 0;     // one channel-phase plane of a band buffer: the tallest
                           // band's rows * wq_, in whole cache lines; pointwise: tile
+  int shifts_ = 1;          // copies of each phase plane: 1, or one per horizontal shift
   bool pointwise_ = false;  // 1x1 stride 1: each tile packs its own input slice
   int num_tiles_ = 0;
   int num_bands_ = 1;
@@ -99,6 +106,7 @@ class ConvPlan {
   std::vector<SpmmFilter> groups_;  // one microkernel call per input-channel group
   int64_t x_stride_ = 0;        // floats of one worker's buffer, slack for wasted lanes included
   std::vector<float> x_;        // per worker: its band's (pointwise: tile's) packed input
+  float* x_base_ = nullptr;     // x_'s first cache line: offsets' alignment is kept in loads
   std::vector<int> held_;       // per worker, a cache line apart: the band its buffer holds
   std::vector<float> scratch_;  // per worker: [padded_c_][tile] (reference: [padded_c_])
   size_t scratch_stride_ = 0;   // floats from one worker's scratch to the next

@@ -14,12 +14,12 @@ struct Table {
     variants[count++] = {"reference", 0, nullptr, TransposeReference};
 #if defined(HYBRID_SPARSE_HAVE_AVX2)
     if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
-      variants[count++] = {"avx2", 32, SpmmAvx2, TransposeAvx2, 16, SpmmAvx2Narrow, false};
+      variants[count++] = {"avx2", 32, SpmmAvx2, TransposeAvx2, 16, SpmmAvx2Narrow, false, 0.8f};
 #endif
 #if defined(HYBRID_SPARSE_HAVE_AVX512)
     // Its layout changes use the AVX2 transpose: every AVX-512F CPU has AVX2.
     if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx2"))
-      variants[count++] = {"avx512", 64, SpmmAvx512, TransposeAvx2, 32, SpmmAvx512Narrow, true};
+      variants[count++] = {"avx512", 64, SpmmAvx512, TransposeAvx2, 32, SpmmAvx512Narrow, true, 0.7f};
 #endif
 #if defined(HYBRID_SPARSE_HAVE_NEON)
     variants[count++] = {"neon", 16, SpmmNeon, TransposeNeon};  // NEON is mandatory on AArch64

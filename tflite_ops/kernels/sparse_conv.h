@@ -140,6 +140,9 @@ struct KernelVariant {
   int narrow_tile = 0;
   SpmmMicrokernelFn narrow_microkernel = nullptr;
   bool narrow_unstructured = false;
+  // Work of an output position of an unstructured filter when every tap's input load is
+  // aligned (conv_plan.h), relative to taps at any float offset; 0: never aligned.
+  float aligned_tap_cost = 0.0f;
 };
 
 // Every variant this build has and this CPU can run, reference first, fastest last.

@@ -112,6 +112,33 @@ TEST_P(KernelVariants, ImagesLargerThanABandBuffer) {
   }
 }
 
+// Wide images with unstructured filters take aligned taps (conv_plan.h) on the variants that
+// have them: every stride, dilation and padding, over bands, batches and thresholds.
+TEST_P(KernelVariants, AlignedTapsMatchDenseConvolution) {
+  const KernelVariant& v = variant();
+  int seed = 300;
+  for (int stride : {1, 2}) {
+    for (int dilation : {1, 2}) {
+      for (Padding padding : {Padding::kSame, Padding::kValid}) {
+        testing::Case c;
+        c.shape.batch = 2, c.shape.in_h = 23, c.shape.in_w = 60, c.shape.in_c = 16;
+        c.shape.out_c = 64, c.shape.kernel_h = c.shape.kernel_w = 3;
+        c.shape.stride_h = c.shape.stride_w = stride;
+        c.shape.dilation_h = c.shape.dilation_w = dilation;
+        c.padding = padding;
+        ASSERT_TRUE(ComputeConvShape(c.padding, &c.shape));
+        c.activation = Activation::kRelu;
+        c.weight_sparsity = 0.5f;
+        c.with_thresholds = seed % 2 == 1;
+        bool aligned = false;
+        EXPECT_LE(testing::MaxRelativeError(v, c, ++seed, &aligned), 1e-5)
+            << v.name << ": " << c.Describe();
+        EXPECT_EQ(aligned, v.aligned_tap_cost > 0.0f) << v.name << ": " << c.Describe();
+      }
+    }
+  }
+}
+
 // Small images take the narrow microkernel where the variant has one (for unstructured
 // filters only where it pays), large ones the wide; the random cases above check both against
 // the dense convolution.
