@@ -1,5 +1,8 @@
-// x86-64 AVX2+FMA microkernel: 32 output positions (4 ymm) x up to 2 channels per pass; 16
-// registers leave no room for more accumulators.
+// x86-64 AVX2+FMA microkernels: 64 output positions, computed as 4 ymm x up to 2 channels per
+// pass for blocks (16 registers leave no room for more accumulators), as 8 ymm x 1 channel for
+// unstructured filters (one offset and one weight broadcast per 8 loads and FMAs instead of
+// per 4: the scalar work per nonzero, not the FMAs, bounded the 4-ymm pass); and a narrow one
+// of 32 positions for small images.
 #include <immintrin.h>
 
 #include "tflite_ops/kernels/spmm_fixed_width.h"
@@ -9,7 +12,7 @@ namespace {
 
 struct Avx2 {
   using Vec = __m256;
-  static constexpr int kLanes = 8, kTile = 32, kMaxRows = 2;
+  static constexpr int kLanes = 8, kTile = 64, kPass = 32, kMaxRows = 2;
   static constexpr int kChains = 12, kMaxAccumulators = 14;
   static Vec Load(const float* p) { return _mm256_loadu_ps(p); }
   static void Store(float* p, Vec v) { _mm256_storeu_ps(p, v); }
@@ -20,8 +23,13 @@ struct Avx2 {
   static Vec Max(Vec a, Vec b) { return _mm256_max_ps(a, b); }
 };
 
+// Eight accumulators in one set: eight chains cover a 4-cycle FMA latency at two per cycle.
+struct Avx2Unstructured : Avx2 {
+  static constexpr int kPass = 64, kMaxRows = 1, kChains = 8;
+};
+
 struct Avx2Narrow : Avx2 {
-  static constexpr int kTile = 16;
+  static constexpr int kTile = 32, kPass = 32;
 };
 
 // Rows r[0..7] become columns.
@@ -121,7 +129,11 @@ void SpmmAvx2Narrow(const SpmmFilter& f, const float* x, float* y) {
 }
 
 void SpmmAvx2(const SpmmFilter& f, const float* x, float* y) {
-  spmm_internal::SpmmFixedWidth<Avx2>(f, x, y);
+  if (f.block_size == 1) {
+    spmm_internal::SpmmFixedWidth<Avx2Unstructured>(f, x, y);
+  } else {
+    spmm_internal::SpmmFixedWidth<Avx2>(f, x, y);
+  }
 }
 
 }  // namespace hybrid_sparse

@@ -10,7 +10,7 @@ namespace {
 
 struct Avx512 {
   using Vec = __m512;
-  static constexpr int kLanes = 16, kTile = 64, kMaxRows = 4;
+  static constexpr int kLanes = 16, kTile = 64, kPass = 64, kMaxRows = 4;
   // Eight chains cover a 4-cycle FMA latency at two ZMM FMAs per cycle (Zen 4 issues one);
   // 16 only added partial sums to reduce per row on unstructured filters (slower).
   static constexpr int kChains = 8, kMaxAccumulators = 28;
@@ -24,17 +24,18 @@ struct Avx512 {
 };
 
 struct Avx512Narrow : Avx512 {
-  static constexpr int kTile = 32;
+  static constexpr int kTile = 32, kPass = 32;
 };
 
 }  // namespace
 
-// Unstructured filters take AVX2's body (4 ymm per row, the same 32 positions): each nonzero
-// loads its inputs at an arbitrary float offset, and a 64-byte load there always splits a
-// cache line where a 32-byte one does half the time (two zmm per row ran slower than four ymm).
+// Unstructured filters take AVX2's narrow body (4 ymm per row, the same 32 positions): each
+// nonzero loads its inputs at an arbitrary float offset, and a 64-byte load there always splits
+// a cache line where a 32-byte one does half the time (two zmm per row ran slower than four
+// ymm).
 void SpmmAvx512Narrow(const SpmmFilter& f, const float* x, float* y) {
   if (f.block_size == 1) {
-    SpmmAvx2(f, x, y);
+    SpmmAvx2Narrow(f, x, y);
   } else {
     spmm_internal::SpmmFixedWidth<Avx512Narrow>(f, x, y);
   }

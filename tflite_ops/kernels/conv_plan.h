@@ -106,9 +106,10 @@ class ConvPlan {
   std::vector<SpmmFilter> groups_;  // one microkernel call per input-channel group
   int64_t x_stride_ = 0;        // floats of one worker's buffer, slack for wasted lanes included
   std::vector<float> x_;        // per worker: its band's (pointwise: tile's) packed input
-  float* x_base_ = nullptr;     // x_'s first cache line: offsets' alignment is kept in loads
+  float* x_base_ = nullptr;     // x_'s first cache line
   std::vector<int> held_;       // per worker, a cache line apart: the band its buffer holds
   std::vector<float> scratch_;  // per worker: [padded_c_][tile] (reference: [padded_c_])
+  float* scratch_base_ = nullptr;  // scratch_'s first cache line
   size_t scratch_stride_ = 0;   // floats from one worker's scratch to the next
 };
 

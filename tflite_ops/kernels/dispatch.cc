@@ -14,7 +14,7 @@ struct Table {
     variants[count++] = {"reference", 0, nullptr, TransposeReference};
 #if defined(HYBRID_SPARSE_HAVE_AVX2)
     if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
-      variants[count++] = {"avx2", 32, SpmmAvx2, TransposeAvx2, 16, SpmmAvx2Narrow, false, 0.8f};
+      variants[count++] = {"avx2", 64, SpmmAvx2, TransposeAvx2, 32, SpmmAvx2Narrow, true, 0.8f};
 #endif
 #if defined(HYBRID_SPARSE_HAVE_AVX512)
     // Its layout changes use the AVX2 transpose: every AVX-512F CPU has AVX2.

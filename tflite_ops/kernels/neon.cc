@@ -9,7 +9,7 @@ namespace {
 
 struct Neon {
   using Vec = float32x4_t;
-  static constexpr int kLanes = 4, kTile = 16, kMaxRows = 4;
+  static constexpr int kLanes = 4, kTile = 16, kPass = 16, kMaxRows = 4;
   static constexpr int kChains = 16, kMaxAccumulators = 28;
   static Vec Load(const float* p) { return vld1q_f32(p); }
   static void Store(float* p, Vec v) { vst1q_f32(p, v); }

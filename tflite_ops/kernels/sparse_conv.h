@@ -106,8 +106,8 @@ struct SpmmFilter {
 // Reads x only at offsets + [0, tile); y holds num_blocks * block_size rows of `tile` floats.
 using SpmmMicrokernelFn = void (*)(const SpmmFilter& filter, const float* x, float* y);
 
-void SpmmAvx2(const SpmmFilter& filter, const float* x, float* y);          // tile 32
-void SpmmAvx2Narrow(const SpmmFilter& filter, const float* x, float* y);    // tile 16
+void SpmmAvx2(const SpmmFilter& filter, const float* x, float* y);          // tile 64
+void SpmmAvx2Narrow(const SpmmFilter& filter, const float* x, float* y);    // tile 32
 void SpmmAvx512(const SpmmFilter& filter, const float* x, float* y);        // tile 64
 void SpmmAvx512Narrow(const SpmmFilter& filter, const float* x, float* y);  // tile 32
 void SpmmNeon(const SpmmFilter& filter, const float* x, float* y);    // tile 16

@@ -2,7 +2,8 @@
 // a small ISA traits struct and instantiated in each ISA's own file, compiled with that ISA's
 // flags. (RVV's vector types are sizeless and cannot live in arrays; rvv.cc has its own body.)
 //
-// Traits: Vec, kLanes, kTile (multiple of kLanes), kMaxRows (rows of a block computed per pass,
+// Traits: Vec, kLanes, kTile (multiple of kPass), kPass (positions computed per pass over a
+// block's nonzeros, multiple of kLanes), kMaxRows (rows of a block computed per pass,
 // bounded by the register file), kChains (independent accumulators that hide FMA latency),
 // kMaxAccumulators (registers left for them), Load, Store, Set1, Fma(a, b, acc) = acc + a * b,
 // Add, Min, Max.
@@ -14,12 +15,15 @@
 namespace hybrid_sparse {
 namespace spmm_internal {
 
-// Rows [r0, r0 + kRows) of block b. Every nonzero loads kTile inputs once and updates all
-// kRows channels; with few accumulators, several sets take turns so that FMA latency is hidden.
+// Rows [r0, r0 + kRows) of block b at positions [p0, p0 + kPass). Every nonzero loads kPass
+// inputs once and updates all kRows channels; with few accumulators, several sets take turns
+// so that FMA latency is hidden.
 template <typename Isa, int kRows>
-inline void BlockRows(const SpmmFilter& f, const float* x, int b, int r0, float* y) {
+inline void BlockRows(const SpmmFilter& f, const float* x, int b, int r0, int p0, float* y) {
   using Vec = typename Isa::Vec;
-  constexpr int kVecs = Isa::kTile / Isa::kLanes;
+  constexpr int kVecs = Isa::kPass / Isa::kLanes;
+  x += p0;
+  y += p0;
   // Enough independent accumulator chains to cover FMA latency, within the register file.
   constexpr int kPerSet = kRows * kVecs;
   constexpr int kWanted = (Isa::kChains + kPerSet - 1) / kPerSet;
@@ -86,16 +90,19 @@ inline void BlockRows(const SpmmFilter& f, const float* x, int b, int r0, float*
 
 template <typename Isa>
 inline void SpmmFixedWidth(const SpmmFilter& f, const float* x, float* y) {
+  static_assert(Isa::kTile % Isa::kPass == 0 && Isa::kPass % Isa::kLanes == 0, "tile sizes");
   const int bs = f.block_size;
   for (int b = 0; b < f.num_blocks; ++b) {
-    int r0 = 0;
-    for (; r0 + Isa::kMaxRows <= bs; r0 += Isa::kMaxRows)
-      BlockRows<Isa, Isa::kMaxRows>(f, x, b, r0, y);
-    if (Isa::kMaxRows > 2 && r0 + 2 <= bs) {
-      BlockRows<Isa, (Isa::kMaxRows > 2 ? 2 : 1)>(f, x, b, r0, y);
-      r0 += 2;
+    for (int p0 = 0; p0 < Isa::kTile; p0 += Isa::kPass) {
+      int r0 = 0;
+      for (; r0 + Isa::kMaxRows <= bs; r0 += Isa::kMaxRows)
+        BlockRows<Isa, Isa::kMaxRows>(f, x, b, r0, p0, y);
+      if (Isa::kMaxRows > 2 && r0 + 2 <= bs) {
+        BlockRows<Isa, (Isa::kMaxRows > 2 ? 2 : 1)>(f, x, b, r0, p0, y);
+        r0 += 2;
+      }
+      if (r0 < bs) BlockRows<Isa, 1>(f, x, b, r0, p0, y);
     }
-    if (r0 < bs) BlockRows<Isa, 1>(f, x, b, r0, y);
   }
 }
 
