@@ -98,10 +98,11 @@ flags.DEFINE_float("guard_output_error", 0.1,
                    lower_bound=0.0)
 flags.DEFINE_bool("backoff", True, "With per-layer budgets: when the guard is missed, retry "
                   "with the budgets halved (down to no pruning) instead of failing.")
-flags.DEFINE_integer("refine_steps", 12, "Latency objective: after the global search, up to "
-                     "this many single-layer steps to faster levels, each kept only if the "
-                     "written model still meets the guard (0: off; each costs one fidelity "
-                     "check).", lower_bound=0)
+flags.DEFINE_integer("refine_steps", 30, "Latency objective: after the global search, up to "
+                     "this many moves to faster levels (single-layer steps, and exchanges that "
+                     "give back a little time on one layer for more on another), each kept "
+                     "only if the written model still meets the guard (0: off; each costs one "
+                     "fidelity check).", lower_bound=0)
 flags.DEFINE_bool("write_anyway", False, "Write the output even when it misses the fidelity "
                   "guard (the exit status is still 3).")
 flags.mark_flags_as_required(["model", "output"])

@@ -129,13 +129,29 @@ class RefineTest(absltest.TestCase):
         # the first fits, the second would exceed the guard on top of it.
         # A second round offers layer 0 its next level (0.3 s for 0.24): over the guard too.
         # Layer 1's gentlest step failed, so none of its harsher ones is tried.
+        # Then exchanges: layer 0 gives its 0.4 s back for layer 1's level 2 (0.8 s, 0.36).
         self.assertEqual(choice, [(1, 0), (0, 0), (0, 0)])
         self.assertEqual(kept, 1)
         self.assertEqual(checked, [[(1, 0), (0, 0), (0, 0)], [(1, 0), (1, 0), (0, 0)],
-                                   [(2, 0), (0, 0), (0, 0)]])
+                                   [(2, 0), (0, 0), (0, 0)], [(0, 0), (2, 0), (0, 0)]])
         # No trials: the bisection's choice as it was.
         self.assertEqual(budget._refine(tables, [(0, 0)] * 3, fidelity_ok, trials=0),
                          ([(0, 0)] * 3, 0))
+
+
+    def test_exchange_moves_damage_to_where_it_buys_more_time(self):
+        # Layer 0 sits at a level that saves 0.1 s for damage 0.04; layer 1's first faster
+        # level saves 0.7 s for 0.04 and does not fit on top. Giving back half of layer 0's
+        # saving frees 0.03 of damage: layer 1's step then fits, 0.65 s faster in all.
+        tables = [self._table([0.0, 0.1, 0.2], [1.0, 0.95, 0.9]),
+                  self._table([0.0, 0.2], [1.0, 0.3])]
+
+        def fidelity_ok(choice):
+            return sum(t.damage()[c] for t, c in zip(tables, choice)) <= 0.05 + 1e-12
+
+        choice, kept = budget._refine(tables, [(2, 0), (0, 0)], fidelity_ok, trials=10)
+        self.assertEqual(choice, [(1, 0), (1, 0)])
+        self.assertEqual(kept, 1)
 
 
 class _WrongHostProfile(_Profile):

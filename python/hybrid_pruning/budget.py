@@ -173,7 +173,12 @@ def _refine(tables: list[LayerTable], choice: list, fidelity_ok, trials: int
     guard, which can leave slack: each layer is offered its gentlest faster level (least
     predicted damage among the levels that save time), best saving per predicted damage
     first, and keeps it if the guard still holds; rounds repeat from the new choice until
-    one keeps nothing or `trials` checks are spent. Returns the choice and the steps kept."""
+    one keeps nothing. Then exchanges: one layer gives back the little time that frees the
+    most predicted damage, another takes a larger saving within that damage; the first that
+    the guard accepts is kept and forward rounds resume (a misjudged layer's damage, e.g. a
+    last conv taken to 95 % for a few microseconds, otherwise holds the whole budget). Each
+    kept move lowers the predicted time; `trials` checks in all. Returns the choice and the
+    moves kept."""
     kept, rejected = 0, set()
     while trials > 0:
         offers = []
@@ -191,13 +196,62 @@ def _refine(tables: list[LayerTable], choice: list, fidelity_ok, trials: int
             trials -= 1
             trial = list(choice)
             trial[n] = level
-            if fidelity_ok(trial):
+            ok = fidelity_ok(trial)
+            logging.info("refine: layer %d %s -> %s %s", n, choice[n], level,
+                         "kept" if ok else "rejected")
+            if ok:
                 choice, kept = trial, kept + 1
             else:
                 rejected.add((n, level))
+        if kept > kept_before:
+            continue
+        for _, a, back, n, level in _exchanges(tables, choice, rejected):
+            if trials <= 0:
+                break
+            trials -= 1
+            trial = list(choice)
+            trial[a], trial[n] = back, level
+            ok = fidelity_ok(trial)
+            logging.info("refine: exchange layer %d %s -> %s, layer %d %s -> %s %s", a,
+                         choice[a], back, n, choice[n], level, "kept" if ok else "rejected")
+            if ok:
+                choice, kept = trial, kept + 1
+                break
+            rejected.add((a, back, n, level))
         if kept == kept_before:
             break
     return choice, kept
+
+
+def _exchanges(tables: list[LayerTable], choice: list, rejected: set) -> list:
+    """(rank, layer giving back, its level, layer taking, its level), best first: the
+    giver's slower level frees the most predicted damage per second lost; the taker's is its
+    gentlest level saving more than that loss; ranked by net seconds saved per net predicted
+    damage, as the forward steps are (the guard, not the prediction, decides)."""
+    backs = []
+    for a, (t, current) in enumerate(zip(tables, choice)):
+        if t.seconds is None:
+            continue
+        lost = t.seconds - t.seconds[current]
+        damage = t.damage()
+        freed = damage[current] - damage
+        ratio = np.where((lost >= 0) & (freed > 0), freed / np.maximum(lost, 1e-12), -np.inf)
+        level = tuple(int(v) for v in np.unravel_index(np.argmax(ratio), ratio.shape))
+        if np.isfinite(ratio[level]):
+            backs.append((a, level, float(lost[level]), float(freed[level])))
+    out = []
+    for a, back, lost, freed in backs:
+        for n, (t, current) in enumerate(zip(tables, choice)):
+            if n == a or t.seconds is None:
+                continue
+            saved = t.seconds[current] - t.seconds
+            extra = t.damage() - t.damage()[current]
+            extra = np.where(saved > lost, extra, np.inf)
+            level = tuple(int(v) for v in np.unravel_index(np.argmin(extra), extra.shape))
+            if np.isfinite(extra[level]) and (a, back, n, level) not in rejected:
+                net = float(saved[level]) - lost
+                out.append((net / max(float(extra[level]) - freed, 1e-30), a, back, n, level))
+    return sorted(out, reverse=True)
 
 
 def choose(model, tables: list[LayerTable], evaluate_fidelity,

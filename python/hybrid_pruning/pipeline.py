@@ -61,7 +61,7 @@ class PruneConfig:
     sequential_refit: bool = True
     # Latency objective: at most this many greedy single-layer steps after the global search,
     # each checked against the guard (budget._refine); 0 turns them off.
-    refine_steps: int = 12
+    refine_steps: int = 30
     # What the latency objective prices with: targets.TARGETS names (one output each, the
     # target-independent work done once), or one profile object (tests) that replaces them.
     targets: tuple[str, ...] = ("host",)

@@ -88,8 +88,8 @@ def summary(report: dict) -> str:
                         "meet it)"))
     refined = (report.get("global_budget_search") or {}).get("refined_layers")
     if refined:
-        lines.append(f"refined: {refined} single-layer step(s) to faster levels kept after the "
-                     "search, each checked against the guard (--refine_steps)")
+        lines.append(f"refined: {refined} move(s) to faster levels kept after the search, "
+                     "each checked against the guard (--refine_steps)")
     fallback = (report.get("global_budget_search") or {}).get("measured_fallback")
     if fallback:
         lines.append(f"measured fallback: {', '.join(fallback)} back on the builtin kernel (the "

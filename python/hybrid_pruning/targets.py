@@ -290,6 +290,8 @@ class Microkernel:
 
     tile: int  # output positions per call
     max_rows: int  # rows of a block computed per pass over its nonzeros
+    block_pass: int = 0  # positions per pass over a block's nonzeros (0: the tile); an
+                         # unstructured filter's pass is the whole tile
 
 
 # x86: Zen 3 (AVX2: 2 FMA pipes x 256 bit, 2 FP loads/cycle) and Zen 4 (ZMM FMA takes a pipe
@@ -305,7 +307,7 @@ class Microkernel:
 # scaled to their load throughput.
 CORES = {
     "x86_64-avx2": (Core("AMD Zen 3", 3.8, 8, 0.5, 0.5, 0.5, 4, False, 0.72, 5, 0.69, 3000),
-                    Microkernel(32, 2)),
+                    Microkernel(64, 2, 32)),
     "x86_64-avx512": (Core("AMD Zen 4", 4.5, 16, 1.0, 1.0, 0.5, 4, False, 0.72, 5, 0.69,
                            3000), Microkernel(64, 4)),
     "arm64-neon": (Core("Arm Cortex-A76", 2.4, 4, 0.5, 0.5, 0.5, 4, False, 0.8, 3, 1.0, 2000),
@@ -373,8 +375,10 @@ class ModelledProfile:
                 + shape.out_c * 2
             cycles = out * per_position + c.overhead
             return cycles / (c.ghz * 1e9)
-        vecs = k.tile // c.lanes
+        pass_lanes = k.block_pass if block > 1 and k.block_pass else k.tile
+        vecs = pass_lanes // c.lanes
         passes = [min(k.max_rows, block - r) for r in range(0, block, k.max_rows)]
+        passes *= k.tile // pass_lanes
         per_nonzero = 0.0
         for rows in passes:
             loads = vecs * c.load + (rows + 1) * c.scalar_load
@@ -383,7 +387,7 @@ class ModelledProfile:
             bound = loads + fmas if c.in_order else max(loads, fmas)
             per_nonzero += max(bound, instructions / c.issue)
         tiles = math.ceil(computed / k.tile)
-        epilogue = blocks * block * vecs * c.epilogue
+        epilogue = blocks * block * (k.tile // c.lanes) * c.epilogue
         packing = (shape.in_h * shape.in_w * shape.in_c + out * shape.out_c) * c.transpose
         cycles = tiles * (nonzero_blocks * per_nonzero + epilogue) + packing + c.overhead
         return cycles / (c.ghz * 1e9)
