@@ -141,7 +141,8 @@ std::string ConvPlan::Build(const ConvShape& s, const SparseFilter& f, const flo
       span = std::max(span, static_cast<int64_t>(BandTile(b + 1)) * tile -
                                 static_cast<int64_t>(yq0) * wq_);
     }
-    // Planes start on cache lines: misaligned ones made the microkernel's loads slower.
+    // Planes start on cache lines: misaligned ones made the microkernel's loads slower. With
+    // shifted copies, one more line between planes takes the first floats of copy k of row 0.
     plane_ = (static_cast<int64_t>(band_hq) * wq_ + kLineChannels - 1) / kLineChannels *
              kLineChannels + (shifts_ > 1 ? kLineChannels : 0);
     const int64_t planes = phase_planes * shifts_;
@@ -186,9 +187,11 @@ std::string ConvPlan::Build(const ConvShape& s, const SparseFilter& f, const flo
                 values_.begin() + static_cast<size_t>(i) * bs);
   }
   offset_.swap(sorted_offset);
-  // Input-channel groups: a group's planes, over the rows a tile's taps reach, take ~20 KiB
-  // of a 32 KiB L1, so they stay cached while every output channel of the tile uses them
-  // (measured: 1.3x on 3x3 layers at 80 % sparsity; 8 KiB or no groups are slower).
+  // Input-channel groups: a group's channels, one phase plane each over the rows a tile's taps
+  // reach, take ~20 KiB of a 32 KiB L1, so they stay cached while every output channel of the
+  // tile uses them (measured: 1.3x on 3x3 layers at 80 % sparsity; 8 KiB or no groups are
+  // slower). A group takes all phases and copies of its channels: counted in planes instead,
+  // stride 2 and aligned taps split channels into more groups, measured slower.
   const int64_t channel_planes = static_cast<int64_t>(sh) * sw * shifts_;
   const int64_t planes = s.in_c * channel_planes;
   const int64_t rows_reached = (s.kernel_h - 1) * s.dilation_h / sh + 1;
