@@ -174,8 +174,8 @@ def _refine(tables: list[LayerTable], choice: list, fidelity_ok, trials: int
     predicted damage among the levels that save time), best saving per predicted damage
     first, and keeps it if the guard still holds; rounds repeat from the new choice until
     one keeps nothing. Then exchanges: one layer gives back the little time that frees the
-    most predicted damage, another takes a larger saving within that damage; the first that
-    the guard accepts is kept and forward rounds resume (a misjudged layer's damage, e.g. a
+    most predicted damage, another takes its gentlest level saving more than that (_exchanges);
+    the first that the guard accepts is kept and forward rounds resume (a misjudged layer's damage, e.g. a
     last conv taken to 95 % for a few microseconds, otherwise holds the whole budget). Each
     kept move lowers the predicted time; `trials` checks in all. Returns the choice and the
     moves kept."""
@@ -228,13 +228,13 @@ def _exchanges(tables: list[LayerTable], choice: list, rejected: set) -> list:
     giver's slower level frees the most predicted damage per second lost; the taker's is its
     gentlest level saving more than that loss; ranked by net seconds saved per net predicted
     damage, as the forward steps are (the guard, not the prediction, decides)."""
+    damages = [t.damage() for t in tables]
     backs = []
     for a, (t, current) in enumerate(zip(tables, choice)):
         if t.seconds is None:
             continue
         lost = t.seconds - t.seconds[current]
-        damage = t.damage()
-        freed = damage[current] - damage
+        freed = damages[a][current] - damages[a]
         ratio = np.where((lost >= 0) & (freed > 0), freed / np.maximum(lost, 1e-12), -np.inf)
         level = tuple(int(v) for v in np.unravel_index(np.argmax(ratio), ratio.shape))
         if np.isfinite(ratio[level]):
@@ -245,8 +245,7 @@ def _exchanges(tables: list[LayerTable], choice: list, rejected: set) -> list:
             if n == a or t.seconds is None:
                 continue
             saved = t.seconds[current] - t.seconds
-            extra = t.damage() - t.damage()[current]
-            extra = np.where(saved > lost, extra, np.inf)
+            extra = np.where(saved > lost, damages[n] - damages[n][current], np.inf)
             level = tuple(int(v) for v in np.unravel_index(np.argmin(extra), extra.shape))
             if np.isfinite(extra[level]) and (a, back, n, level) not in rejected:
                 net = float(saved[level]) - lost
