@@ -116,6 +116,7 @@ std::string ConvPlan::Build(const ConvShape& s, const SparseFilter& f, const flo
   const int tile = tile_;
   num_tiles_ = static_cast<int>((positions + tile - 1) / tile);
   const int64_t phase_planes = static_cast<int64_t>(s.in_c) * sh * sw;
+  const int64_t planes = phase_planes * shifts_;  // of a band buffer, copies included
   // The highest float a tile reads past its start, beyond the last plane's start.
   const int64_t reach = static_cast<int64_t>((s.kernel_h - 1) * s.dilation_h / sh) * wq_ +
                         (shifts_ > 1 ? 0 : max_shift) + tile;
@@ -145,7 +146,6 @@ std::string ConvPlan::Build(const ConvShape& s, const SparseFilter& f, const flo
     // shifted copies, one more line between planes takes the first floats of copy k of row 0.
     plane_ = (static_cast<int64_t>(band_hq) * wq_ + kLineChannels - 1) / kLineChannels *
              kLineChannels + (shifts_ > 1 ? kLineChannels : 0);
-    const int64_t planes = phase_planes * shifts_;
     x_size = std::max(planes * plane_, (planes - 1) * plane_ + span - tile + reach);
   }
   if (x_size > std::numeric_limits<int32_t>::max())
@@ -193,7 +193,6 @@ std::string ConvPlan::Build(const ConvShape& s, const SparseFilter& f, const flo
   // slower). A group takes all phases and copies of its channels: counted in planes instead,
   // stride 2 and aligned taps split channels into more groups, measured slower.
   const int64_t channel_planes = static_cast<int64_t>(sh) * sw * shifts_;
-  const int64_t planes = s.in_c * channel_planes;
   const int64_t rows_reached = (s.kernel_h - 1) * s.dilation_h / sh + 1;
   const int64_t plane_bytes = rows_reached * (tile + max_shift + 16) * sizeof(float);
   const int64_t group_planes =
