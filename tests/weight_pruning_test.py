@@ -180,6 +180,43 @@ class SequentialRefitTest(absltest.TestCase):
         for pl, mask in zip(layers, masks):
             self.assertFalse(np.any((pl.kernel != 0) & ~mask), pl.name)
 
+    def test_remembered_refits_equal_fresh_ones(self):
+        """With levels, a layer whose own and upstream levels were re-fitted before takes the
+        stored result: after another candidate in between, every weight and bias is what a
+        fresh re-fit gives."""
+        from hybrid_pruning import io, probes as probes_lib
+
+        model = graph.normalize(io.load_keras_model(str(io.DEMO_MODEL)), None)
+        layers, _ = graph.prunable_layers(model)
+        probes = probes_lib.make_probes(model, "bn", 32, (0.0, 1.0), 0)
+        refit = weight_pruning.SequentialRefit(model, layers, probes)
+        pruners = [weight_pruning.LayerPruner(pl, x) for pl, x in
+                   zip(layers, statistics.collect(model, layers, probes))]
+        snapshot = model.get_weights(), [pl.shift.copy() for pl in layers]
+
+        def candidate(sparsities, levels):
+            model.set_weights(snapshot[0])
+            for pl, shift in zip(layers, snapshot[1]):
+                pl.shift = shift.copy()
+            for pl, pruner, s in zip(layers, pruners, sparsities):
+                r = pruner.result(*pruner.evaluate(s))
+                pl.set_folded(r.kernel, r.bias_delta)
+            refit.apply(levels)
+            return [w.copy() for w in model.get_weights()] + [pl.folded_bias for pl in layers]
+
+        first = [0.5, 0.6, 0.7, 0.5, 0.6, 0.7, 0.0]
+        other = [0.5, 0.6, 0.3, 0.5, 0.6, 0.7, 0.0]  # the third layer differs
+        fresh = {"first": candidate(first, None), "other": candidate(other, None)}
+        for name, sparsities in (("first", first), ("other", other), ("first", first),
+                                 ("other", other)):
+            for a, b in zip(candidate(sparsities, sparsities), fresh[name]):
+                np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6, err_msg=name)
+        # The layers after the third differ between the two: a cache keyed on a layer's own
+        # level alone would hand them the other candidate's re-fit.
+        candidate(first, None)
+        fifth = layers[4].kernel
+        candidate(other, None)
+        self.assertFalse(np.allclose(fifth, layers[4].kernel))
 
 if __name__ == "__main__":
     absltest.main()

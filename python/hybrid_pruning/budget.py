@@ -287,7 +287,8 @@ def choose(model, tables: list[LayerTable], evaluate_fidelity,
             r = t.pruner.result(kernel, err)
             t.layer.set_folded(r.kernel, r.bias_delta)
         if refit is not None:
-            refit.apply()
+            level = {t.layer.name: i for t, (i, _) in zip(tables, choice)}
+            refit.apply([level.get(pl.name) for pl in refit.layers])
 
     def restore():
         model.set_weights(snapshot[0])

@@ -82,10 +82,13 @@ class PruneResult:
 
 
 def _to_ours(model, layers, thresholds_by_layer: dict, block_size,
-             dense_below: float = 0.0, builtin: frozenset = frozenset()):
-    """Converts the Keras model and rewrites its pruned convs to our op. `block_size`: one
-    for every layer, or {layer name: block size}. `builtin`: layers kept on CONV_2D."""
-    flat = convert.to_tflite(model)
+             dense_below: float = 0.0, builtin: frozenset = frozenset(),
+             flat: bytes | None = None):
+    """Converts the Keras model (unless `flat` is its conversion) and rewrites its pruned
+    convs to our op. `block_size`: one for every layer, or {layer name: block size}.
+    `builtin`: layers kept on CONV_2D."""
+    if flat is None:
+        flat = convert.to_tflite(model)
     names = tflite_rewrite.match_layers(flat, {pl.name: pl.folded_kernel for pl in layers
                                                if pl.kind == "conv2d"})
     thresholds = {i: thresholds_by_layer[n] for i, n in names.items()
@@ -361,8 +364,15 @@ def _finish(prepared: dict, probes: np.ndarray, reference: list, config: PruneCo
     global_budget = any(v is not None for v in (config.target_macs, config.min_agreement,
                                                 config.max_kl))
 
+    reconverter = []  # made at the first check: a search that checks nothing converts nothing
+
     def evaluate(thresholds_by_layer):
-        flat, _ = _to_ours(model, layers, thresholds_by_layer, config.block_size)
+        # The search changes weights only: its checks patch one conversion (the written model
+        # below is converted afresh).
+        if not reconverter:
+            reconverter.append(convert.Reconverter(model, layers))
+        flat, _ = _to_ours(model, layers, thresholds_by_layer, config.block_size,
+                           flat=reconverter[0]())
         return fidelity.compare(reference,
                                 runtime.predict_all(flat, probes, config.num_threads,
                                                     batch_size=statistics.predict_batch(model)))

@@ -101,6 +101,71 @@ def constant(model: schema.ModelT, subgraph: schema.SubGraphT, index: int) -> np
     return data.reshape(t.shape)
 
 
+def _close(a: np.ndarray, b: np.ndarray) -> bool:
+    return a.shape == b.shape and np.allclose(
+        a, b, rtol=1e-4, atol=1e-6 * max(1.0, float(np.abs(b).max(initial=0.0))))
+
+
+def own_weights(model: schema.ModelT, layers: dict[str, tuple[np.ndarray, np.ndarray | None]]
+                ) -> dict[str, tuple[int, int | None]] | None:
+    """Where each layer's weights live, so that new ones can be written in place:
+    {name: (filter buffer, bias buffer or None)}, for `layers` = {name: (filter as the op
+    holds it (OHWI for CONV_2D, (out, in) for FULLY_CONNECTED), bias, or None when it never
+    changes)}. Each layer must match exactly one CONV_2D or FULLY_CONNECTED op of subgraph 0
+    by contents, with a filter no other op or tensor shares; else None. Gives an op a bias
+    tensor of its own where the converter shared one between ops (it merges equal constants)
+    or dropped it (a zero bias)."""
+    sg = model.subgraphs[0]
+    buffer_users: dict[int, int] = {}
+    for graph in model.subgraphs:
+        for t in graph.tensors:
+            buffer_users[t.buffer] = buffer_users.get(t.buffer, 0) + 1
+    tensor_users: dict[int, int] = {}
+    for op in sg.operators:
+        for i in op.inputs:
+            tensor_users[int(i)] = tensor_users.get(int(i), 0) + 1
+
+    def shared(tensor: int) -> bool:
+        return tensor_users[tensor] != 1 or buffer_users[sg.tensors[tensor].buffer] != 1
+
+    found: dict[str, tuple[int, int | None]] = {}
+    for op in sg.operators:
+        if builtin_code(model, op) not in (BuiltinOperator.CONV_2D,
+                                           BuiltinOperator.FULLY_CONNECTED):
+            continue
+        w = constant(model, sg, int(op.inputs[1]))
+        if w is None or w.dtype != np.float32:
+            continue
+        hits = [n for n, (k, _) in layers.items() if _close(k, w)]
+        if not hits:
+            continue
+        if len(hits) > 1 or hits[0] in found or shared(int(op.inputs[1])):
+            return None  # layers with equal weights: which is which is unknowable
+        name, bias = hits[0], layers[hits[0]][1]
+        b_index = int(op.inputs[2]) if len(op.inputs) > 2 else -1
+        b = constant(model, sg, b_index)
+        if b_index >= 0 and b is None:
+            return None  # a bias computed at run time
+        if bias is not None and b is not None and not _close(bias, b):
+            return None  # the converter folded more into it than the layer knows
+        if bias is not None and (b is None or shared(b_index)):
+            data = np.zeros(len(bias), np.float32) if b is None else b.astype(np.float32)
+            b_index = add_tensor(model, sg, f"{name}/own_bias", [len(bias)],
+                                 TensorType.FLOAT32, data)
+            op.inputs = np.asarray([*op.inputs[:2], b_index, *op.inputs[3:]], np.int32)
+        found[name] = (sg.tensors[int(op.inputs[1])].buffer,
+                       sg.tensors[b_index].buffer if bias is not None else None)
+    return found if len(found) == len(layers) else None
+
+
+def set_buffer(model: schema.ModelT, index: int, data: np.ndarray) -> None:
+    """Replaces a constant buffer's bytes (same size: the tensor's shape stays)."""
+    new = np.frombuffer(np.ascontiguousarray(data).tobytes(), np.uint8)
+    if len(new) != len(model.buffers[index].data):
+        raise ValueError(f"buffer {index}: {len(new)} bytes for {len(model.buffers[index].data)}")
+    model.buffers[index].data = new
+
+
 def conv_geometry(op: schema.OperatorT, filter_shape) -> op_format.ConvGeometry | None:
     """Our geometry for a builtin CONV_2D, or None when the op has options we do not run."""
     opts = op.builtinOptions

@@ -19,6 +19,7 @@ data-free: C comes from synthetic probes. On the demo model, uniform 50 % sparsi
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Hashable, Sequence
 
 import numpy as np
 
@@ -199,6 +200,10 @@ class LayerPruner:
                                    None if bias_delta is None else bias_delta.astype(np.float32))
 
 
+# What SequentialRefit keeps of earlier re-fits, at most (it starts over beyond).
+_REFIT_CACHE_BYTES = 256 << 20
+
+
 class SequentialRefit:
     """Re-fits pruned layers in order to what the unpruned network computed there, given the
     inputs the already pruned layers upstream now give them: the kept weights w' of each
@@ -218,11 +223,20 @@ class SequentialRefit:
         self.weights = [pl.folded_kernel.astype(np.float64).reshape(-1, pl.kernel.shape[-1])
                         for pl in layers]
         self.bias = [pl.folded_bias.astype(np.float64) for pl in layers]
+        self._done: dict[tuple, tuple] = {}
+        self._bytes = 0
 
-    def apply(self) -> None:
-        """Re-fits every layer that has zeros, first to last."""
-        for pl, tap, xo, wo, bo in zip(self.layers, self.taps, self.reference, self.weights,
-                                       self.bias):
+    def apply(self, levels: Sequence[Hashable] | None = None) -> None:
+        """Re-fits every layer that has zeros, first to last. `levels[k]`: what names layer
+        k's kernel before the re-fit (the search's level); with it, a layer whose own and
+        upstream levels were re-fitted before takes that result (its re-fit depends on
+        nothing else), so a search step that changes one layer re-fits from there on."""
+        for k, (pl, tap, xo, wo, bo) in enumerate(zip(self.layers, self.taps, self.reference,
+                                                      self.weights, self.bias)):
+            key = None if levels is None else tuple(levels[:k + 1])
+            if key in self._done:
+                pl.set_folded(*self._done[key])
+                continue
             current = pl.folded_kernel.reshape(wo.shape)
             keep = current != 0
             if keep.all():
@@ -234,8 +248,15 @@ class SequentialRefit:
             cross = (xp - mp if centre else xp).T @ ((xo64 - mo if centre else xo64) @ wo)
             new = refit(Moments.of(xp, centre), wo, keep, target=cross / len(xp))
             delta = (bo + mo @ wo - mp @ new - pl.folded_bias) if centre else None
-            pl.set_folded(new.reshape(pl.kernel.shape).astype(np.float32),
-                          None if delta is None else delta.astype(np.float32))
+            result = (new.reshape(pl.kernel.shape).astype(np.float32),
+                      None if delta is None else delta.astype(np.float32))
+            pl.set_folded(*result)
+            if key is not None:
+                if self._bytes > _REFIT_CACHE_BYTES:
+                    self._done.clear()
+                    self._bytes = 0
+                self._done[key] = result
+                self._bytes += result[0].nbytes
 
 
 def prune_layer(layer: PrunableLayer, x, error_budget: float,
