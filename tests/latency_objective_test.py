@@ -221,6 +221,15 @@ class HostProfileTest(absltest.TestCase):
             targets._library_digest = saved
 
 
+    def test_a_noisy_grid_point_never_makes_more_zeros_slower(self):
+        table = targets.HostProfile(cache_dir=self.dir)._tables[0]
+        # The grid point at 70 % was timed while something else ran.
+        table._table[f"{self.shape.key()}-b1"] = {
+            "builtin": 2e-4, "ours": [4e-4, 2e-4, 3e-4, 1e-4, 8e-5, 6e-5, 5e-5]}
+        self.assertAlmostEqual(table.ours(self.shape, 0.7, 1), 2e-4)
+        self.assertLess(table.ours(self.shape, 0.75, 1), 2e-4)
+        self.assertAlmostEqual(table.ours(self.shape, 0.8, 1), 1e-4)
+
     def test_several_thread_counts_price_the_worst_ratio(self):
         profile = targets.HostProfile((1, 2), cache_dir=self.dir)
         self.assertEqual(profile.threads, (1, 2))

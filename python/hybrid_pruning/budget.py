@@ -4,14 +4,16 @@ The user gives either a cost target (a fraction of the original MACs) or a fidel
 on the probes (top-1 agreement with the original, or KL divergence). For every layer we
 tabulate candidate levels of the two per-weight/per-activation techniques (weight sparsity
 with re-fit, activation-threshold quantile), each with its measured local output error, and
-measure how sensitive the network output is to error at that layer (KL on probes after
-noise of known size). A layer's level then trades removed MACs against predicted damage
-sensitivity * error^2; one multiplier lambda prices damage for all layers, and it is
-bisected until the target is met. Cheap, measured removals go first wherever they are.
+measure what that error does to the network output: the KL on probes with the layer pruned
+alone, at a few of its levels, fitted as damage = a * error^p per layer. A layer's level
+then trades removed MACs (or seconds on the target) against that predicted damage; one
+multiplier lambda prices damage for all layers, and it is bisected until the target is met.
+Cheap, measured removals go first wherever they are.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 
 import numpy as np
@@ -40,11 +42,12 @@ class LayerTable:
     layer: graph.PrunableLayer
     pruner: weight_pruning.LayerPruner
     macs: int
-    sensitivity: float
+    sensitivity: float  # predicted damage at relative output error 1 ...
     weights: list  # [(kernel, err, sparsity, block size)] per level
     activations: list  # [(thresholds, err, sparsity)] per QUANTILES (one entry for Dense)
     # Latency objective: seconds of level (i, j) on the target, in place of MACs.
     seconds: np.ndarray | None = None
+    exponent: float = 2.0  # ... and its growth: damage = sensitivity * error^exponent
 
     def best(self, lam: float) -> tuple[int, int]:
         """Indices (weight level, activation level) maximising what is saved (MACs, or
@@ -61,10 +64,11 @@ class LayerTable:
         return int(i), int(j)
 
     def damage(self) -> np.ndarray:
-        """[weight level, activation level] predicted output damage: sensitivity x error^2."""
+        """[weight level, activation level] predicted output damage, from the two errors'
+        total (they are about orthogonal: one changes weights, the other inputs)."""
         we = np.array([w[1] for w in self.weights]) ** 2
         ae = np.array([a[1] for a in self.activations]) ** 2
-        return self.sensitivity * (we[:, None] + ae[None, :])
+        return self.sensitivity * (we[:, None] + ae[None, :]) ** (self.exponent / 2)
 
     def effective_macs(self, i: int, j: int) -> float:
         """Zeros are skipped only by our op: an untouched layer stays a dense builtin op."""
@@ -102,18 +106,63 @@ def _damage(reference: list, out) -> float:
 
 
 def _sensitivity(model, pl: graph.PrunableLayer, pruner, probes, reference, seed: int) -> float:
-    """Output damage (KL on probes) per unit of relative error^2 at this layer's output."""
+    """Output damage (KL on probes) per unit of relative error^2 at this layer's output, from
+    random weight noise: the fallback where pruning's own damage is too small to fit."""
     st = pruner.stats
     out_c = pruner.w2.shape[1]
     sigma = _SENSITIVITY_NOISE * np.sqrt(st.energy / max(out_c * st.cov.trace(), 1e-30))
-    original = pl.layer.get_weights()
     noise = np.random.default_rng(seed).normal(0, sigma, pruner.w2.shape)
-    pl.set_folded((pruner.w2 + noise).reshape(pruner.shape).astype(np.float32))
-    try:
+    with _restored(pl):
+        pl.set_folded((pruner.w2 + noise).reshape(pruner.shape).astype(np.float32))
         out = model.predict(probes, batch_size=statistics.predict_batch(model), verbose=0)
-    finally:
-        pl.layer.set_weights(original)
     return max(_damage(reference, out), 1e-12) / _SENSITIVITY_NOISE ** 2
+
+
+@contextlib.contextmanager
+def _restored(pl: graph.PrunableLayer):
+    """Puts a layer's weights, its BatchNorm's and its folded shift back on exit."""
+    bn = pl.batch_norm
+    saved = pl.layer.get_weights(), pl.shift.copy(), None if bn is None else bn.get_weights()
+    try:
+        yield
+    finally:
+        pl.layer.set_weights(saved[0])
+        pl.shift = saved[1]
+        if bn is not None:
+            bn.set_weights(saved[2])
+
+
+# The relative errors at which a layer's damage is measured (the nearest of its levels).
+_CALIBRATION_ERRORS = (0.15, 0.35, 0.6)
+# Measured damage below this is rounding, not a trend to fit.
+_MIN_FITTED_DAMAGE = 1e-5
+
+
+def _calibrate(model, pl: graph.PrunableLayer, pruner, weights: list, probes, reference,
+               seed: int) -> tuple[float, float]:
+    """(a, p) of damage = a * error^p for this layer: the KL on probes measured with the
+    layer pruned alone at up to three of its levels. Weight noise of the same size predicts
+    it poorly: pruning's damage grows faster than error^2, by a different amount per layer
+    (benchmarks/results/fidelity_proxy.md, "Damage model")."""
+    errors = np.array([w[1] for w in weights])
+    picked = sorted({int(np.argmin(np.abs(errors - e))) for e in _CALIBRATION_ERRORS
+                     if errors.max() > 0.5 * e})
+    points = []
+    for i in picked:
+        if errors[i] <= 0:
+            continue
+        r = pruner.result(weights[i][0], float(errors[i]))
+        with _restored(pl):
+            pl.set_folded(r.kernel, r.bias_delta)
+            out = model.predict(probes, batch_size=statistics.predict_batch(model), verbose=0)
+        damage = _damage(reference, out)
+        if damage > _MIN_FITTED_DAMAGE:
+            points.append((np.log(errors[i]), np.log(damage)))
+    if not points:
+        return _sensitivity(model, pl, pruner, probes, reference, seed), 2.0
+    x, y = np.array(points).T
+    p = float(np.clip(np.polyfit(x, y, 1)[0], 1.0, 5.0)) if len(points) > 1 else 2.0
+    return float(np.exp(np.mean(y - p * x))), p
 
 
 def tabulate(model, layers: list[graph.PrunableLayer], inputs: list[np.ndarray],
@@ -121,7 +170,7 @@ def tabulate(model, layers: list[graph.PrunableLayer], inputs: list[np.ndarray],
              max_sparsity: float = 0.99, block_sizes: tuple[int, ...] | None = None,
              latency: bool = False, activations: bool = True,
              input_scaled: bool = True) -> list[LayerTable]:
-    """Every layer's candidate levels with their re-fitted errors, and its sensitivity: the
+    """Every layer's candidate levels with their re-fitted errors, and its damage model: the
     target-independent half of the search (choose() prices it for one target). `latency`:
     Dense layers stay dense (their builtin kernel gains nothing from zeros); `activations`:
     offer activation thresholds on convs (where some target's kernel skips zeros);
@@ -141,9 +190,13 @@ def tabulate(model, layers: list[graph.PrunableLayer], inputs: list[np.ndarray],
             acts = [th.evaluate(q) for q in QUANTILES]
         else:
             acts = [(None, 0.0, 0.0)]
-        sens = _sensitivity(model, pl, pruner, probes, reference, seed) if len(weights) > 1 \
-            or len(acts) > 1 else 1.0
-        tables.append(LayerTable(pl, pruner, pl.macs, sens, weights, acts))
+        if len(weights) > 1:
+            sens, exponent = _calibrate(model, pl, pruner, weights, probes, reference, seed)
+        elif len(acts) > 1:
+            sens, exponent = _sensitivity(model, pl, pruner, probes, reference, seed), 2.0
+        else:
+            sens, exponent = 1.0, 2.0
+        tables.append(LayerTable(pl, pruner, pl.macs, sens, weights, acts, exponent=exponent))
         if progress is not None:
             progress.update(1)
     return tables
@@ -329,7 +382,8 @@ def choose(model, tables: list[LayerTable], evaluate_fidelity,
         choice, kept = _refine(tables, choice, fidelity_ok, refine)
     apply(choice)
     summary = {"lambda": total * 10 ** mu,
-               "sensitivity": {t.layer.name: t.sensitivity for t in tables},
+               "damage_model": {t.layer.name: {"a": t.sensitivity, "p": t.exponent}
+                                for t in tables},
                "refined_layers": kept}
     if profile is not None:
         from hybrid_pruning import targets

@@ -70,8 +70,41 @@ def _spearman(a, b) -> float:
     return float(spearmanr(a, b)[0])
 
 
+def _damage_model(model, tables, probes, reference) -> list[str]:
+    """Per conv: the KL on probes with it pruned alone (block 1) against what the search's
+    damage model predicts (fitted to up to three such measurements per layer: in-sample at
+    those levels) and what the weight-noise sensitivity it replaced predicted
+    (sensitivity x error^2)."""
+    from hybrid_pruning import budget
+
+    lines = ["Damage model: the KL on the probes with one conv pruned alone (block 1; "
+             "measured / predicted by the fitted damage = a * error^p / predicted by the "
+             "weight-noise sensitivity x error^2 that it replaced):", "",
+             "| layer | p | 50 % | 80 % | 90 % |", "| --- | ---: | --- | --- | --- |"]
+    for seed, t in enumerate(tables):
+        if t.layer.kind != "conv2d" or len(t.weights) < 2:
+            continue
+        noise = budget._sensitivity(model, t.layer, t.pruner, probes, reference, seed)
+        cells = []
+        for sparsity in (0.5, 0.8, 0.9):
+            i = next((i for i, w in enumerate(t.weights)
+                      if w[3] == 1 and abs(w[2] - sparsity) < 0.02), None)
+            if i is None:
+                cells.append("")
+                continue
+            kernel, err = t.weights[i][:2]
+            r = t.pruner.result(kernel, err)
+            with budget._restored(t.layer):
+                t.layer.set_folded(r.kernel, r.bias_delta)
+                measured = budget._damage(reference, model.predict(probes, verbose=0))
+            cells.append(f"{measured:.4f} / {float(t.damage()[i, 0]):.4f} / "
+                         f"{noise * err ** 2:.4f}")
+        lines.append(f"| {t.layer.name} | {t.exponent:.2f} | " + " | ".join(cells) + " |")
+    return lines + [""]
+
+
 def _run(name: str, lines: list[str]) -> None:
-    from hybrid_pruning import (budget, data, fidelity, graph, io, pipeline,
+    from hybrid_pruning import (budget, convert, data, fidelity, graph, io, pipeline,
                                 probes as probes_lib, runtime, targets)
 
     model = io.load_keras_model(os.path.join(os.path.dirname(str(io.DEMO_MODEL)),
@@ -90,11 +123,13 @@ def _run(name: str, lines: list[str]) -> None:
     prepared = pipeline._prepare(work, probes, reference, config, FLAGS.budget_scale, None,
                                  [profile])
     m, layers, tables = prepared["model"], prepared["layers"], prepared["tables"]
+    damage_lines = _damage_model(m, tables, probes, reference)
     rows: list[dict] = []
+    reconverter = convert.Reconverter(m, layers)
 
     def evaluate(label):
         def fn(thresholds):
-            flat, _ = pipeline._to_ours(m, layers, thresholds, 1)
+            flat, _ = pipeline._to_ours(m, layers, thresholds, 1, flat=reconverter())
             fid = fidelity.compare(reference, runtime.predict_all(flat, probes, 1))
             top1 = float(np.mean(runtime.predict_all(flat, x_test, 1)[0].argmax(1) == y_test))
             rows.append({"guard": label, "agreement": fid["top1_agreement"],
@@ -155,7 +190,7 @@ def _run(name: str, lines: list[str]) -> None:
     for r in sorted(unique, key=lambda r: r["kl"]):
         lines.append(f"| {r['guard']} | {r['agreement']:.3f} | {r['kl']:.3f} | "
                      f"{r['ms']:.3f} ms | {r['loss']:+.2f} pt |")
-    lines += ["", "</details>", ""]
+    lines += ["", "</details>", ""] + damage_lines
 
 
 def main(argv):
