@@ -101,9 +101,11 @@ def constant(model: schema.ModelT, subgraph: schema.SubGraphT, index: int) -> np
     return data.reshape(t.shape)
 
 
-def _close(a: np.ndarray, b: np.ndarray) -> bool:
-    return a.shape == b.shape and np.allclose(
-        a, b, rtol=1e-4, atol=1e-6 * max(1.0, float(np.abs(b).max(initial=0.0))))
+def same_weights(expected: np.ndarray, held: np.ndarray) -> bool:
+    """Whether a constant holds these weights, up to the converter's folding round-off."""
+    return expected.shape == held.shape and np.allclose(
+        expected, held, rtol=1e-4,
+        atol=1e-6 * max(1.0, float(np.abs(expected).max(initial=0.0))))
 
 
 def own_weights(model: schema.ModelT, layers: dict[str, tuple[np.ndarray, np.ndarray | None]]
@@ -136,7 +138,7 @@ def own_weights(model: schema.ModelT, layers: dict[str, tuple[np.ndarray, np.nda
         w = constant(model, sg, int(op.inputs[1]))
         if w is None or w.dtype != np.float32:
             continue
-        hits = [n for n, (k, _) in layers.items() if _close(k, w)]
+        hits = [n for n, (k, _) in layers.items() if same_weights(k, w)]
         if not hits:
             continue
         if len(hits) > 1 or hits[0] in found or shared(int(op.inputs[1])):
@@ -146,7 +148,7 @@ def own_weights(model: schema.ModelT, layers: dict[str, tuple[np.ndarray, np.nda
         b = constant(model, sg, b_index)
         if b_index >= 0 and b is None:
             return None  # a bias computed at run time
-        if bias is not None and b is not None and not _close(bias, b):
+        if bias is not None and b is not None and not same_weights(bias, b):
             return None  # the converter folded more into it than the layer knows
         if bias is not None and (b is None or shared(b_index)):
             data = np.zeros(len(bias), np.float32) if b is None else b.astype(np.float32)

@@ -42,8 +42,7 @@ def match_layers(model_bytes: bytes, folded_kernels: dict[str, np.ndarray]) -> d
     for op_index, w in conv_filters(model_bytes):
         for name, k in folded_kernels.items():
             ohwi = np.transpose(k, (3, 0, 1, 2))
-            if name not in matches.values() and ohwi.shape == w.shape and np.allclose(
-                    ohwi, w, rtol=1e-4, atol=1e-6 * max(1.0, float(np.abs(ohwi).max()))):
+            if name not in matches.values() and tflite_model.same_weights(ohwi, w):
                 matches[op_index] = name
                 break
     return matches
