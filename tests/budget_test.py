@@ -83,10 +83,8 @@ class DamageModelTest(absltest.TestCase):
             for i, (kernel, err, _, _) in enumerate(t.weights):
                 if i in measured_at or not 0.2 < err < 0.6:
                     continue
-                r = t.pruner.result(kernel, err)
-                with budget._restored(t.layer):
-                    t.layer.set_folded(r.kernel, r.bias_delta)
-                    damage = budget._damage(reference, model.predict(x, verbose=0))
+                damage = budget.damage_alone(model, t.layer, t.pruner, kernel, err, x,
+                                             reference)
                 if damage > 1e-3:
                     predicted = float(t.damage()[i, 0])
                     self.assertBetween(predicted / damage, 0.5, 2.0, f"{t.layer.name} {i}")

@@ -132,6 +132,17 @@ def _restored(pl: graph.PrunableLayer):
             bn.set_weights(saved[2])
 
 
+def damage_alone(model, pl: graph.PrunableLayer, pruner, kernel: np.ndarray, err: float,
+                 probes, reference) -> float:
+    """The output damage on the probes with only this layer at this level (kernel, error:
+    one of its table's weight levels); the layer is put back after."""
+    r = pruner.result(kernel, err)
+    with _restored(pl):
+        pl.set_folded(r.kernel, r.bias_delta)
+        out = model.predict(probes, batch_size=statistics.predict_batch(model), verbose=0)
+    return _damage(reference, out)
+
+
 # The relative errors at which a layer's damage is measured (the nearest of its levels).
 _CALIBRATION_ERRORS = (0.15, 0.35, 0.6)
 # Measured damage below this is rounding, not a trend to fit.
@@ -151,11 +162,8 @@ def _calibrate(model, pl: graph.PrunableLayer, pruner, weights: list, probes, re
     for i in picked:
         if errors[i] <= 0:
             continue
-        r = pruner.result(weights[i][0], float(errors[i]))
-        with _restored(pl):
-            pl.set_folded(r.kernel, r.bias_delta)
-            out = model.predict(probes, batch_size=statistics.predict_batch(model), verbose=0)
-        damage = _damage(reference, out)
+        damage = damage_alone(model, pl, pruner, weights[i][0], float(errors[i]), probes,
+                              reference)
         if damage > _MIN_FITTED_DAMAGE:
             points.append((np.log(errors[i]), np.log(damage)))
     if not points:

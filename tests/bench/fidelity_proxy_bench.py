@@ -93,10 +93,8 @@ def _damage_model(model, tables, probes, reference) -> list[str]:
                 cells.append("")
                 continue
             kernel, err = t.weights[i][:2]
-            r = t.pruner.result(kernel, err)
-            with budget._restored(t.layer):
-                t.layer.set_folded(r.kernel, r.bias_delta)
-                measured = budget._damage(reference, model.predict(probes, verbose=0))
+            measured = budget.damage_alone(model, t.layer, t.pruner, kernel, err, probes,
+                                           reference)
             cells.append(f"{measured:.4f} / {float(t.damage()[i, 0]):.4f} / "
                          f"{noise * err ** 2:.4f}")
         lines.append(f"| {t.layer.name} | {t.exponent:.2f} | " + " | ".join(cells) + " |")
