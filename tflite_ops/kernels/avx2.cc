@@ -1,8 +1,10 @@
 // x86-64 AVX2+FMA microkernels: 64 output positions, computed as 4 ymm x up to 2 channels per
 // pass for blocks (16 registers leave no room for more accumulators), as 8 ymm x 1 channel for
 // unstructured filters (one offset and one weight broadcast per 8 loads and FMAs instead of
-// per 4: the scalar work per nonzero, not the FMAs, bounded the 4-ymm pass); and a narrow one
-// of 32 positions for small images.
+// per 4: the scalar work per nonzero, not the FMAs, bounded the 4-ymm pass); a wide one of
+// 112 positions for unstructured filters (14 ymm, the most the register file holds beside the
+// broadcast weight: the loads of a weight and an offset are shared by 14 FMAs); and a narrow
+// one of 32 positions for small images.
 #include <immintrin.h>
 
 #include "tflite_ops/kernels/spmm_fixed_width.h"
@@ -26,6 +28,11 @@ struct Avx2 {
 // Eight accumulators in one set: eight chains cover a 4-cycle FMA latency at two per cycle.
 struct Avx2Unstructured : Avx2 {
   static constexpr int kPass = 64, kMaxRows = 1, kChains = 8;
+};
+
+struct Avx2Wide : Avx2 {
+  static constexpr int kTile = 112, kPass = 112, kMaxRows = 1, kChains = 8;
+  static constexpr int kMaxAccumulators = 15;
 };
 
 struct Avx2Narrow : Avx2 {
@@ -126,6 +133,10 @@ void TransposeAvx2(const float* src, int64_t src_stride, int rows, int cols,
 
 void SpmmAvx2Narrow(const SpmmFilter& f, const float* x, float* y) {
   spmm_internal::SpmmFixedWidth<Avx2Narrow>(f, x, y);
+}
+
+void SpmmAvx2Wide(const SpmmFilter& f, const float* x, float* y) {
+  spmm_internal::SpmmFixedWidth<Avx2Wide>(f, x, y);
 }
 
 void SpmmAvx2(const SpmmFilter& f, const float* x, float* y) {

@@ -11,14 +11,12 @@ namespace {
 // Tasks per worker: enough for one done early (or woken late) to take a share of another's.
 // Images with fewer bands than that are split by output channels as well.
 constexpr int kTasksPerWorker = 2;
-// Work of a narrow-tile position relative to a wide-tile one (narrow tiles load more weights
-// per multiply-add): a narrow tile is chosen only where it saves more wasted lanes than that.
-constexpr double kNarrowCost = 1.05;
 // Work of packing one input float per output position, in multiply-adds of one nonzero: the
-// per-position cost beside the nonzeros that aligned taps do not speed up (fitted with the
-// variants' aligned_tap_cost to one-thread timings of 3x3 layers, 28x28 to 112x112, 32 to 128
-// channels, 50-95 % sparse).
-constexpr double kPackedFloatCost = 100.0;
+// per-position cost beside the nonzeros that aligned taps do not speed up; and what each
+// further copy of aligned taps adds to it (fitted with the variants' tiling costs, see
+// dispatch.cc).
+constexpr double kPackedFloatCost = 82.0;
+constexpr double kCopyCost = 0.1;
 // Largest band buffer: a share of a core's L2 that leaves room for the band's output and the
 // weights, so that a band is packed and read from the same cache.
 constexpr int64_t kBandBytes = 128 << 10;
@@ -60,11 +58,12 @@ std::string ConvPlan::Build(const ConvShape& s, const SparseFilter& f, const flo
   activation_ = activation;
   variant_ = variant;
   max_workers_ = std::max(1, max_workers);
+  microkernel_ = nullptr;
   padded_c_ = f.num_blocks * f.block_size;
   macs_ = static_cast<int64_t>(s.batch) * s.out_h * s.out_w * f.num_nonzero_blocks * f.block_size;
   if (f.num_cols != s.kernel_h * s.kernel_w * s.in_c || f.out_c != s.out_c)
     return "filter does not match the convolution shape";
-  if (variant.microkernel == nullptr) {
+  if (variant.tilings[0].microkernel == nullptr) {
     scratch_stride_ = WorkerStride(padded_c_);
     scratch_base_ = LineAligned(&scratch_, static_cast<size_t>(max_workers_) * scratch_stride_);
     return "";
@@ -77,41 +76,45 @@ std::string ConvPlan::Build(const ConvShape& s, const SparseFilter& f, const flo
   pointwise_ = s.kernel_h == 1 && s.kernel_w == 1 && sh == 1 && sw == 1;
   // Horizontal taps within one phase plane sit 0..max_shift floats apart.
   const int max_shift = (s.kernel_w - 1) * s.dilation_w / sw;
-  // The pitch, tile and tap layout with the fewest (weighted) computed positions. Aligned
-  // taps: the pitch in whole cache lines and one copy of each plane per horizontal shift, so
-  // that every tap of every tile loads whole cache lines (load_fma.md: a misaligned load feeds
-  // FMAs at ~0.6 of the aligned rate, and unstructured nonzeros are load-bound).
+  // The tiling, pitch and tap layout with the fewest (weighted) computed positions. Aligned
+  // taps: one copy of each plane per horizontal shift and the pitch a whole number of the
+  // microkernel's vectors, so that every tap of every tile loads whole vectors within cache
+  // lines (load_fma.md: a misaligned load feeds FMAs at ~0.6 of the aligned rate, and
+  // unstructured nonzeros are load-bound); the copies hold the shifted columns, so the pitch
+  // needs no room for the shift.
   const int plain_wq = s.out_w + max_shift;
-  const int aligned_wq = static_cast<int>((plain_wq + kLineChannels - 1) / kLineChannels *
-                                          kLineChannels);
-  // The copies' extra packing is cheap (each row is copied while in L1); what aligned taps
-  // cost is the pitch's wasted lanes, paid by the packing and epilogue as well.
+  // What aligned taps cost: the pitch's wasted lanes, paid by the packing and epilogue as
+  // well, and the copies (cheap: each row is copied while in L1).
   const double nonzeros = static_cast<double>(f.num_nonzero_blocks) * f.block_size;
   const double packing = kPackedFloatCost * s.in_c;
   double best_cost = std::numeric_limits<double>::infinity();
-  for (const bool aligned : {false, true}) {
-    if (aligned && !(variant.aligned_tap_cost > 0.0f && f.block_size == 1 && max_shift > 0 &&
-                     max_shift < static_cast<int>(kLineChannels)))
-      continue;
-    const int64_t positions = static_cast<int64_t>(s.out_h) * (aligned ? aligned_wq : plain_wq);
-    const double per_position =
-        nonzeros * (aligned ? variant.aligned_tap_cost : 1.0f) + packing;
-    for (const bool narrow : {false, true}) {
-      if (narrow && !(variant.narrow_microkernel != nullptr &&
-                      (f.block_size > 1 || variant.narrow_unstructured)))
+  for (const Tiling& tiling : variant.tilings) {
+    const float tiling_cost = f.block_size > 1 ? tiling.block_cost : tiling.cost;
+    if (tiling.tile == 0 || tiling_cost <= 0.0f || (pointwise_ && !tiling.pointwise)) continue;
+    for (const bool aligned : {false, true}) {
+      if (aligned && !(variant.aligned_tap_cost > 0.0f && tiling.aligned_floats > 0 &&
+                       f.block_size == 1 && max_shift > 0 &&
+                       max_shift < static_cast<int>(kLineChannels)))
         continue;
-      const int t = narrow ? variant.narrow_tile : variant.tile;
-      const double cost = static_cast<double>((positions + t - 1) / t * t) *
-                          (narrow ? kNarrowCost : 1.0) * per_position;
+      const int a = tiling.aligned_floats;
+      const int wq = aligned ? (s.out_w + a - 1) / a * a : plain_wq;
+      const int64_t positions = static_cast<int64_t>(s.out_h) * wq;
+      const double per_position =
+          aligned ? nonzeros * variant.aligned_tap_cost + packing * (1.0 + kCopyCost * max_shift)
+                  : nonzeros + packing;
+      const int t = tiling.tile;
+      const double cost =
+          static_cast<double>((positions + t - 1) / t * t) * tiling_cost * per_position;
       if (cost < best_cost) {
         best_cost = cost;
         tile_ = t;
-        microkernel_ = narrow ? variant.narrow_microkernel : variant.microkernel;
-        wq_ = aligned ? aligned_wq : plain_wq;
+        microkernel_ = tiling.microkernel;
+        wq_ = wq;
         shifts_ = aligned ? max_shift + 1 : 1;
       }
     }
   }
+  if (microkernel_ == nullptr) return std::string("no tiling of ") + variant.name + " takes this filter";
   const int64_t positions = static_cast<int64_t>(s.out_h) * wq_;
   const int tile = tile_;
   num_tiles_ = static_cast<int>((positions + tile - 1) / tile);
@@ -145,8 +148,15 @@ std::string ConvPlan::Build(const ConvShape& s, const SparseFilter& f, const flo
     // Planes start on cache lines: misaligned ones made the microkernel's loads slower. With
     // shifted copies, one more line between planes takes the first floats of copy k of row 0.
     plane_ = (static_cast<int64_t>(band_hq) * wq_ + kLineChannels - 1) / kLineChannels *
-             kLineChannels + (shifts_ > 1 ? kLineChannels : 0);
+             kLineChannels;
     x_size = std::max(planes * plane_, (planes - 1) * plane_ + span - tile + reach);
+    if (shifts_ > 1) {
+      // After the planes: one padded input row of every channel and column phase, from which
+      // the copies are cut.
+      row_pitch_ = (wq_ + max_shift + kLineChannels - 1) / kLineChannels * kLineChannels;
+      row_offset_ = (x_size + kLineChannels - 1) / kLineChannels * kLineChannels;
+      x_size = row_offset_ + row_pitch_ * s.in_c * sw;
+    }
   }
   if (x_size > std::numeric_limits<int32_t>::max())
     return "input is too large for 32-bit offsets (" + std::to_string(x_size) + " floats)";
@@ -264,27 +274,32 @@ void ConvPlan::PackRow(const float* image, int row, int yq0, float* x) {
     float* dst_row = x + (static_cast<int64_t>(py) * sw + px) * shifts_ * plane_ +
                      static_cast<int64_t>(yq - yq0) * wq_;
     if (iy < 0 || iy >= s.in_h) {  // a padding row: the buffer may hold another band's row
-      for (int ic = 0; ic < s.in_c; ++ic)
-        std::fill_n(dst_row + ic * channel_stride, wq_, 0.0f);
-    } else {
-      // Columns xq whose input column ix = xq * sw + px - pad_left lies inside the image; the
-      // others are padding, never written (Build's zeros).
-      int lo = std::max(0, (s.pad_left - px + sw - 1) / sw);
-      int hi = std::min(wq_, (s.in_w - 1 + s.pad_left - px) / sw + 1);
-      if (s.in_w - 1 + s.pad_left - px < 0) hi = 0;
-      lo = std::min(lo, hi);
-      if (hi > lo) {
-        const int ix = lo * sw + px - s.pad_left;
-        variant_.transpose(image + (static_cast<int64_t>(iy) * s.in_w + ix) * s.in_c,
-                           static_cast<int64_t>(sw) * s.in_c, hi - lo, s.in_c, thresholds_,
-                           dst_row + lo, channel_stride);
+      for (int ic = 0; ic < s.in_c; ++ic) {
+        for (int k = 0; k < shifts_; ++k)
+          std::fill_n(dst_row + ic * channel_stride + k * plane_, wq_, 0.0f);
       }
+      continue;
     }
-    // Copy k of the row, k floats earlier (its first k land in the line between planes, or in
-    // the previous row's tail, where they belong), while the row is in L1.
+    // Columns xq whose input column ix = xq * sw + px - pad_left lies inside the image; the
+    // others are padding, never written (Build's zeros). Copy k of a row holds columns
+    // [k, k + wq), cut from the row buffer.
+    const int columns = shifts_ > 1 ? wq_ + shifts_ - 1 : wq_;
+    int lo = std::max(0, (s.pad_left - px + sw - 1) / sw);
+    int hi = std::min(columns, (s.in_w - 1 + s.pad_left - px) / sw + 1);
+    if (s.in_w - 1 + s.pad_left - px < 0) hi = 0;
+    lo = std::min(lo, hi);
+    float* row_buffer = x + row_offset_ + static_cast<int64_t>(px) * s.in_c * row_pitch_;
+    if (hi > lo) {
+      const int ix = lo * sw + px - s.pad_left;
+      variant_.transpose(image + (static_cast<int64_t>(iy) * s.in_w + ix) * s.in_c,
+                         static_cast<int64_t>(sw) * s.in_c, hi - lo, s.in_c, thresholds_,
+                         (shifts_ > 1 ? row_buffer : dst_row) + lo,
+                         shifts_ > 1 ? row_pitch_ : channel_stride);
+    }
     for (int ic = 0; ic < s.in_c && shifts_ > 1; ++ic) {
-      float* src = dst_row + ic * channel_stride;
-      for (int k = 1; k < shifts_; ++k) std::copy_n(src, wq_, src + k * plane_ - k);
+      for (int k = 0; k < shifts_; ++k)
+        std::copy_n(row_buffer + ic * row_pitch_ + k, wq_,
+                    dst_row + ic * channel_stride + k * plane_);
     }
   }
 }
@@ -337,7 +352,7 @@ void ConvPlan::Run(const float* input, float* output, Parallel* parallel, int wo
   workers = std::max(1, std::min(workers, max_workers_));
   const int64_t in_image = static_cast<int64_t>(s.in_h) * s.in_w * s.in_c;
   const int64_t out_image = static_cast<int64_t>(s.out_h) * s.out_w * s.out_c;
-  if (variant_.microkernel == nullptr) {
+  if (microkernel_ == nullptr) {  // the reference
     parallel->For(s.batch * s.out_h, workers, [&](int row, int worker) {
       const ConvArgs args{&s,          &filter_,    input,  bias_,
                           thresholds_, activation_, output,

@@ -15,9 +15,10 @@
 // The filter is re-packed once (Build), with each nonzero's patch index turned into its input
 // offset in X: the microkernel's inner loop is then a load at x + offset and FMAs.
 // Aligned taps (x86, unstructured filters, where Build's cost estimate says they pay): the row
-// pitch is a whole number of cache lines and each phase plane is kept once per horizontal
-// shift k, copy k holding the plane k floats to the left, so that tap (dy, dx) of a tile reads
-// copy dx / stride_w at a cache-line boundary: every load of the microkernel is aligned.
+// pitch is a whole number of the microkernel's vectors and each phase plane is kept once per
+// horizontal shift k, copy k holding the plane's columns from k on, so that tap (dy, dx) of a
+// tile reads copy dx / stride_w at a vector boundary: no load of the microkernel splits a
+// cache line. Each input row is transposed once into a row buffer and the copies cut from it.
 #ifndef TFLITE_OPS_KERNELS_CONV_PLAN_H_
 #define TFLITE_OPS_KERNELS_CONV_PLAN_H_
 
@@ -59,7 +60,7 @@ class ConvPlan {
 
   // Multiply-adds of one invoke (nonzero weights x output pixels), to size the thread count.
   int64_t macs() const { return macs_; }
-  // Output positions per microkernel call: the variant's tile or its narrow one.
+  // Output positions per microkernel call: the tile of the tiling Build chose.
   int tile() const { return tile_; }
   // Whether every tap's input load is aligned (the input kept once per horizontal shift).
   bool aligned_taps() const { return shifts_ > 1; }
@@ -89,12 +90,14 @@ class ConvPlan {
   int64_t macs_ = 0;
 
   // Fast path geometry (unused by the reference).
-  int tile_ = 0;  // the variant's tile, or its narrow tile on small images
+  int tile_ = 0;  // the chosen tiling's
   SpmmMicrokernelFn microkernel_ = nullptr;
   int hq_ = 0, wq_ = 0;   // per-phase padded height and width
   int64_t plane_ = 0;     // one channel-phase plane of a band buffer: the tallest
                           // band's rows * wq_, in whole cache lines; pointwise: tile
   int shifts_ = 1;          // copies of each phase plane: 1, or one per horizontal shift
+  int64_t row_offset_ = 0;  // with copies: where a worker's row buffer starts in its X
+  int64_t row_pitch_ = 0;   // and the floats of one channel's row there
   bool pointwise_ = false;  // 1x1 stride 1: each tile packs its own input slice
   int num_tiles_ = 0;
   int num_bands_ = 1;

@@ -11,21 +11,36 @@ struct Table {
   KernelVariant variants[4];
   int count = 0;
   Table() {
-    variants[count++] = {"reference", 0, nullptr, TransposeReference};
+    variants[count++] = {"reference", TransposeReference};
 #if defined(HYBRID_SPARSE_HAVE_AVX2)
+    // Tiling costs and aligned_tap_cost: fitted to one-thread timings of every tiling, with
+    // and without aligned taps, on 3x3 layers (4x4 to 112x112, 16 to 256 channels, stride 1
+    // and 2, 50-90 % sparse; benchmarks/results/conv_bench_avx2.md has the layers' timings).
     if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
-      variants[count++] = {"avx2", 64, SpmmAvx2, TransposeAvx2, 32, SpmmAvx2Narrow, true, 0.8f};
+      variants[count++] = {"avx2",
+                           TransposeAvx2,
+                           {{64, SpmmAvx2, 1.0f, 1.0f, true, 8},
+                            {112, SpmmAvx2Wide, 0.92f, 0.0f, false, 8},
+                            {32, SpmmAvx2Narrow, 1.07f, 0.9f, true, 8}},
+                           0.885f};
 #endif
 #if defined(HYBRID_SPARSE_HAVE_AVX512)
-    // Its layout changes use the AVX2 transpose: every AVX-512F CPU has AVX2.
+    // Its layout changes use the AVX2 transpose and its unstructured filters may take AVX2's
+    // wide tile: every AVX-512F CPU has AVX2.
     if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx2"))
-      variants[count++] = {"avx512", 64, SpmmAvx512, TransposeAvx2, 32, SpmmAvx512Narrow, true, 0.7f};
+      variants[count++] = {"avx512",
+                           TransposeAvx2,
+                           {{64, SpmmAvx512, 1.0f, 1.0f, true, 16},
+                            {112, SpmmAvx2Wide, 0.96f, 0.0f, false, 8},
+                            {32, SpmmAvx512Narrow, 1.125f, 1.0f, true, 8}},
+                           0.834f};
 #endif
 #if defined(HYBRID_SPARSE_HAVE_NEON)
-    variants[count++] = {"neon", 16, SpmmNeon, TransposeNeon};  // NEON is mandatory on AArch64
+    variants[count++] = {"neon", TransposeNeon, {{16, SpmmNeon}}};  // mandatory on AArch64
 #endif
 #if defined(HYBRID_SPARSE_HAVE_RVV)
-    variants[count++] = {"rvv", RvvTile(), SpmmRvv, TransposeRvv};  // built only for rv64gcv targets
+    // Built only for rv64gcv targets.
+    variants[count++] = {"rvv", TransposeRvv, {{RvvTile(), SpmmRvv}}};
 #endif
   }
 };

@@ -107,6 +107,7 @@ struct SpmmFilter {
 using SpmmMicrokernelFn = void (*)(const SpmmFilter& filter, const float* x, float* y);
 
 void SpmmAvx2(const SpmmFilter& filter, const float* x, float* y);          // tile 64
+void SpmmAvx2Wide(const SpmmFilter& filter, const float* x, float* y);      // tile 112
 void SpmmAvx2Narrow(const SpmmFilter& filter, const float* x, float* y);    // tile 32
 void SpmmAvx512(const SpmmFilter& filter, const float* x, float* y);        // tile 64
 void SpmmAvx512Narrow(const SpmmFilter& filter, const float* x, float* y);  // tile 32
@@ -129,17 +130,29 @@ void TransposeNeon(const float* src, int64_t src_stride, int rows, int cols,
 void TransposeRvv(const float* src, int64_t src_stride, int rows, int cols,
                   const float* thresholds, float* dst, int64_t dst_stride);  // strided loads
 
+// One microkernel of a variant, with its tile and the filters and convolutions it takes.
+// ConvPlan::Build picks, per layer, the tiling and tap layout with the least estimated work.
+struct Tiling {
+  int tile = 0;  // output positions per call; 0: an unused entry
+  SpmmMicrokernelFn microkernel = nullptr;
+  // Work of a computed position relative to the variant's first tiling, for unstructured
+  // filters and for filters in blocks (a narrow tile loads a weight and an offset for fewer
+  // multiply-adds, a wide one for more); 0: does not take them.
+  float cost = 1.0f;
+  float block_cost = 1.0f;
+  bool pointwise = true;  // offered for pointwise (1x1, stride 1) convolutions
+  // The alignment, in floats, that keeps its vector loads of unstructured filters within
+  // cache lines (their vector width): what aligned taps round the row pitch to; 0: never.
+  int aligned_floats = 0;
+};
+
+constexpr int kMaxTilings = 3;
+
 struct KernelVariant {
   const char* name;
-  int tile;                       // output positions per microkernel call; 0 for the reference
-  SpmmMicrokernelFn microkernel;  // nullptr for the reference
   TransposeFn transpose;
-  // Half as many positions per call, for small images where a wide tile's lanes would be
-  // wasted (ConvPlan picks; 0 / nullptr: none), and whether it pays on unstructured filters
-  // too (it loads inputs for fewer multiply-adds per nonzero).
-  int narrow_tile = 0;
-  SpmmMicrokernelFn narrow_microkernel = nullptr;
-  bool narrow_unstructured = false;
+  // The first is the default tiling; the reference has none (tile 0).
+  Tiling tilings[kMaxTilings];
   // Work of an output position of an unstructured filter when every tap's input load is
   // aligned (conv_plan.h), relative to taps at any float offset; 0: never aligned.
   float aligned_tap_cost = 0.0f;

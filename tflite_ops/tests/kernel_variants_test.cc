@@ -1,6 +1,7 @@
 // Every kernel variant this build and CPU have, against the dense direct convolution of the
 // shared tester, on random shapes, strides, dilations, paddings, block sizes, weight and
 // activation sparsities and thresholds.
+#include <algorithm>
 #include <cstdlib>
 #include <random>
 #include <string>
@@ -112,10 +113,11 @@ TEST_P(KernelVariants, ImagesLargerThanABandBuffer) {
   }
 }
 
-// Wide images with unstructured filters take aligned taps (conv_plan.h) on the variants that
+// Aligned taps (conv_plan.h), made the cheaper layout wherever allowed, on the variants that
 // have them: every stride, dilation and padding, over bands, batches and thresholds.
 TEST_P(KernelVariants, AlignedTapsMatchDenseConvolution) {
-  const KernelVariant& v = variant();
+  KernelVariant v = variant();
+  if (v.aligned_tap_cost > 0.0f) v.aligned_tap_cost = 1e-3f;
   int seed = 300;
   for (int stride : {1, 2}) {
     for (int dilation : {1, 2}) {
@@ -139,13 +141,54 @@ TEST_P(KernelVariants, AlignedTapsMatchDenseConvolution) {
   }
 }
 
-// Small images take the narrow microkernel where the variant has one (for unstructured
-// filters only where it pays), large ones the wide; the random cases above check both against
-// the dense convolution.
-TEST_P(KernelVariants, NarrowTilesOnSmallImages) {
+// Build picks a tiling by estimated work; each one, alone, with and without aligned taps, on
+// random cases of the filters and convolutions it takes, so that none is left to the cases
+// that happen to choose it.
+TEST_P(KernelVariants, EveryTilingMatchesDenseConvolution) {
   const KernelVariant& v = variant();
-  if (v.narrow_microkernel == nullptr) GTEST_SKIP() << v.name << " has no narrow tile";
+  std::mt19937 rng(20261127);
+  const int cases = TestCases() / 8;
+  for (const Tiling& tiling : v.tilings) {
+    if (tiling.tile == 0) continue;
+    for (const bool aligned : {false, true}) {
+      if (aligned && (v.aligned_tap_cost <= 0.0f || tiling.aligned_floats == 0)) continue;
+      KernelVariant only = v;
+      for (Tiling& t : only.tilings) t = Tiling{};
+      only.tilings[0] = tiling;
+      only.aligned_tap_cost = aligned ? 1e-3f : 0.0f;  // aligned wherever allowed
+      for (int i = 0; i < cases; ++i) {
+        testing::Case c = testing::RandomCase(&rng, /*small=*/cases < 50);
+        if (tiling.block_cost <= 0.0f) c.block_size = 1;
+        if (tiling.cost <= 0.0f && c.block_size == 1) c.block_size = 2;
+        const ConvShape& s = c.shape;
+        if (!tiling.pointwise && s.kernel_h == 1 && s.kernel_w == 1 && s.stride_h == 1 &&
+            s.stride_w == 1)
+          continue;
+        bool chose_aligned = false;
+        int tile = 0;
+        EXPECT_LE(testing::MaxRelativeError(only, c, i, &chose_aligned, &tile), 1e-5)
+            << v.name << " tile " << tiling.tile << (aligned ? " aligned: " : ": ")
+            << c.Describe();
+        EXPECT_EQ(tile, tiling.tile);
+        if (!aligned) EXPECT_FALSE(chose_aligned);
+      }
+    }
+  }
+}
+
+// Small images take the smallest tile that takes the filter (its lanes are wasted least);
+// large ones with unstructured filters a larger tile where the variant has one (a narrow tile
+// loads a weight and an offset for fewer multiply-adds; with blocks it may still pay).
+TEST_P(KernelVariants, SmallImagesTakeTheSmallestTile) {
+  const KernelVariant& v = variant();
   for (int block : {1, 4}) {
+    int smallest = 0, largest = 0;
+    for (const Tiling& t : v.tilings) {
+      if (t.tile == 0 || (block > 1 ? t.block_cost : t.cost) <= 0.0f) continue;
+      smallest = smallest == 0 ? t.tile : std::min(smallest, t.tile);
+      largest = std::max(largest, t.tile);
+    }
+    if (smallest == largest) continue;
     for (int hw : {2, 45}) {
       ConvShape s;
       s.batch = 1, s.in_h = hw, s.in_w = hw, s.in_c = 8, s.out_c = 8;
@@ -158,9 +201,11 @@ TEST_P(KernelVariants, NarrowTilesOnSmallImages) {
       f.num_nonzero_blocks = 0, f.col_ptr = col_ptr.data();
       ConvPlan plan;
       ASSERT_EQ(plan.Build(s, f, nullptr, nullptr, Activation::kNone, v, 1), "");
-      const bool narrow = hw == 2 && (block > 1 || v.narrow_unstructured);
-      EXPECT_EQ(plan.tile(), narrow ? v.narrow_tile : v.tile)
-          << v.name << " " << hw << "x" << hw << " block " << block;
+      if (hw == 2) {
+        EXPECT_EQ(plan.tile(), smallest) << v.name << " 2x2 block " << block;
+      } else if (block == 1) {
+        EXPECT_GT(plan.tile(), smallest) << v.name << " 45x45 block " << block;
+      }
     }
   }
 }

@@ -109,7 +109,7 @@ class OutOfOrderParallel : public Parallel {
 }  // namespace
 
 double MaxRelativeError(const KernelVariant& kernel, const Case& c, uint32_t seed,
-                        bool* aligned_taps) {
+                        bool* aligned_taps, int* tile) {
   std::mt19937 rng(seed);
   std::normal_distribution<float> normal(0.0f, 1.0f);
   std::uniform_real_distribution<float> unit(0.0f, 1.0f);
@@ -155,6 +155,7 @@ double MaxRelativeError(const KernelVariant& kernel, const Case& c, uint32_t see
                  /*max_workers=*/3);
   if (!error.empty()) return std::numeric_limits<double>::infinity();
   if (aligned_taps != nullptr) *aligned_taps = plan.aligned_taps();
+  if (tile != nullptr) *tile = plan.tile();
   OutOfOrderParallel parallel;
   plan.Run(input.data(), output.data(), &parallel, 3);
   double max_err = 0.0, max_ref = 1e-6;

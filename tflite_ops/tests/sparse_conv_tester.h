@@ -30,10 +30,10 @@ struct Case {
 Case RandomCase(std::mt19937* rng, bool small);
 
 // Runs `kernel` (through ConvPlan, tasks out of order over 3 workers) on `c` and returns
-// max |kernel - dense| / max(|dense|, 1e-6); `aligned_taps`, if given, says whether the plan
-// chose aligned taps.
+// max |kernel - dense| / max(|dense|, 1e-6); `aligned_taps` and `tile`, if given, say whether
+// the plan chose aligned taps and which tile.
 double MaxRelativeError(const KernelVariant& kernel, const Case& c, uint32_t seed,
-                        bool* aligned_taps = nullptr);
+                        bool* aligned_taps = nullptr, int* tile = nullptr);
 
 }  // namespace testing
 }  // namespace hybrid_sparse
