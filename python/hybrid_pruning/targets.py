@@ -295,6 +295,7 @@ class Microkernel:
     max_rows: int  # rows of a block computed per pass over its nonzeros
     block_pass: int = 0  # positions per pass over a block's nonzeros (0: the tile); an
                          # unstructured filter's pass is the whole tile
+    unstructured_tile: int = 0  # the tile of unstructured filters (0: the tile)
 
 
 # x86: Zen 3 (AVX2: 2 FMA pipes x 256 bit, 2 FP loads/cycle) and Zen 4 (ZMM FMA takes a pipe
@@ -310,7 +311,7 @@ class Microkernel:
 # scaled to their load throughput.
 CORES = {
     "x86_64-avx2": (Core("AMD Zen 3", 3.8, 8, 0.5, 0.5, 0.5, 4, False, 0.72, 5, 0.69, 3000),
-                    Microkernel(64, 2, 32)),
+                    Microkernel(64, 2, 32, 112)),
     "x86_64-avx512": (Core("AMD Zen 4", 4.5, 16, 1.0, 1.0, 0.5, 4, False, 0.72, 5, 0.69,
                            3000), Microkernel(64, 4)),
     "arm64-neon": (Core("Arm Cortex-A76", 2.4, 4, 0.5, 0.5, 0.5, 4, False, 0.8, 3, 1.0, 2000),
@@ -378,10 +379,11 @@ class ModelledProfile:
                 + shape.out_c * 2
             cycles = out * per_position + c.overhead
             return cycles / (c.ghz * 1e9)
-        pass_lanes = k.block_pass if block > 1 and k.block_pass else k.tile
+        tile = k.unstructured_tile if block == 1 and k.unstructured_tile else k.tile
+        pass_lanes = k.block_pass if block > 1 and k.block_pass else tile
         vecs = pass_lanes // c.lanes
         passes = [min(k.max_rows, block - r) for r in range(0, block, k.max_rows)]
-        passes *= k.tile // pass_lanes
+        passes *= tile // pass_lanes
         per_nonzero = 0.0
         for rows in passes:
             loads = vecs * c.load + (rows + 1) * c.scalar_load
@@ -389,8 +391,8 @@ class ModelledProfile:
             instructions = vecs + rows + 1 + rows * vecs + 2
             bound = loads + fmas if c.in_order else max(loads, fmas)
             per_nonzero += max(bound, instructions / c.issue)
-        tiles = math.ceil(computed / k.tile)
-        epilogue = blocks * block * (k.tile // c.lanes) * c.epilogue
+        tiles = math.ceil(computed / tile)
+        epilogue = blocks * block * (tile // c.lanes) * c.epilogue
         packing = (shape.in_h * shape.in_w * shape.in_c + out * shape.out_c) * c.transpose
         cycles = tiles * (nonzero_blocks * per_nonzero + epilogue) + packing + c.overhead
         return cycles / (c.ghz * 1e9)

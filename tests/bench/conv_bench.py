@@ -197,7 +197,9 @@ def main(argv):
         "# HybridSparseConv2D vs builtin CONV_2D (XNNPACK)",
         "",
         f"{bench_results.machine()} Our kernel: {FLAGS.kernel or 'fastest available'}.",
-        "Command: `./bazelw run //tests/bench:conv_bench -- --output=...`",
+        "Command: `./bazelw run //tests/bench:conv_bench -- "
+        + "".join(f"--{name}={FLAGS[name].value} " for name in ("kernel",) if FLAGS[name].value)
+        + ("" if FLAGS.model else "--nomodel ") + "--output=...`",
         "",
         "Ratio = builtin time / our time (> 1: ours is faster). FLOP-limit ratio = 1 / (1 - "
         "weight sparsity). Times are the best of alternating rounds.",

@@ -145,14 +145,16 @@ std::string ConvPlan::Build(const ConvShape& s, const SparseFilter& f, const flo
       span = std::max(span, static_cast<int64_t>(BandTile(b + 1)) * tile -
                                 static_cast<int64_t>(yq0) * wq_);
     }
-    // Planes start on cache lines: misaligned ones made the microkernel's loads slower. With
-    // shifted copies, one more line between planes takes the first floats of copy k of row 0.
-    plane_ = (static_cast<int64_t>(band_hq) * wq_ + kLineChannels - 1) / kLineChannels *
-             kLineChannels;
+    // Planes start on cache lines, an odd number of lines apart: misaligned planes made the
+    // microkernel's loads slower, and an even number of lines put the rows a tile reads in
+    // every plane of a group into fewer L1 sets (measured slower on stride-2 layers).
+    const int64_t lines = (static_cast<int64_t>(band_hq) * wq_ + kLineChannels - 1) /
+                          kLineChannels;
+    plane_ = (lines | 1) * kLineChannels;
     x_size = std::max(planes * plane_, (planes - 1) * plane_ + span - tile + reach);
-    if (shifts_ > 1) {
+    if (shifts_ > 1 && wq_ < plain_wq) {
       // After the planes: one padded input row of every channel and column phase, from which
-      // the copies are cut.
+      // the copies are cut (the pitch has no room for the columns the shifts reach).
       row_pitch_ = (wq_ + max_shift + kLineChannels - 1) / kLineChannels * kLineChannels;
       row_offset_ = (x_size + kLineChannels - 1) / kLineChannels * kLineChannels;
       x_size = row_offset_ + row_pitch_ * s.in_c * sw;
@@ -281,24 +283,27 @@ void ConvPlan::PackRow(const float* image, int row, int yq0, float* x) {
       continue;
     }
     // Columns xq whose input column ix = xq * sw + px - pad_left lies inside the image; the
-    // others are padding, never written (Build's zeros). Copy k of a row holds columns
-    // [k, k + wq), cut from the row buffer.
-    const int columns = shifts_ > 1 ? wq_ + shifts_ - 1 : wq_;
+    // others are padding, never written (Build's zeros). Copy k of a row holds the row's
+    // columns from k on: cut from the row buffer where there is one, else from copy 0 (its
+    // last k floats are then read by wasted lanes only).
+    const bool buffered = row_pitch_ > 0;
+    const int columns = buffered ? wq_ + shifts_ - 1 : wq_;
     int lo = std::max(0, (s.pad_left - px + sw - 1) / sw);
     int hi = std::min(columns, (s.in_w - 1 + s.pad_left - px) / sw + 1);
     if (s.in_w - 1 + s.pad_left - px < 0) hi = 0;
     lo = std::min(lo, hi);
-    float* row_buffer = x + row_offset_ + static_cast<int64_t>(px) * s.in_c * row_pitch_;
+    float* src = buffered ? x + row_offset_ + static_cast<int64_t>(px) * s.in_c * row_pitch_
+                          : dst_row;
+    const int64_t src_stride = buffered ? row_pitch_ : channel_stride;
     if (hi > lo) {
       const int ix = lo * sw + px - s.pad_left;
       variant_.transpose(image + (static_cast<int64_t>(iy) * s.in_w + ix) * s.in_c,
                          static_cast<int64_t>(sw) * s.in_c, hi - lo, s.in_c, thresholds_,
-                         (shifts_ > 1 ? row_buffer : dst_row) + lo,
-                         shifts_ > 1 ? row_pitch_ : channel_stride);
+                         src + lo, src_stride);
     }
     for (int ic = 0; ic < s.in_c && shifts_ > 1; ++ic) {
-      for (int k = 0; k < shifts_; ++k)
-        std::copy_n(row_buffer + ic * row_pitch_ + k, wq_,
+      for (int k = buffered ? 0 : 1; k < shifts_; ++k)
+        std::copy_n(src + ic * src_stride + k, buffered ? wq_ : wq_ - k,
                     dst_row + ic * channel_stride + k * plane_);
     }
   }

@@ -18,7 +18,8 @@
 // pitch is a whole number of the microkernel's vectors and each phase plane is kept once per
 // horizontal shift k, copy k holding the plane's columns from k on, so that tap (dy, dx) of a
 // tile reads copy dx / stride_w at a vector boundary: no load of the microkernel splits a
-// cache line. Each input row is transposed once into a row buffer and the copies cut from it.
+// cache line. Where the pitch has no room for the columns the shifts reach, each input row is
+// transposed into a row buffer and all copies cut from it.
 #ifndef TFLITE_OPS_KERNELS_CONV_PLAN_H_
 #define TFLITE_OPS_KERNELS_CONV_PLAN_H_
 
@@ -96,8 +97,8 @@ class ConvPlan {
   int64_t plane_ = 0;     // one channel-phase plane of a band buffer: the tallest
                           // band's rows * wq_, in whole cache lines; pointwise: tile
   int shifts_ = 1;          // copies of each phase plane: 1, or one per horizontal shift
-  int64_t row_offset_ = 0;  // with copies: where a worker's row buffer starts in its X
-  int64_t row_pitch_ = 0;   // and the floats of one channel's row there
+  int64_t row_offset_ = 0;  // copies cut from a row buffer: where a worker's starts in its X
+  int64_t row_pitch_ = 0;   // and the floats of one channel's row there; 0: no row buffer
   bool pointwise_ = false;  // 1x1 stride 1: each tile packs its own input slice
   int num_tiles_ = 0;
   int num_bands_ = 1;
