@@ -98,7 +98,9 @@ def dense_outputs(reference) -> bool:
 
 
 # The defaults: the demo within 0.5 pt of its top-1 and the ResNet-style model within 1 pt,
-# measured over every candidate their searches judged (benchmarks/results/fidelity_proxy.md).
+# measured over every candidate their searches judged (benchmarks/results/fidelity_proxy.md)
+# and at the end points of the co-design benchmark (codesign.md; faster kernels move the
+# search's end point further along the guard, where a KL of 0.15 has cost the demo 0.89 pt).
 # The agreement floor depends on the probes: on 'bn' probes (matched to the model's own
 # BatchNorm statistics) KL tracks real loss closely enough to lean on; on synthetic images the
 # same KL cost the BatchNorm-free demo several times the top-1 (same file), so there the
@@ -106,7 +108,7 @@ def dense_outputs(reference) -> bool:
 AUTO = "auto"
 DEFAULT_AGREEMENT = {"bn": 0.8}
 FALLBACK_AGREEMENT = 0.9
-DEFAULT_KL = 0.15
+DEFAULT_KL = 0.12
 
 
 def default_agreement(probe_kind: str) -> float:
