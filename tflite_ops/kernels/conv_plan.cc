@@ -114,7 +114,8 @@ std::string ConvPlan::Build(const ConvShape& s, const SparseFilter& f, const flo
       }
     }
   }
-  if (microkernel_ == nullptr) return std::string("no tiling of ") + variant.name + " takes this filter";
+  if (microkernel_ == nullptr)
+    return std::string("no tiling of ") + variant.name + " takes this filter";
   const int64_t positions = static_cast<int64_t>(s.out_h) * wq_;
   const int tile = tile_;
   num_tiles_ = static_cast<int>((positions + tile - 1) / tile);
