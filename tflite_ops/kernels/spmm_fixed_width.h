@@ -73,17 +73,7 @@ inline void BlockRows(const SpmmFilter& f, const float* x, int b, int r0, int p0
 #pragma GCC unroll 4
     for (int u = 0; u < kSets; ++u) step(j + u, u);
   }
-  for (; j < end; ++j) {
-    const float* xp = x + offset[j];
-    const float* wj = w + static_cast<int64_t>(j) * bs;
-#pragma GCC unroll 16
-    for (int r = 0; r < kRows; ++r) {
-      const Vec wv = Isa::Set1(wj[r]);
-#pragma GCC unroll 16
-      for (int i = 0; i < kVecs; ++i)
-        acc[0][r][i] = Isa::Fma(wv, Isa::Load(xp + i * Isa::kLanes), acc[0][r][i]);
-    }
-  }
+  for (; j < end; ++j) step(j, 0);
   const Vec lo = Isa::Set1(f.min), hi = Isa::Set1(f.max);
 #pragma GCC unroll 16
   for (int r = 0; r < kRows; ++r) {
