@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import pathlib
 
@@ -29,8 +30,11 @@ def delegate_path() -> str:
         f"'./bazelw build //tflite_ops:{_LIBRARY}' or set ${_DELEGATE_ENV}")
 
 
+@functools.cache
 def clock_ghz() -> float:
-    """This core's effective clock, measured by the plugin (0.0 where it cannot)."""
+    """This core's effective clock, measured by the plugin once per process (0.0 where it
+    cannot): every model priced in one run uses the same clock, and a second reading on a
+    loaded machine (a turbo bin lost to a neighbour's load) would differ."""
     import ctypes
 
     fn = ctypes.CDLL(delegate_path()).hybrid_sparse_clock_ghz

@@ -33,10 +33,15 @@ uint64_t AddChain(int64_t iterations, uint64_t step) {
 
 double MeasureClockGhz() {
 #ifdef HYBRID_SPARSE_ADD
-  constexpr int64_t kIterations = 2000000;  // ~5 ms at 3 GHz
+  // Many short rounds, the fastest taken: an interruption (another process on the core, an
+  // interrupt) only lengthens a round, and a short round is more likely to run undisturbed on
+  // a loaded machine than a long one.
+  constexpr int64_t kIterations = 40000;  // 320k adds, ~0.1 ms at 3 GHz
+  constexpr int kRounds = 200;
   double best = 1e30;
   volatile uint64_t sink = 0;
-  for (int round = 0; round < 7; ++round) {  // the best round: least disturbed by others
+  sink = sink + AddChain(kIterations * 8, 1);  // wake the core from any idle clock first
+  for (int round = 0; round < kRounds; ++round) {
     const auto t0 = std::chrono::steady_clock::now();
     sink = sink + AddChain(kIterations, 1);
     const double s =
