@@ -7,6 +7,7 @@
 // Loaded from Python with load_delegate(path) or from C++ via tflite_plugin_create_delegate().
 #include <algorithm>
 #include <chrono>
+#include <cmath>
 #include <cstdlib>
 #include <cstring>
 #include <memory>
@@ -17,6 +18,7 @@
 #include "tflite_ops/abi/tflite_abi.h"
 #include "tflite_ops/kernels/clock.h"
 #include "tflite_ops/kernels/conv_plan.h"
+#include "tflite_ops/kernels/qs8_conv_plan.h"
 #include "tflite_ops/kernels/sparse_conv.h"
 #include "tflite_ops/kernels/thread_pool.h"
 #include "tflite_ops/options.h"
@@ -44,6 +46,15 @@ struct OpKernel {
   std::vector<int16_t> row_block;
   std::vector<float> bias;
   SparseFilter filter;
+  // int8 (options.dtype): the qs8 filter, int32 bias, per-channel filter scales, and the
+  // requantization Prepare derives from them and the tensors' scales.
+  std::vector<int8_t> values_qs8;
+  std::vector<int32_t> bias_qs8;
+  std::vector<float> filter_scales;
+  std::vector<int32_t> multiplier, shift;
+  Qs8SparseFilter filter_qs8;
+  Qs8Requantization requantization;
+  Qs8ConvPlan plan_qs8;
   int input_tensor = -1;
   int output_tensor = -1;
   const KernelVariant* kernel = nullptr;
@@ -89,53 +100,111 @@ std::string CopyConstant(const TfLiteContext* ctx, const TfLiteNode* node, int i
   return "";
 }
 
+std::string BuildF32(TfLiteContext* ctx, const TfLiteNode* node, OpKernel* k);
+std::string BuildQs8(TfLiteContext* ctx, const TfLiteNode* node, OpKernel* k);
+
 std::string BuildKernel(TfLiteContext* ctx, const TfLiteNode* node, OpKernel* k) {
   std::string err =
       ParseConvOptions(node->custom_initial_data, node->custom_initial_data_size, &k->options);
   if (!err.empty()) return "bad custom options: " + err;
   const ConvOptions& o = k->options;
-  if (node->inputs == nullptr || (node->inputs->size != 4 && node->inputs->size != 5))
-    return "expects 4 or 5 inputs (activations, values, col_ptr, row_block[, bias]), got " +
-           std::to_string(node->inputs ? node->inputs->size : 0);
+  k->input_tensor = node->inputs != nullptr && node->inputs->size > 0 ? node->inputs->data[0] : -1;
   if (node->outputs == nullptr || node->outputs->size != 1) return "expects exactly 1 output";
-  k->input_tensor = node->inputs->data[0];
   k->output_tensor = node->outputs->data[0];
   for (int t : {k->input_tensor, k->output_tensor}) {
     if (t < 0 || static_cast<size_t>(t) >= ctx->tensors_size)
       return "tensor index " + std::to_string(t) + " is out of range";
   }
+  return o.dtype == DataType::kInt8 ? BuildQs8(ctx, node, k) : BuildF32(ctx, node, k);
+}
+
+// The checks both filter families share: the index arrays' sizes, then the format itself.
+template <typename Filter>
+std::string CheckFilter(const ConvOptions& o, int groups, size_t num_values,
+                        const std::vector<int32_t>& col_ptr, const std::vector<int16_t>& row_block,
+                        Filter* f) {
+  f->out_c = o.out_channels;
+  f->num_cols = o.kernel_h * o.kernel_w * groups;
+  f->block_size = o.block_size;
+  f->num_blocks = (o.out_channels + o.block_size - 1) / o.block_size;
+  f->num_nonzero_blocks = static_cast<int>(row_block.size());
+  if (col_ptr.size() != static_cast<size_t>(f->num_cols) + 1)
+    return "col_ptr has " + std::to_string(col_ptr.size()) + " entries, expected " +
+           std::to_string(f->num_cols + 1) + " (columns + 1)";
+  const size_t per_block = num_values / std::max<size_t>(1, row_block.size());
+  if (num_values != row_block.size() * per_block ||
+      (!row_block.empty() && per_block != static_cast<size_t>(o.block_size) *
+                                              (o.dtype == DataType::kInt8 ? 4 : 1)))
+    return "values has " + std::to_string(num_values) + " entries for " +
+           std::to_string(row_block.size()) + " nonzero blocks of block_size " +
+           std::to_string(o.block_size);
+  f->col_ptr = col_ptr.data();
+  static const int16_t kNoIndex = 0;  // lets empty arrays pass the null checks
+  f->row_block = row_block.empty() ? &kNoIndex : row_block.data();
+  return "";
+}
+
+std::string CheckBias(size_t n, int out_channels) {
+  if (n == static_cast<size_t>(out_channels)) return "";
+  return "bias has " + std::to_string(n) + " values for " + std::to_string(out_channels) +
+         " output channels";
+}
+
+std::string BuildF32(TfLiteContext* ctx, const TfLiteNode* node, OpKernel* k) {
+  const ConvOptions& o = k->options;
+  if (node->inputs->size != 4 && node->inputs->size != 5)
+    return "expects 4 or 5 inputs (activations, values, col_ptr, row_block[, bias]), got " +
+           std::to_string(node->inputs->size);
+  std::string err;
   if (!(err = CopyConstant(ctx, node, 1, kTfLiteFloat32, "values", &k->values)).empty() ||
       !(err = CopyConstant(ctx, node, 2, kTfLiteInt32, "col_ptr", &k->col_ptr)).empty() ||
       !(err = CopyConstant(ctx, node, 3, kTfLiteInt16, "row_block", &k->row_block)).empty())
     return err;
   if (node->inputs->size == 5 && node->inputs->data[4] >= 0) {
     if (!(err = CopyConstant(ctx, node, 4, kTfLiteFloat32, "bias", &k->bias)).empty()) return err;
-    if (k->bias.size() != static_cast<size_t>(o.out_channels))
-      return "bias has " + std::to_string(k->bias.size()) + " values for " +
-             std::to_string(o.out_channels) + " output channels";
+    if (!(err = CheckBias(k->bias.size(), o.out_channels)).empty()) return err;
   }
   SparseFilter& f = k->filter;
-  f.out_c = o.out_channels;
-  f.num_cols = o.kernel_h * o.kernel_w * o.in_channels;
-  f.block_size = o.block_size;
-  f.num_blocks = (o.out_channels + o.block_size - 1) / o.block_size;
-  f.num_nonzero_blocks = static_cast<int>(k->row_block.size());
-  if (k->col_ptr.size() != static_cast<size_t>(f.num_cols) + 1)
-    return "col_ptr has " + std::to_string(k->col_ptr.size()) + " entries, expected " +
-           std::to_string(f.num_cols + 1) + " (kernel_h*kernel_w*in_channels + 1)";
-  if (k->values.size() != k->row_block.size() * static_cast<size_t>(o.block_size))
-    return "values has " + std::to_string(k->values.size()) + " entries, expected " +
-           std::to_string(k->row_block.size() * o.block_size) + " (nonzero blocks * block_size)";
-  f.col_ptr = k->col_ptr.data();
-  f.row_block = k->row_block.data();
-  f.values = k->values.data();
-  static const float kNoValue = 0.0f;  // lets empty arrays pass the null checks
-  if (k->values.empty()) f.values = &kNoValue;
-  static const int16_t kNoIndex = 0;
-  if (k->row_block.empty()) f.row_block = &kNoIndex;
+  err = CheckFilter(o, o.in_channels, k->values.size(), k->col_ptr, k->row_block, &f);
+  if (!err.empty()) return err;
+  static const float kNoValue = 0.0f;
+  f.values = k->values.empty() ? &kNoValue : k->values.data();
   err = ValidateSparseFilter(f);
-  if (!err.empty()) return "bad sparse filter: " + err;
-  return "";
+  return err.empty() ? "" : "bad sparse filter: " + err;
+}
+
+std::string BuildQs8(TfLiteContext* ctx, const TfLiteNode* node, OpKernel* k) {
+  const ConvOptions& o = k->options;
+  if (node->inputs->size != 6)
+    return "int8 expects 6 inputs (activations, values, col_ptr, row_block, bias or -1, "
+           "filter_scales), got " + std::to_string(node->inputs->size);
+  std::string err;
+  if (!(err = CopyConstant(ctx, node, 1, kTfLiteInt8, "values", &k->values_qs8)).empty() ||
+      !(err = CopyConstant(ctx, node, 2, kTfLiteInt32, "col_ptr", &k->col_ptr)).empty() ||
+      !(err = CopyConstant(ctx, node, 3, kTfLiteInt16, "row_block", &k->row_block)).empty() ||
+      !(err = CopyConstant(ctx, node, 5, kTfLiteFloat32, "filter_scales", &k->filter_scales))
+           .empty())
+    return err;
+  if (node->inputs->data[4] >= 0) {
+    if (!(err = CopyConstant(ctx, node, 4, kTfLiteInt32, "bias", &k->bias_qs8)).empty())
+      return err;
+    if (!(err = CheckBias(k->bias_qs8.size(), o.out_channels)).empty()) return err;
+  }
+  if (k->filter_scales.size() != static_cast<size_t>(o.out_channels))
+    return "filter_scales has " + std::to_string(k->filter_scales.size()) + " values for " +
+           std::to_string(o.out_channels) + " output channels";
+  for (float scale : k->filter_scales) {
+    if (!(scale > 0.0f) || !std::isfinite(scale))
+      return "filter_scales holds a scale that is not positive and finite";
+  }
+  Qs8SparseFilter& f = k->filter_qs8;
+  err = CheckFilter(o, (o.in_channels + 3) / 4, k->values_qs8.size(), k->col_ptr, k->row_block,
+                    &f);
+  if (!err.empty()) return err;
+  static const int8_t kNoValue = 0;
+  f.values = k->values_qs8.empty() ? &kNoValue : k->values_qs8.data();
+  err = ValidateSparseFilter(f);
+  return err.empty() ? "" : "bad sparse filter: " + err;
 }
 
 void* KernelInit(TfLiteContext* ctx, const char* buffer, size_t /*length*/) {
@@ -172,6 +241,37 @@ TfLiteStatus Fail(TfLiteContext* ctx, const OpKernel* k, const std::string& msg)
   return kTfLiteError;
 }
 
+// TFLite's int8 conv Prepare: per-channel multipliers from the tensors' scales (in double, as
+// PopulateConvolutionQuantizationParams computes them) and the fused activation's range.
+std::string PrepareQs8(TfLiteContext* ctx, const ConvShape& s, OpKernel* k) {
+  const TfLiteQuantizationParams in = ctx->tensors[k->input_tensor].params;
+  const TfLiteQuantizationParams out = ctx->tensors[k->output_tensor].params;
+  if (!(in.scale > 0.0f) || !(out.scale > 0.0f))
+    return "int8 input and output need a positive per-tensor scale";
+  const ConvOptions& o = k->options;
+  k->multiplier.resize(o.out_channels);
+  k->shift.resize(o.out_channels);
+  for (int c = 0; c < o.out_channels; ++c) {
+    const double real = static_cast<double>(in.scale) * static_cast<double>(k->filter_scales[c]) /
+                        static_cast<double>(out.scale);
+    QuantizeMultiplier(real, o.rounding, &k->multiplier[c], &k->shift[c]);
+  }
+  auto quantize = [&out](float f) {
+    return out.zero_point + static_cast<int32_t>(std::round(f / out.scale));
+  };
+  Qs8Requantization& q = k->requantization;
+  q.multiplier = k->multiplier.data();
+  q.shift = k->shift.data();
+  q.output_zero_point = out.zero_point;
+  q.rounding = o.rounding;
+  q.min = -128;
+  q.max = 127;
+  if (o.activation != Activation::kNone) q.min = std::max(q.min, quantize(0.0f));
+  if (o.activation == Activation::kRelu6) q.max = std::min(q.max, quantize(6.0f));
+  return k->plan_qs8.Build(s, k->filter_qs8, k->bias_qs8.empty() ? nullptr : k->bias_qs8.data(),
+                           in.zero_point, q, k->pool->threads());
+}
+
 TfLiteStatus KernelPrepare(TfLiteContext* ctx, TfLiteNode* node) {
   auto* k = static_cast<OpKernel*>(node->user_data);
   if (k == nullptr) {
@@ -181,7 +281,11 @@ TfLiteStatus KernelPrepare(TfLiteContext* ctx, TfLiteNode* node) {
   if (!k->error.empty()) return Fail(ctx, k, k->error);
   const ConvOptions& o = k->options;
   const TfLiteTensor& in = ctx->tensors[k->input_tensor];
-  if (in.type != kTfLiteFloat32) return Fail(ctx, k, "input activations must be float32");
+  const bool int8 = o.dtype == DataType::kInt8;
+  const TfLiteType type = int8 ? kTfLiteInt8 : kTfLiteFloat32;
+  if (in.type != type || ctx->tensors[k->output_tensor].type != type)
+    return Fail(ctx, k, std::string("input and output must be ") +
+                            (int8 ? "int8 (the options say dtype int8)" : "float32"));
   if (in.dims == nullptr || in.dims->size != 4)
     return Fail(ctx, k, "input must be 4-D NHWC, got " + Dims(in.dims));
   if (in.dims->data[3] != o.in_channels)
@@ -207,10 +311,10 @@ TfLiteStatus KernelPrepare(TfLiteContext* ctx, TfLiteNode* node) {
   const int64_t rows = static_cast<int64_t>(s.batch) * s.out_h;
   if (rows * s.out_w * s.out_c > (int64_t{1} << 31) / 4)
     return Fail(ctx, k, "output would exceed 2 GiB");
-  const std::string error =
-      k->plan.Build(s, k->filter, k->bias.empty() ? nullptr : k->bias.data(),
-                    o.thresholds.empty() ? nullptr : o.thresholds.data(), o.activation,
-                    *k->kernel, k->pool->threads());
+  const std::string error = int8 ? PrepareQs8(ctx, s, k)
+                                 : k->plan.Build(s, k->filter, k->bias.empty() ? nullptr : k->bias.data(),
+                                                 o.thresholds.empty() ? nullptr : o.thresholds.data(),
+                                                 o.activation, *k->kernel, k->pool->threads());
   if (!error.empty()) return Fail(ctx, k, error);
   k->workers = WorkerChoice();  // a new shape: time one worker against more afresh
   auto* dims = static_cast<TfLiteIntArray*>(std::malloc(sizeof(int) * 5));
@@ -229,11 +333,18 @@ TfLiteStatus KernelInvoke(TfLiteContext* ctx, TfLiteNode* node) {
   TfLiteTensor& out = ctx->tensors[k->output_tensor];
   if (in.data.raw == nullptr || out.data.raw == nullptr)
     return Fail(ctx, k, "input or output tensor has no buffer");
-  const int64_t useful = std::max<int64_t>(1, k->plan.macs() / kMinMacsPerThread);
+  const bool int8 = k->options.dtype == DataType::kInt8;
+  const int64_t macs = int8 ? k->plan_qs8.macs() : k->plan.macs();
+  const int64_t useful = std::max<int64_t>(1, macs / kMinMacsPerThread);
   const int workers =
       k->workers.Next(static_cast<int>(std::min<int64_t>(k->pool->threads(), useful)));
   const auto start = std::chrono::steady_clock::now();
-  k->plan.Run(in.data.f, out.data.f, k->pool, workers);
+  if (int8) {
+    k->plan_qs8.Run(reinterpret_cast<const int8_t*>(in.data.raw_const),
+                    reinterpret_cast<int8_t*>(out.data.raw), k->pool, workers);
+  } else {
+    k->plan.Run(in.data.f, out.data.f, k->pool, workers);
+  }
   if (workers > 1) k->pool->Rest();
   k->workers.Report(workers, std::chrono::duration<double>(
                                  std::chrono::steady_clock::now() - start).count());

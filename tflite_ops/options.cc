@@ -41,12 +41,12 @@ class Reader {
 }  // namespace
 
 std::string ParseConvOptions(const void* data, size_t size, ConvOptions* o) {
-  if (data == nullptr || size < kOptionsHeaderBytes)
+  if (data == nullptr || size < kOptionsHeaderBytesV1)
     return "custom options are " + std::to_string(size) + " bytes, need at least " +
-           std::to_string(kOptionsHeaderBytes);
+           std::to_string(kOptionsHeaderBytesV1);
   if (std::memcmp(data, "HSPC", 4) != 0) return "custom options do not start with magic 'HSPC'";
   Reader r(static_cast<const uint8_t*>(data) + 4, size - 4);
-  int32_t version = 0, padding = 0, activation = 0, num_thresholds = 0;
+  int32_t version = 0, padding = 0, activation = 0, num_thresholds = 0, dtype = 0, rounding = 0;
   // The header size was checked above, so these reads cannot fail.
   r.ReadI32(&version);
   r.ReadI32(&o->kernel_h);
@@ -61,9 +61,24 @@ std::string ParseConvOptions(const void* data, size_t size, ConvOptions* o) {
   r.ReadI32(&activation);
   r.ReadI32(&o->block_size);
   r.ReadI32(&num_thresholds);
-  if (version != kFormatVersion)
-    return "unsupported format_version " + std::to_string(version) + " (this build reads " +
+  if (version != 1 && version != kFormatVersion)
+    return "unsupported format_version " + std::to_string(version) + " (this build reads 1 and " +
            std::to_string(kFormatVersion) + ")";
+  if (version == kFormatVersion) {
+    if (size < kOptionsHeaderBytes)
+      return "custom options are " + std::to_string(size) + " bytes, format version 2 needs " +
+             std::to_string(kOptionsHeaderBytes);
+    r.ReadI32(&dtype);
+    r.ReadI32(&rounding);
+  }
+  if (dtype != 0 && dtype != 1)
+    return "dtype = " + std::to_string(dtype) + " (expected 0 float32 or 1 int8)";
+  o->dtype = static_cast<DataType>(dtype);
+  if (rounding != 0 && rounding != 1)
+    return "rounding = " + std::to_string(rounding) + " (expected 0 double or 1 single)";
+  o->rounding = static_cast<Rounding>(rounding);
+  if (o->dtype == DataType::kInt8 && num_thresholds != 0)
+    return "int8 takes no activation thresholds";
   // Limits keep every later size computation far from int overflow.
   constexpr int32_t kMaxDim = 1 << 16;
   struct Field {

@@ -185,27 +185,59 @@ def make_hybrid_op(
     model: schema.ModelT, subgraph: schema.SubGraphT, name: str, input_index: int,
     output_index: int, geometry: op_format.ConvGeometry, filter_ohwi: np.ndarray,
     bias: np.ndarray | None, block_size: int = 1, thresholds: np.ndarray | None = None,
+    filter_scales: np.ndarray | None = None, rounding: str = "double",
 ) -> schema.OperatorT:
-    """A HybridSparseConv2D operator with its packed weights added as constant tensors."""
-    packed = op_format.pack_filter(filter_ohwi, block_size)
+    """Our operator with its packed weights added as constant tensors. An int8 filter (with
+    its per-channel `filter_scales` and an int32 bias) makes the int8 op, whose input and
+    output tensors carry their own scale and zero point."""
+    int8 = filter_ohwi.dtype == np.int8
+    if int8 and filter_scales is None:
+        raise ValueError(f"{name}: an int8 filter needs its per-channel scales")
+    packed = (op_format.pack_filter_qs8 if int8 else op_format.pack_filter)(filter_ohwi,
+                                                                            block_size)
     values = add_tensor(model, subgraph, f"{name}/hsc_values", [packed.values.size],
-                        TensorType.FLOAT32, packed.values)
+                        TensorType.INT8 if int8 else TensorType.FLOAT32, packed.values)
     col_ptr = add_tensor(model, subgraph, f"{name}/hsc_col_ptr", [packed.col_ptr.size],
                          TensorType.INT32, packed.col_ptr)
     row_block = add_tensor(model, subgraph, f"{name}/hsc_row_block", [packed.row_block.size],
                            TensorType.INT16, packed.row_block)
     bias_index = -1
     if bias is not None:
+        bias_type = (TensorType.INT32, np.int32) if int8 else (TensorType.FLOAT32, np.float32)
         bias_index = add_tensor(model, subgraph, f"{name}/hsc_bias", [geometry.out_channels],
-                                TensorType.FLOAT32, np.asarray(bias, np.float32))
+                                bias_type[0], np.asarray(bias, bias_type[1]))
+    inputs = [input_index, values, col_ptr, row_block, bias_index]
+    if int8:
+        inputs.append(add_tensor(model, subgraph, f"{name}/hsc_filter_scales",
+                                 [geometry.out_channels], TensorType.FLOAT32,
+                                 np.asarray(filter_scales, np.float32)))
     op = schema.OperatorT()
     op.opcodeIndex = opcode_index(model, BuiltinOperator.CUSTOM, op_format.OP_NAME)
-    op.inputs = np.asarray([input_index, values, col_ptr, row_block, bias_index], np.int32)
+    op.inputs = np.asarray(inputs, np.int32)
     op.outputs = np.asarray([output_index], np.int32)
-    op.customOptions = np.frombuffer(
-        op_format.encode_options(geometry, block_size, thresholds), np.uint8)
+    op.customOptions = np.frombuffer(op_format.encode_options(
+        geometry, block_size, thresholds, "int8" if int8 else "float32", rounding), np.uint8)
     op.customOptionsFormat = schema.CustomOptionsFormat.FLEXBUFFERS  # the schema's only value
     return op
+
+
+def quantize_tensor(subgraph: schema.SubGraphT, index: int, scales, zero_points,
+                    dimension: int = 0) -> None:
+    """Gives a tensor affine quantization parameters (per tensor, or per channel along
+    `dimension`)."""
+    q = schema.QuantizationParametersT()
+    q.scale = np.atleast_1d(np.asarray(scales, np.float32))
+    q.zeroPoint = np.atleast_1d(np.asarray(zero_points, np.int64))
+    q.quantizedDimension = dimension
+    subgraph.tensors[index].quantization = q
+
+
+def quantization(subgraph: schema.SubGraphT, index: int) -> tuple[np.ndarray, np.ndarray] | None:
+    """A tensor's (scales, zero points), or None when it is not quantized."""
+    q = subgraph.tensors[index].quantization
+    if q is None or q.scale is None or len(q.scale) == 0:
+        return None
+    return np.asarray(q.scale, np.float32), np.asarray(q.zeroPoint, np.int64)
 
 
 def remove_unused_tensors(model: schema.ModelT) -> None:
@@ -245,9 +277,13 @@ def remove_unused_tensors(model: schema.ModelT) -> None:
 def single_conv_model(
     input_shape, filter_ohwi: np.ndarray, bias: np.ndarray | None,
     geometry: op_format.ConvGeometry, op: str = "builtin", block_size: int = 1,
-    thresholds: np.ndarray | None = None,
+    thresholds: np.ndarray | None = None, int8: dict | None = None,
 ) -> bytes:
-    """A one-operator model: builtin CONV_2D, or HybridSparseConv2D ("hybrid") on the same weights."""
+    """A one-operator model: builtin CONV_2D, or our op ("hybrid") on the same weights.
+    int8: {"input": (scale, zero point), "output": (scale, zero point), "filter_scales":
+    [out_c], "rounding": "double"|"single"} makes both int8 (filter_ohwi int8, bias int32),
+    quantized as TFLite's converter does (per-channel symmetric filter, bias at input scale
+    x filter scale)."""
     g = geometry
     model = schema.ModelT()
     model.version = 3
@@ -257,17 +293,31 @@ def single_conv_model(
     sg.tensors, sg.operators = [], []
     sg.name = "main"
     batch, in_h, in_w, in_c = input_shape
-    x = add_tensor(model, sg, "input", [batch, in_h, in_w, in_c], TensorType.FLOAT32)
+    act_type = TensorType.INT8 if int8 else TensorType.FLOAT32
+    x = add_tensor(model, sg, "input", [batch, in_h, in_w, in_c], act_type)
     # The output shape is recomputed by the kernels' Prepare; a placeholder suffices.
-    y = add_tensor(model, sg, "output", [batch, 1, 1, g.out_channels], TensorType.FLOAT32)
+    y = add_tensor(model, sg, "output", [batch, 1, 1, g.out_channels], act_type)
+    if int8:
+        quantize_tensor(sg, x, *int8["input"])
+        quantize_tensor(sg, y, *int8["output"])
     if op == "builtin":
         conv = schema.OperatorT()
         conv.opcodeIndex = opcode_index(model, BuiltinOperator.CONV_2D)
-        w = add_tensor(model, sg, "filter", filter_ohwi.shape, TensorType.FLOAT32,
-                       np.asarray(filter_ohwi, np.float32))
-        b = add_tensor(model, sg, "bias", [g.out_channels], TensorType.FLOAT32,
-                       np.zeros(g.out_channels, np.float32) if bias is None
-                       else np.asarray(bias, np.float32))
+        if int8:
+            w = add_tensor(model, sg, "filter", filter_ohwi.shape, TensorType.INT8,
+                           np.asarray(filter_ohwi, np.int8))
+            quantize_tensor(sg, w, int8["filter_scales"], np.zeros(g.out_channels))
+            b = add_tensor(model, sg, "bias", [g.out_channels], TensorType.INT32,
+                           np.zeros(g.out_channels, np.int32) if bias is None
+                           else np.asarray(bias, np.int32))
+            quantize_tensor(sg, b, np.asarray(int8["filter_scales"], np.float64)
+                            * int8["input"][0], np.zeros(g.out_channels))
+        else:
+            w = add_tensor(model, sg, "filter", filter_ohwi.shape, TensorType.FLOAT32,
+                           np.asarray(filter_ohwi, np.float32))
+            b = add_tensor(model, sg, "bias", [g.out_channels], TensorType.FLOAT32,
+                           np.zeros(g.out_channels, np.float32) if bias is None
+                           else np.asarray(bias, np.float32))
         conv.inputs = np.asarray([x, w, b], np.int32)
         conv.outputs = np.asarray([y], np.int32)
         opts = schema.Conv2DOptionsT()
@@ -278,7 +328,10 @@ def single_conv_model(
         conv.builtinOptionsType = schema.BuiltinOptions.Conv2DOptions
         conv.builtinOptions = opts
     elif op == "hybrid":
-        conv = make_hybrid_op(model, sg, "conv", x, y, g, filter_ohwi, bias, block_size, thresholds)
+        conv = make_hybrid_op(
+            model, sg, "conv", x, y, g, filter_ohwi, bias, block_size, thresholds,
+            filter_scales=int8["filter_scales"] if int8 else None,
+            rounding=int8.get("rounding", "double") if int8 else "double")
     else:
         raise ValueError(f"op must be 'builtin' or 'hybrid', got {op!r}")
     sg.operators.append(conv)

@@ -29,6 +29,7 @@ typedef enum TfLiteType {
   kTfLiteFloat32 = 1,
   kTfLiteInt32 = 2,
   kTfLiteInt16 = 7,
+  kTfLiteInt8 = 9,
 } TfLiteType;
 
 typedef enum TfLiteAllocationType {

@@ -27,9 +27,13 @@ bool ComputeConvShape(Padding padding, ConvShape* s) {
   return s->out_h > 0 && s->out_w > 0;
 }
 
-std::string ValidateSparseFilter(const SparseFilter& f) {
+namespace {
+
+// The index checks both filter families share (they differ in what a column and a value are).
+template <typename Filter>
+std::string ValidateIndex(const Filter& f) {
   if (f.out_c <= 0) return "out_channels must be positive";
-  if (f.num_cols <= 0) return "filter has no columns (kernel_h*kernel_w*in_channels <= 0)";
+  if (f.num_cols <= 0) return "filter has no columns";
   if (f.block_size <= 0) return "block_size must be positive";
   if (f.num_blocks != (f.out_c + f.block_size - 1) / f.block_size)
     return "num_blocks does not equal ceil(out_channels / block_size)";
@@ -55,6 +59,12 @@ std::string ValidateSparseFilter(const SparseFilter& f) {
     return "col_ptr[num_cols] does not equal the number of nonzero blocks";
   return "";
 }
+
+}  // namespace
+
+std::string ValidateSparseFilter(const SparseFilter& f) { return ValidateIndex(f); }
+
+std::string ValidateSparseFilter(const Qs8SparseFilter& f) { return ValidateIndex(f); }
 
 void TransposeReference(const float* src, int64_t src_stride, int rows, int cols,
                         const float* thresholds, float* dst, int64_t dst_stride) {

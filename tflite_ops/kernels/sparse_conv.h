@@ -130,6 +130,70 @@ void TransposeNeon(const float* src, int64_t src_stride, int rows, int cols,
 void TransposeRvv(const float* src, int64_t src_stride, int rows, int cols,
                   const float* thresholds, float* dst, int64_t dst_stride);  // strided loads
 
+// ---- qs8: int8 activations and weights, int32 accumulation (TFLite's per-channel int8 conv).
+//
+// Filter format (format version 2, dtype int8): the same column-compressed blocks of output
+// channels as above, but a column is a group of 4 consecutive input channels at one tap,
+// g = (kh * kernel_w + kw) * ceil(in_c / 4) + ic / 4, and a nonzero block holds block_size x 4
+// weights: values[(j * block_size + r) * 4 + t] is the weight of output channel
+// row_block[j] * block_size + r on input channel 4 * (g % groups) + t (0 past in_c). Four
+// input channels are what one lane of the dot-product instructions sums (VNNI vpdpbusd, NEON
+// sdot, RISC-V P's packed int8 dot products).
+struct Qs8SparseFilter {
+  int out_c = 0;
+  int num_cols = 0;  // kernel_h * kernel_w * ceil(in_c / 4)
+  int block_size = 1;
+  int num_blocks = 0;
+  int num_nonzero_blocks = 0;
+  const int32_t* col_ptr = nullptr;    // [num_cols + 1]
+  const int16_t* row_block = nullptr;  // [num_nonzero_blocks]
+  const int8_t* values = nullptr;      // [num_nonzero_blocks * block_size * 4]
+};
+
+std::string ValidateSparseFilter(const Qs8SparseFilter& filter);
+
+// TFLite's MultiplyByQuantizedMultiplier comes in two roundings, chosen when TFLite is built:
+// kDouble (the default: a rounding doubling high multiply, then a rounding right shift) and
+// kSingle (TFLITE_SINGLE_ROUNDING: one 64-bit multiply and one rounding shift). They differ by
+// one on some outputs.
+enum class Rounding : int32_t { kDouble = 0, kSingle = 1 };
+
+// TFLite's QuantizeMultiplier: real = multiplier * 2^(shift - 31), multiplier in [2^30, 2^31).
+void QuantizeMultiplier(double real, Rounding rounding, int32_t* multiplier, int32_t* shift);
+int32_t MultiplyByQuantizedMultiplier(int32_t x, int32_t multiplier, int32_t shift,
+                                      Rounding rounding);
+
+// From the int32 accumulator of output channel c to int8, as TFLite's int8 conv does.
+struct Qs8Requantization {
+  const int32_t* multiplier = nullptr;  // [out_c]
+  const int32_t* shift = nullptr;       // [out_c]
+  int32_t output_zero_point = 0;
+  int32_t min = -128, max = 127;  // the fused activation, in the output's quantized units
+  Rounding rounding = Rounding::kDouble;
+};
+
+inline int8_t Requantize(int32_t acc, int c, const Qs8Requantization& q) {
+  int32_t v = MultiplyByQuantizedMultiplier(acc, q.multiplier[c], q.shift[c], q.rounding) +
+              q.output_zero_point;
+  v = v < q.min ? q.min : (v > q.max ? q.max : v);
+  return static_cast<int8_t>(v);
+}
+
+struct Qs8ConvArgs {
+  const ConvShape* shape;
+  const Qs8SparseFilter* filter;
+  const int8_t* input;  // [batch, in_h, in_w, in_c]
+  int32_t input_zero_point;
+  const int32_t* bias;  // [out_c] or nullptr
+  const Qs8Requantization* requantization;
+  int8_t* output;   // [batch, out_h, out_w, out_c]
+  int32_t* scratch;  // [num_blocks * block_size]
+};
+
+// The definition of the qs8 op, bit-exact with TFLite's reference int8 CONV_2D (at the same
+// rounding): acc = bias + sum of w * (x - input_zero_point) over the taps inside the image.
+void Qs8SparseConvRowsReference(const Qs8ConvArgs& args, int row_begin, int row_end);
+
 // One microkernel of a variant, with its tile and the filters and convolutions it takes.
 // ConvPlan::Build picks, per layer, the tiling and tap layout with the least estimated work.
 struct Tiling {

@@ -45,6 +45,45 @@ TEST(Options, ParsesValidOptions) {
   EXPECT_FLOAT_EQ(o.thresholds[1], 0.5f);
 }
 
+// Format version 2: the v1 fields, then dtype and rounding.
+std::vector<int32_t> GoodV2(int32_t dtype, int32_t rounding, int32_t num_thresholds) {
+  std::vector<int32_t> f = Good();
+  f[0] = 2;
+  f[12] = num_thresholds;
+  f.push_back(dtype);
+  f.push_back(rounding);
+  return f;
+}
+
+TEST(Options, ParsesVersion2WithItsDtypeAndRounding) {
+  ConvOptions o;
+  ASSERT_EQ(Parse(Encode(GoodV2(1, 1, 0), {}), &o), "");
+  EXPECT_EQ(o.dtype, DataType::kInt8);
+  EXPECT_EQ(o.rounding, Rounding::kSingle);
+  ASSERT_EQ(Parse(Encode(GoodV2(0, 0, 2), {0.25f, 0.5f}), &o), "");
+  EXPECT_EQ(o.dtype, DataType::kFloat32);
+  ASSERT_EQ(o.thresholds.size(), 2u);
+  EXPECT_FLOAT_EQ(o.thresholds[1], 0.5f);
+  // Version 1 is float32 with the default rounding.
+  ASSERT_EQ(Parse(Encode(Good(), {0.25f, 0.5f}), &o), "");
+  EXPECT_EQ(o.dtype, DataType::kFloat32);
+  const std::vector<uint8_t> v2 = Encode(GoodV2(1, 0, 0), {});
+  for (size_t n = 0; n < v2.size(); ++n) {
+    std::vector<uint8_t> cut(v2.begin(), v2.begin() + n);
+    EXPECT_NE(Parse(cut), "") << "accepted " << n << " bytes";
+  }
+}
+
+TEST(Options, Version2NamesBadDtypeRoundingAndInt8Thresholds) {
+  EXPECT_NE(Parse(Encode(GoodV2(2, 0, 0), {})).find("dtype = 2"), std::string::npos);
+  EXPECT_NE(Parse(Encode(GoodV2(1, 5, 0), {})).find("rounding = 5"), std::string::npos);
+  EXPECT_NE(Parse(Encode(GoodV2(1, 0, 2), {0.25f, 0.5f})).find("int8 takes no activation"),
+            std::string::npos);
+  std::vector<int32_t> v3 = GoodV2(0, 0, 0);
+  v3[0] = 3;
+  EXPECT_NE(Parse(Encode(v3, {})).find("format_version 3"), std::string::npos);
+}
+
 TEST(Options, RejectsEveryTruncation) {
   const std::vector<uint8_t> good = Encode(Good(), {0.25f, 0.5f});
   for (size_t n = 0; n < good.size(); ++n) {
@@ -68,7 +107,7 @@ TEST(Options, NamesTheBadField) {
     const char* expected;
   };
   const Bad cases[] = {
-      {0, 2, "format_version"}, {1, 0, "kernel_h"},     {2, -3, "kernel_w"},
+      {0, 3, "format_version"}, {1, 0, "kernel_h"},     {2, -3, "kernel_w"},
       {3, 0, "in_channels"},    {4, 1 << 20, "out_channels"}, {5, 0, "stride_h"},
       {8, 0, "dilation_w"},     {9, 2, "padding"},      {10, 3, "activation"},
       {11, 0, "block_size"},    {11, 65, "block_size"}, {12, 1, "num_thresholds"},
