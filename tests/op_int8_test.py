@@ -10,6 +10,17 @@ from ai_edge_litert import interpreter as litert
 from hybrid_pruning import op_format, runtime, tflite_model
 
 
+def _cpu_flags() -> set[str]:
+    with open("/proc/cpuinfo") as f:
+        return {w for line in f if line.startswith("flags") for w in line.split(":", 1)[1].split()}
+
+
+# The variants with an int8 microkernel this CPU runs, beside the reference (the delegate's
+# avx512 variant runs int8 with VNNI where the CPU has it, else the reference).
+KERNELS = ["reference"] + (["avx512"] if {"avx512f", "avx512bw", "avx512_vnni"} <= _cpu_flags()
+                           else [])
+
+
 def _random_case(rng: np.random.Generator):
     """Geometry, input shape, int8 weights, int32 bias and quantization parameters."""
     while True:
@@ -111,17 +122,19 @@ class Int8OpTest(absltest.TestCase):
         rng = np.random.default_rng(19)
         for case in range(120):
             g, shape, w, bias, quant = _random_case(rng)
-            block = int(rng.choice([1, 2, 4]))
+            block = int(rng.choice([1, 1, 2, 4]))
             x = rng.integers(-128, 128, shape).astype(np.int8)
             builtin = tflite_model.single_conv_model(shape, w, bias, g, "builtin", int8=quant)
             ours = tflite_model.single_conv_model(shape, w, bias, g, "hybrid", block, int8=quant)
             expected = _reference(builtin, x)
             threads = int(rng.integers(1, 3))
-            got = runtime.predict(ours, x, num_threads=threads)
-            self.assertEqual(got.dtype, np.int8)
-            np.testing.assert_array_equal(
-                got, expected, err_msg=f"case {case}: {g} input {shape} block {block} "
-                f"threads {threads} quantization {quant['input']} -> {quant['output']}")
+            for kernel in KERNELS:
+                got = runtime.predict(ours, x, num_threads=threads, kernel=kernel)
+                self.assertEqual(got.dtype, np.int8)
+                np.testing.assert_array_equal(
+                    got, expected, err_msg=f"case {case}: {kernel} {g} input {shape} block "
+                    f"{block} threads {threads} quantization {quant['input']} -> "
+                    f"{quant['output']}")
             # The numpy definition agrees with the builtin: it can be trusted for the
             # rounding the builtin does not use.
             np.testing.assert_array_equal(_numpy_conv(x, w, bias, g, quant, "double"), expected)
@@ -134,9 +147,11 @@ class Int8OpTest(absltest.TestCase):
             x = rng.integers(-128, 128, shape).astype(np.int8)
             single = dict(quant, rounding="single")
             ours = tflite_model.single_conv_model(shape, w, bias, g, "hybrid", int8=single)
-            got = runtime.predict(ours, x)
-            np.testing.assert_array_equal(
-                got, _numpy_conv(x, w, bias, g, quant, "single"), err_msg=f"case {case}: {g}")
+            for kernel in KERNELS:
+                got = runtime.predict(ours, x, kernel=kernel)
+                np.testing.assert_array_equal(
+                    got, _numpy_conv(x, w, bias, g, quant, "single"),
+                    err_msg=f"case {case}: {kernel} {g}")
             differs += int(np.any(got != _numpy_conv(x, w, bias, g, quant, "double")))
         # The two roundings are really different computations on some outputs.
         self.assertGreater(differs, 0)

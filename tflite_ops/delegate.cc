@@ -269,7 +269,7 @@ std::string PrepareQs8(TfLiteContext* ctx, const ConvShape& s, OpKernel* k) {
   if (o.activation != Activation::kNone) q.min = std::max(q.min, quantize(0.0f));
   if (o.activation == Activation::kRelu6) q.max = std::min(q.max, quantize(6.0f));
   return k->plan_qs8.Build(s, k->filter_qs8, k->bias_qs8.empty() ? nullptr : k->bias_qs8.data(),
-                           in.zero_point, q, k->pool->threads());
+                           in.zero_point, q, *k->kernel, k->pool->threads());
 }
 
 TfLiteStatus KernelPrepare(TfLiteContext* ctx, TfLiteNode* node) {

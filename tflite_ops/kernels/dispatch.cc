@@ -37,6 +37,13 @@ struct Table {
                             {32, SpmmAvx512Narrow, 1.125f, 1.0f, true, 8}},
                            0.834f};
 #endif
+#if defined(HYBRID_SPARSE_HAVE_QS8_AVX512VNNI)
+    if (count > 0 && std::strcmp(variants[count - 1].name, "avx512") == 0 &&
+        __builtin_cpu_supports("avx512vnni") && __builtin_cpu_supports("avx512bw")) {
+      variants[count - 1].qs8 = Qs8SpmmAvx512Vnni;
+      variants[count - 1].qs8_tile = 64;
+    }
+#endif
 #if defined(HYBRID_SPARSE_HAVE_NEON)
     variants[count++] = {"neon", TransposeNeon, {{16, SpmmNeon}}};  // mandatory on AArch64
 #endif

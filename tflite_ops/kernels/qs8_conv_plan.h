@@ -1,5 +1,13 @@
 // An int8 (qs8) layer made ready to run: the driver around the qs8 kernels, as ConvPlan is
 // for float32. Plain C++, no TFLite types.
+//
+// Fast path (a variant with a qs8 microkernel, filters of block_size 1): each image is packed
+// into words of 4 input channels as uint8 (int8 + 128; padding is the input zero point),
+// channel-group-major and split into stride phases like ConvPlan's X: word
+// X[g][py][px][yq][xq] holds padded position (yq * stride_h + py, xq * stride_w + px) of
+// channels 4g..4g+3. Output position q = oy * wq + ox (ox >= out_w: wasted lanes, never
+// stored); each nonzero's offset makes x + offset + q the word its tap reads. Tiles of
+// positions are the tasks; each writes its [channel][tile] int8 results into the NHWC output.
 #ifndef TFLITE_OPS_KERNELS_QS8_CONV_PLAN_H_
 #define TFLITE_OPS_KERNELS_QS8_CONV_PLAN_H_
 
@@ -18,13 +26,16 @@ class Qs8ConvPlan {
   // arrays too. Returns "" or an error.
   std::string Build(const ConvShape& shape, const Qs8SparseFilter& filter, const int32_t* bias,
                     int32_t input_zero_point, const Qs8Requantization& requantization,
-                    int max_workers);
+                    const KernelVariant& variant, int max_workers);
 
   void Run(const int8_t* input, int8_t* output, Parallel* parallel, int workers);
 
   int64_t macs() const { return macs_; }
+  // Output positions per microkernel call; 0: the reference kernel runs the layer.
+  int tile() const { return tile_; }
 
  private:
+  void Pack(const int8_t* image, int group_begin, int group_end);
   ConvShape shape_;
   Qs8SparseFilter filter_;
   const int32_t* bias_ = nullptr;
@@ -33,6 +44,18 @@ class Qs8ConvPlan {
   int max_workers_ = 1;
   int64_t macs_ = 0;
   std::vector<int32_t> scratch_;  // per worker: [num_blocks * block_size]
+
+  // Fast path.
+  Qs8SpmmMicrokernelFn microkernel_ = nullptr;
+  int tile_ = 0;
+  int groups_ = 0;         // ceil(in_c / 4)
+  int hq_ = 0, wq_ = 0;    // per-phase padded height and width
+  int64_t plane_ = 0;      // words of one (group, phase) plane
+  int num_tiles_ = 0;
+  std::vector<int32_t> row_begin_, row_end_, offset_, values_, bias_corrected_;
+  Qs8SpmmFilter spmm_;
+  std::vector<uint32_t> x_;      // the packed image, slack for a tile's wasted lanes after it
+  std::vector<int8_t> tile_out_;  // per worker: [out_c][tile]
 };
 
 }  // namespace hybrid_sparse

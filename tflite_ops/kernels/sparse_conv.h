@@ -194,6 +194,28 @@ struct Qs8ConvArgs {
 // rounding): acc = bias + sum of w * (x - input_zero_point) over the taps inside the image.
 void Qs8SparseConvRowsReference(const Qs8ConvArgs& args, int row_begin, int row_end);
 
+// The qs8 microkernel: like SpmmMicrokernelFn, output positions in vector lanes, but each
+// nonzero is a word of 4 int8 weights (one group of input channels) against words of 4 input
+// channels stored as uint8 (int8 + 128). The correction for that +128 (and for the input zero
+// point) is in `bias`: bias[c] - (128 + input_zero_point) * (sum of channel c's weights).
+struct Qs8SpmmFilter {
+  int num_channels = 0;                  // block_size 1: one row per output channel
+  const int32_t* row_begin = nullptr;    // [num_channels]
+  const int32_t* row_end = nullptr;      // [num_channels]
+  const int32_t* offset = nullptr;       // [nonzeros]: input offset in words
+  const int32_t* values = nullptr;       // [nonzeros]: 4 int8 weights
+  const int32_t* bias = nullptr;         // [num_channels], corrected as above
+  const Qs8Requantization* requantization = nullptr;
+};
+
+// For one tile of `tile` output positions whose packed input words start at x:
+//   y[c * tile + i] = Requantize(bias[c] + sum over the row of c of dot4(values[j], x[offset[j] + i]))
+// Reads x only at offsets + [0, tile).
+using Qs8SpmmMicrokernelFn = void (*)(const Qs8SpmmFilter& filter, const uint32_t* x, int8_t* y);
+
+void Qs8SpmmAvx512Vnni(const Qs8SpmmFilter& filter, const uint32_t* x, int8_t* y);  // tile 64
+void Qs8SpmmReference(const Qs8SpmmFilter& filter, const uint32_t* x, int8_t* y, int tile);
+
 // One microkernel of a variant, with its tile and the filters and convolutions it takes.
 // ConvPlan::Build picks, per layer, the tiling and tap layout with the least estimated work.
 struct Tiling {
@@ -220,6 +242,9 @@ struct KernelVariant {
   // Work of an output position of an unstructured filter when every tap's input load is
   // aligned (conv_plan.h), relative to taps at any float offset; 0: never aligned.
   float aligned_tap_cost = 0.0f;
+  // The qs8 family's microkernel and its tile, where the variant has one for this CPU.
+  Qs8SpmmMicrokernelFn qs8 = nullptr;
+  int qs8_tile = 0;
 };
 
 // Every variant this build has and this CPU can run, reference first, fastest last.
