@@ -23,17 +23,12 @@ inline __m512i Interleave(__m512i even, __m512i odd) {
   return _mm512_mask_blend_epi32(0xAAAA, even, _mm512_slli_epi64(odd, 32));
 }
 
-inline __m512i DoubleHighMul(__m512i p) {
-  const __m512i zero = _mm512_setzero_si512();
-  const __mmask8 negative = _mm512_cmplt_epi64_mask(p, zero);
-  p = _mm512_add_epi64(p, _mm512_mask_blend_epi64(negative, _mm512_set1_epi64(int64_t{1} << 30),
-                                                  _mm512_set1_epi64(1 - (int64_t{1} << 30))));
-  // Division by 2^31 truncating towards zero, as C's: negative values round up first.
-  const __mmask8 still_negative = _mm512_cmplt_epi64_mask(p, zero);
-  p = _mm512_mask_add_epi64(p, still_negative, p, _mm512_set1_epi64((int64_t{1} << 31) - 1));
-  return _mm512_srai_epi64(p, 31);
-}
-
+// TFLite's double rounding, exactly, in fewer steps. Its rounding doubling high multiply,
+// (p + nudge) / 2^31 truncated with nudge = p >= 0 ? 2^30 : 1 - 2^30, equals the floor of
+// (p + 2^30) / 2^31 for every p (both round half away from zero on positive p and half
+// towards zero on negative p); its rounding divide by 2^r (ties away from zero) equals
+// (h + 2^(r-1) - (h < 0)) >> r. qs8_reference.cc keeps TFLite's literal form; the kernel
+// tests hold the two to each other.
 inline __m512i Requantize(__m512i acc, int32_t multiplier, int32_t shift, Rounding rounding) {
   const __m512i m = _mm512_set1_epi64(multiplier);
   __m512i even, odd;
@@ -47,18 +42,14 @@ inline __m512i Requantize(__m512i acc, int32_t multiplier, int32_t shift, Roundi
   }
   if (shift > 0) acc = _mm512_sll_epi32(acc, _mm_cvtsi32_si128(shift));
   Products(acc, m, &even, &odd);
-  const __m512i high = Interleave(DoubleHighMul(even), DoubleHighMul(odd));
+  const __m512i half = _mm512_set1_epi64(int64_t{1} << 30);
+  const __m512i high = Interleave(_mm512_srai_epi64(_mm512_add_epi64(even, half), 31),
+                                  _mm512_srai_epi64(_mm512_add_epi64(odd, half), 31));
   const int right = shift > 0 ? 0 : -shift;
   if (right == 0) return high;
-  const __m512i mask = _mm512_set1_epi32(static_cast<int32_t>((int64_t{1} << right) - 1));
-  const __m512i remainder = _mm512_and_si512(high, mask);
-  const __mmask16 negative = _mm512_cmplt_epi32_mask(high, _mm512_setzero_si512());
-  const __m512i threshold = _mm512_mask_add_epi32(_mm512_srai_epi32(mask, 1), negative,
-                                                  _mm512_srai_epi32(mask, 1),
-                                                  _mm512_set1_epi32(1));
-  const __m512i shifted = _mm512_sra_epi32(high, _mm_cvtsi32_si128(right));
-  return _mm512_mask_add_epi32(shifted, _mm512_cmpgt_epi32_mask(remainder, threshold), shifted,
-                               _mm512_set1_epi32(1));
+  const __m512i rounded = _mm512_add_epi32(
+      _mm512_add_epi32(high, _mm512_set1_epi32(1 << (right - 1))), _mm512_srai_epi32(high, 31));
+  return _mm512_sra_epi32(rounded, _mm_cvtsi32_si128(right));
 }
 
 }  // namespace
@@ -68,14 +59,18 @@ void Qs8SpmmAvx512Vnni(const Qs8SpmmFilter& f, const uint32_t* x, int8_t* y) {
   const __m512i zero_point = _mm512_set1_epi32(q.output_zero_point);
   const __m512i lo = _mm512_set1_epi32(q.min), hi = _mm512_set1_epi32(q.max);
   for (int c = 0; c < f.num_channels; ++c) {
+    // Unrolled so that the accumulators stay in registers (a loop over them was not).
     __m512i acc[kVectors];
+#pragma GCC unroll 4
     for (int v = 0; v < kVectors; ++v) acc[v] = _mm512_set1_epi32(f.bias[c]);
     for (int32_t j = f.row_begin[c]; j < f.row_end[c]; ++j) {
       const __m512i w = _mm512_set1_epi32(f.values[j]);
       const uint32_t* p = x + f.offset[j];
+#pragma GCC unroll 4
       for (int v = 0; v < kVectors; ++v)
         acc[v] = _mm512_dpbusd_epi32(acc[v], _mm512_loadu_si512(p + 16 * v), w);
     }
+#pragma GCC unroll 4
     for (int v = 0; v < kVectors; ++v) {
       __m512i r = _mm512_add_epi32(Requantize(acc[v], q.multiplier[c], q.shift[c], q.rounding),
                                    zero_point);
@@ -83,6 +78,59 @@ void Qs8SpmmAvx512Vnni(const Qs8SpmmFilter& f, const uint32_t* x, int8_t* y) {
       _mm_storeu_si128(reinterpret_cast<__m128i*>(y + c * kTile + 16 * v), _mm512_cvtepi32_epi8(r));
     }
   }
+}
+
+namespace {
+
+// One round of the 16x16 byte transpose: rows i and i + 8 interleaved at one width.
+template <__m128i (*Lo)(__m128i, __m128i), __m128i (*Hi)(__m128i, __m128i)>
+inline void Interleave16(__m128i* r) {
+  __m128i t[16];
+#pragma GCC unroll 8
+  for (int i = 0; i < 8; ++i) {
+    t[2 * i] = Lo(r[i], r[i + 8]);
+    t[2 * i + 1] = Hi(r[i], r[i + 8]);
+  }
+#pragma GCC unroll 16
+  for (int i = 0; i < 16; ++i) r[i] = t[i];
+}
+
+inline __m128i Lo8(__m128i a, __m128i b) { return _mm_unpacklo_epi8(a, b); }
+inline __m128i Hi8(__m128i a, __m128i b) { return _mm_unpackhi_epi8(a, b); }
+inline __m128i Lo16(__m128i a, __m128i b) { return _mm_unpacklo_epi16(a, b); }
+inline __m128i Hi16(__m128i a, __m128i b) { return _mm_unpackhi_epi16(a, b); }
+inline __m128i Lo32(__m128i a, __m128i b) { return _mm_unpacklo_epi32(a, b); }
+inline __m128i Hi32(__m128i a, __m128i b) { return _mm_unpackhi_epi32(a, b); }
+inline __m128i Lo64(__m128i a, __m128i b) { return _mm_unpacklo_epi64(a, b); }
+inline __m128i Hi64(__m128i a, __m128i b) { return _mm_unpackhi_epi64(a, b); }
+
+}  // namespace
+
+// 16x16 blocks: four rounds of interleaves in xmm registers (AVX-512VL gives 32 of them, so
+// the 16 rows and 16 temporaries of a round need no stack).
+void Qs8TransposeAvx512(const int8_t* src, int src_stride, int rows, int cols, int8_t* dst,
+                        int64_t dst_stride) {
+  int c = 0;
+  for (; c + 16 <= rows; c += 16) {
+    int p = 0;
+    for (; p + 16 <= cols; p += 16) {
+      __m128i r[16];
+#pragma GCC unroll 16
+      for (int i = 0; i < 16; ++i)
+        r[i] = _mm_loadu_si128(reinterpret_cast<const __m128i*>(src + (c + i) * src_stride + p));
+      Interleave16<Lo8, Hi8>(r);
+      Interleave16<Lo16, Hi16>(r);
+      Interleave16<Lo32, Hi32>(r);
+      Interleave16<Lo64, Hi64>(r);
+#pragma GCC unroll 16
+      for (int i = 0; i < 16; ++i)
+        _mm_storeu_si128(reinterpret_cast<__m128i*>(dst + (p + i) * dst_stride + c), r[i]);
+    }
+    for (; p < cols; ++p)
+      for (int i = 0; i < 16; ++i) dst[p * dst_stride + c + i] = src[(c + i) * src_stride + p];
+  }
+  for (int p = 0; p < cols; ++p)
+    for (int cc = c; cc < rows; ++cc) dst[p * dst_stride + cc] = src[cc * src_stride + p];
 }
 
 }  // namespace hybrid_sparse

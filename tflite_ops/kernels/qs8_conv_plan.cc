@@ -4,6 +4,16 @@
 #include <cstring>
 
 namespace hybrid_sparse {
+namespace {
+
+void TransposeBytesPortable(const int8_t* src, int src_stride, int rows, int cols, int8_t* dst,
+                            int64_t dst_stride) {
+  for (int p = 0; p < cols; ++p)
+    for (int c = 0; c < rows; ++c) dst[p * dst_stride + c] = src[c * src_stride + p];
+}
+
+}  // namespace
+
 
 std::string Qs8ConvPlan::Build(const ConvShape& shape, const Qs8SparseFilter& filter,
                                const int32_t* bias, int32_t input_zero_point,
@@ -39,6 +49,10 @@ std::string Qs8ConvPlan::Build(const ConvShape& shape, const Qs8SparseFilter& fi
   if (words + tile_ > (int64_t{1} << 31)) return "the packed int8 input would exceed 2^31 words";
   num_tiles_ = static_cast<int>((static_cast<int64_t>(s.out_h) * wq_ + tile_ - 1) / tile_);
   x_.assign(words + tile_, 0);
+  transpose_ = variant.transpose;
+  transpose_bytes_ = variant.qs8_transpose != nullptr ? variant.qs8_transpose
+                                                      : TransposeBytesPortable;
+  row_buffer_.assign(static_cast<size_t>(max_workers_) * s.in_w * groups_, 0);
   tile_out_.assign(static_cast<size_t>(max_workers_) * s.out_c * tile_, 0);
 
   // Rows per output channel, each nonzero's patch column turned into its word offset in X.
@@ -83,34 +97,60 @@ std::string Qs8ConvPlan::Build(const ConvShape& shape, const Qs8SparseFilter& fi
   return "";
 }
 
-void Qs8ConvPlan::Pack(const int8_t* image, int group_begin, int group_end) {
+void Qs8ConvPlan::Pack(const int8_t* image, int row_begin, int row_end, int worker) {
   const ConvShape& s = shape_;
-  const uint8_t pad = static_cast<uint8_t>(input_zero_point_ + 128);
-  const uint32_t pad_word = pad * 0x01010101u;
-  for (int g = group_begin; g < group_end; ++g) {
-    const int channels = std::min(4, s.in_c - 4 * g);
-    for (int py = 0; py < s.stride_h; ++py) {
-      for (int px = 0; px < s.stride_w; ++px) {
-        uint32_t* plane = x_.data() + ((static_cast<int64_t>(g) * s.stride_h + py) * s.stride_w +
-                                       px) * plane_;
-        for (int yq = 0; yq < hq_; ++yq) {
-          const int iy = yq * s.stride_h + py - s.pad_top;
-          uint32_t* row = plane + static_cast<int64_t>(yq) * wq_;
-          if (iy < 0 || iy >= s.in_h) {
-            std::fill(row, row + wq_, pad_word);
-            continue;
-          }
-          const int8_t* in_row = image + static_cast<int64_t>(iy) * s.in_w * s.in_c + 4 * g;
-          for (int xq = 0; xq < wq_; ++xq) {
-            const int ix = xq * s.stride_w + px - s.pad_left;
-            if (ix < 0 || ix >= s.in_w) {
-              row[xq] = pad_word;
-              continue;
-            }
-            uint32_t word = pad_word;  // channels past in_c meet zero weights
-            std::memcpy(&word, in_row + static_cast<int64_t>(ix) * s.in_c, channels);
-            row[xq] = word ^ (0x80808080u & (0xffffffffu >> (8 * (4 - channels))));
-          }
+  const uint32_t pad_word = static_cast<uint8_t>(input_zero_point_ + 128) * 0x01010101u;
+  const int64_t group_stride = plane_ * s.stride_h * s.stride_w;
+  // Whole words of 4 channels per pixel: the variant's 32-bit transpose moves them (it moves
+  // bits only; the words are no floats). Otherwise, word by word.
+  const bool words = s.in_c % 4 == 0 && transpose_ != nullptr;
+  uint32_t* row_buffer = row_buffer_.data() + static_cast<size_t>(worker) * s.in_w * groups_;
+  for (int y = row_begin; y < row_end; ++y) {  // padded rows: y = yq * stride_h + py
+    const int yq = y / s.stride_h, py = y % s.stride_h;
+    const int iy = y - s.pad_top;
+    const int8_t* in_row = image + static_cast<int64_t>(iy) * s.in_w * s.in_c;
+    if (words && iy >= 0 && iy < s.in_h) {
+      // in_c % 4 == 0: the row is whole words.
+      const int64_t n = static_cast<int64_t>(s.in_w) * s.in_c / 4;
+      const int8_t* from = in_row;
+      for (int64_t i = 0; i < n; ++i) {
+        uint32_t word;
+        std::memcpy(&word, from + 4 * i, 4);
+        row_buffer[i] = word ^ 0x80808080u;
+      }
+    }
+    for (int px = 0; px < s.stride_w; ++px) {
+      uint32_t* dst = x_.data() + (static_cast<int64_t>(py) * s.stride_w + px) * plane_ +
+                      static_cast<int64_t>(yq) * wq_;
+      // Columns xq whose input column ix = xq * stride_w + px - pad_left is in the image.
+      int lo = 0, hi = 0;
+      if (iy >= 0 && iy < s.in_h) {
+        lo = std::max(0, (s.pad_left - px + s.stride_w - 1) / s.stride_w);
+        hi = std::min(wq_, (s.in_w - 1 + s.pad_left - px) / s.stride_w + 1);
+        hi = std::max(hi, lo);
+      }
+      for (int g = 0; g < groups_; ++g) {
+        uint32_t* row = dst + g * group_stride;
+        std::fill(row, row + lo, pad_word);
+        std::fill(row + hi, row + wq_, pad_word);
+      }
+      if (hi == lo) continue;
+      const int first_ix = lo * s.stride_w + px - s.pad_left;
+      if (words) {
+        transpose_(reinterpret_cast<const float*>(row_buffer + first_ix * groups_),
+                   static_cast<int64_t>(s.stride_w) * groups_, hi - lo, groups_, nullptr,
+                   reinterpret_cast<float*>(dst + lo), group_stride);
+        continue;
+      }
+      for (int g = 0; g < groups_; ++g) {
+        const int channels = std::min(4, s.in_c - 4 * g);
+        const uint32_t flip = 0x80808080u & (0xffffffffu >> (8 * (4 - channels)));
+        uint32_t* row = dst + g * group_stride;
+        for (int xq = lo; xq < hi; ++xq) {
+          const int ix = xq * s.stride_w + px - s.pad_left;
+          uint32_t word = pad_word;  // channels past in_c meet zero weights
+          std::memcpy(&word, in_row + static_cast<int64_t>(ix) * s.in_c + 4 * g, channels);
+          row[xq] = word ^ flip;
         }
       }
     }
@@ -126,20 +166,26 @@ void Qs8ConvPlan::Run(const int8_t* input, int8_t* output, Parallel* parallel, i
     for (int n = 0; n < s.batch; ++n) {
       const int8_t* image = input + n * image_in;
       int8_t* out_image = output + n * image_out;
-      const int pack_tasks = std::min(groups_, workers);
-      parallel->For(pack_tasks, workers, [&](int task, int) {
-        Pack(image, groups_ * task / pack_tasks, groups_ * (task + 1) / pack_tasks);
+      const int padded_rows = hq_ * s.stride_h;
+      const int pack_tasks = std::min(padded_rows, workers);
+      parallel->For(pack_tasks, workers, [&](int task, int worker) {
+        Pack(image, padded_rows * task / pack_tasks, padded_rows * (task + 1) / pack_tasks,
+             worker);
       });
       parallel->For(num_tiles_, workers, [&](int t, int worker) {
         int8_t* y = tile_out_.data() + static_cast<size_t>(worker) * s.out_c * tile_;
         const int q0 = t * tile_;
         microkernel_(spmm_, x_.data() + q0, y);
-        for (int i = 0; i < tile_; ++i) {
+        // The tile's positions, one output row's stretch at a time.
+        for (int i = 0; i < tile_;) {
           const int q = q0 + i, oy = q / wq_, ox = q % wq_;
           if (oy >= s.out_h) break;
-          if (ox >= s.out_w) continue;
-          int8_t* dst = out_image + (static_cast<int64_t>(oy) * s.out_w + ox) * s.out_c;
-          for (int c = 0; c < s.out_c; ++c) dst[c] = y[c * tile_ + i];
+          const int run = std::min(tile_ - i, wq_ - ox);
+          if (ox < s.out_w)
+            transpose_bytes_(y + i, tile_, s.out_c, std::min(run, s.out_w - ox),
+                           out_image + (static_cast<int64_t>(oy) * s.out_w + ox) * s.out_c,
+                           s.out_c);
+          i += run;
         }
       });
     }

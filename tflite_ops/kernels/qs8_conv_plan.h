@@ -35,7 +35,8 @@ class Qs8ConvPlan {
   int tile() const { return tile_; }
 
  private:
-  void Pack(const int8_t* image, int group_begin, int group_end);
+  // Packs padded rows [row_begin, row_end) (y = yq * stride_h + py) of one image into X.
+  void Pack(const int8_t* image, int row_begin, int row_end, int worker);
   ConvShape shape_;
   Qs8SparseFilter filter_;
   const int32_t* bias_ = nullptr;
@@ -56,6 +57,9 @@ class Qs8ConvPlan {
   Qs8SpmmFilter spmm_;
   std::vector<uint32_t> x_;      // the packed image, slack for a tile's wasted lanes after it
   std::vector<int8_t> tile_out_;  // per worker: [out_c][tile]
+  TransposeFn transpose_ = nullptr;  // the variant's 32-bit transpose: moves words into X
+  Qs8TransposeFn transpose_bytes_ = nullptr;  // results [channel][position] into NHWC
+  std::vector<uint32_t> row_buffer_;  // per worker: one input row as uint8 (int8 + 128)
 };
 
 }  // namespace hybrid_sparse

@@ -214,6 +214,13 @@ struct Qs8SpmmFilter {
 using Qs8SpmmMicrokernelFn = void (*)(const Qs8SpmmFilter& filter, const uint32_t* x, int8_t* y);
 
 void Qs8SpmmAvx512Vnni(const Qs8SpmmFilter& filter, const uint32_t* x, int8_t* y);  // tile 64
+
+// The qs8 results' layout change, [channel][position] -> NHWC:
+//   dst[p * dst_stride + c] = src[c * src_stride + p]   for c < rows, p < cols.
+using Qs8TransposeFn = void (*)(const int8_t* src, int src_stride, int rows, int cols,
+                                int8_t* dst, int64_t dst_stride);
+void Qs8TransposeAvx512(const int8_t* src, int src_stride, int rows, int cols, int8_t* dst,
+                        int64_t dst_stride);  // 16x16 blocks in 32 xmm registers
 void Qs8SpmmReference(const Qs8SpmmFilter& filter, const uint32_t* x, int8_t* y, int tile);
 
 // One microkernel of a variant, with its tile and the filters and convolutions it takes.
@@ -245,6 +252,7 @@ struct KernelVariant {
   // The qs8 family's microkernel and its tile, where the variant has one for this CPU.
   Qs8SpmmMicrokernelFn qs8 = nullptr;
   int qs8_tile = 0;
+  Qs8TransposeFn qs8_transpose = nullptr;
 };
 
 // Every variant this build has and this CPU can run, reference first, fastest last.
