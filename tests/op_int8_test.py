@@ -25,12 +25,14 @@ def _random_case(rng: np.random.Generator):
     """Geometry, input shape, int8 weights, int32 bias and quantization parameters."""
     while True:
         kh, kw = (int(v) for v in rng.integers(1, 4, 2))
+        # Widths past 16 and channels past 16 reach the vector kernels' full blocks (the
+        # byte transpose of results, 16 positions x 16 channels; 8x8 words of packing).
         g = op_format.ConvGeometry(
-            kh, kw, int(rng.integers(1, 21)), int(rng.integers(1, 21)),
+            kh, kw, int(rng.integers(1, 41)), int(rng.integers(1, 41)),
             *(int(v) for v in rng.integers(1, 3, 4)),
             padding=str(rng.choice(["SAME", "VALID"])),
             activation=str(rng.choice(["NONE", "RELU", "RELU6"])))
-        shape = (int(rng.integers(1, 3)), int(rng.integers(1, 12)), int(rng.integers(1, 12)),
+        shape = (int(rng.integers(1, 3)), int(rng.integers(1, 41)), int(rng.integers(1, 41)),
                  g.in_channels)
         if g.padding == "SAME" or (shape[1] >= (kh - 1) * g.dilation_h + 1
                                    and shape[2] >= (kw - 1) * g.dilation_w + 1):

@@ -114,10 +114,15 @@ void Qs8TransposeAvx512(const int8_t* src, int src_stride, int rows, int cols, i
   for (; c + 16 <= rows; c += 16) {
     int p = 0;
     for (; p + 16 <= cols; p += 16) {
+      // Four rounds of interleaving rows i and i + 8 leave row i's bytes in bit-reversed
+      // lane order: loading row bitrev(i) into r[i] makes the result the transpose.
+      static constexpr int kBitReversed[16] = {0, 8, 4, 12, 2, 10, 6, 14,
+                                               1, 9, 5, 13, 3, 11, 7, 15};
       __m128i r[16];
 #pragma GCC unroll 16
       for (int i = 0; i < 16; ++i)
-        r[i] = _mm_loadu_si128(reinterpret_cast<const __m128i*>(src + (c + i) * src_stride + p));
+        r[i] = _mm_loadu_si128(
+            reinterpret_cast<const __m128i*>(src + (c + kBitReversed[i]) * src_stride + p));
       Interleave16<Lo8, Hi8>(r);
       Interleave16<Lo16, Hi16>(r);
       Interleave16<Lo32, Hi32>(r);
