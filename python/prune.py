@@ -69,6 +69,11 @@ flags.DEFINE_enum("probe", "auto", ["auto", "bn", "image", "random"],
                   "noise and dead leaves); 'random' is uniform noise; 'auto' is 'bn' for models "
                   "with BatchNorm, else 'image'.")
 flags.DEFINE_integer("probe_count", 128, "Number of probe inputs.", lower_bound=1)
+flags.DEFINE_enum("dtype", "float32", ["float32", "int8"],
+                  "Data type of the written model. int8: full-integer int8 (the stock "
+                  "converter's, calibrated on the probes: still no data), its pruned convs on "
+                  "our int8 op where measured faster; compared against the stock int8 "
+                  "conversion of the original. Latency objective on this machine only.")
 flags.DEFINE_list("input_range", ["0", "1"], "Min,max of the model's inputs (for probes).")
 flags.DEFINE_integer("seed", 0, "Seed of the probe inputs.")
 flags.DEFINE_list("num_threads", ["1", "all"], "Thread counts the model will run with "
@@ -110,6 +115,24 @@ flags.register_multi_flags_validator(
     ["target_macs", "min_agreement", "max_kl"],
     lambda v: sum(x is not None for x in v.values()) <= 1,
     message="give at most one global budget: --target_macs, --min_agreement or --max_kl")
+
+
+@flags.multi_flags_validator(["dtype", "target", "objective"])
+def _valid_int8(values):
+    """int8 is priced by measurement here: the analytic models of other devices have no int8
+    kernels yet."""
+    if values["dtype"] != "int8":
+        return True
+    others = [t for t in values["target"] or [] if t.split(":")[0] not in ("host",
+                                                                           "x86_64-avx512")]
+    if others:
+        raise flags.ValidationError(
+            f"--dtype=int8 runs for --target=host (or x86_64-avx512) only so far, not "
+            f"{', '.join(others)}: the modelled targets have no int8 kernels yet")
+    if values["objective"] != "latency":
+        raise flags.ValidationError("--dtype=int8 needs --objective=latency (int8 pruning "
+                                    "is chosen by measured int8 latency)")
+    return True
 
 
 @flags.validator("input_shape", message="--input_shape: expected three positive integers H,W,C")
@@ -223,7 +246,7 @@ def main(argv):
             quiet=FLAGS.quiet, guard=_guard(), auto_backoff=FLAGS.backoff,
             refine_steps=FLAGS.refine_steps,
             input_shape=tuple(int(v) for v in FLAGS.input_shape) if FLAGS.input_shape
-            else None, targets=specs)
+            else None, targets=specs, dtype=FLAGS.dtype)
         model = io.load_keras_model(model_path)
         results = dict(zip(specs, pipeline.compress_targets(model, config).values()))
     except io.UserError as e:

@@ -177,16 +177,18 @@ def tabulate(model, layers: list[graph.PrunableLayer], inputs: list[np.ndarray],
              probes: np.ndarray, reference: list, block_size: int = 1, progress=None,
              max_sparsity: float = 0.99, block_sizes: tuple[int, ...] | None = None,
              latency: bool = False, activations: bool = True,
-             input_scaled: bool = True) -> list[LayerTable]:
+             input_scaled: bool = True, input_groups: bool = False) -> list[LayerTable]:
     """Every layer's candidate levels with their re-fitted errors, and its damage model: the
     target-independent half of the search (choose() prices it for one target). `latency`:
     Dense layers stay dense (their builtin kernel gains nothing from zeros); `activations`:
     offer activation thresholds on convs (where some target's kernel skips zeros);
-    `input_scaled`: weight magnitudes in output units (weight_pruning.LayerPruner)."""
+    `input_scaled`: weight magnitudes in output units, `input_groups`: blocks along input
+    channels (weight_pruning.LayerPruner)."""
     tables = []
     for seed, (pl, x) in enumerate(zip(layers, inputs)):
         pruner = weight_pruning.LayerPruner(pl, x, block_size if pl.kind == "conv2d" else 1,
-                                            input_scaled=input_scaled)
+                                            input_scaled=input_scaled,
+                                            input_groups=input_groups)
         sparsities = SPARSITIES if not latency or pl.kind == "conv2d" else SPARSITIES[:1]
         blocks = (block_sizes or (block_size,)) if pl.kind == "conv2d" else (1,)
         levels = [(s, b) for b in blocks for s in sparsities

@@ -13,8 +13,8 @@ import time
 import numpy as np
 from absl import logging
 
-from hybrid_pruning import (budget, convert, fidelity, graph, probes as probes_lib, runtime,
-                            statistics, targets, tflite_rewrite)
+from hybrid_pruning import (budget, convert, fidelity, graph, op_format, probes as probes_lib,
+                            runtime, statistics, targets, tflite_rewrite)
 from hybrid_pruning.io import UserError
 from hybrid_pruning.techniques import (activation_pruning, channel_merging, constant_channels,
                                        weight_pruning)
@@ -66,6 +66,11 @@ class PruneConfig:
     # target-independent work done once), or one profile object (tests) that replaces them.
     targets: tuple[str, ...] = ("host",)
     profile: object | None = None
+    # "int8": the written model is full-integer int8 (the stock converter's, calibrated on the
+    # probes), its pruned convs on our int8 op where it is faster; the latency objective
+    # prices int8 kernels, prunes in groups of input channels (the int8 op's unit) and judges
+    # speed against the stock int8 conversion of the original.
+    dtype: str = "float32"
 
 
 @dataclasses.dataclass
@@ -83,22 +88,28 @@ class PruneResult:
 
 def _to_ours(model, layers, thresholds_by_layer: dict, block_size,
              dense_below: float = 0.0, builtin: frozenset = frozenset(),
-             flat: bytes | None = None):
+             flat: bytes | None = None, int8_probes: np.ndarray | None = None):
     """Converts the Keras model (unless `flat` is its conversion) and rewrites its pruned
     convs to our op. `block_size`: one for every layer, or {layer name: block size}.
-    `builtin`: layers kept on CONV_2D."""
+    `builtin`: layers kept on CONV_2D. `int8_probes`: converts to full-integer int8
+    calibrated on them (our int8 op takes no activation thresholds)."""
     if flat is None:
-        flat = convert.to_tflite(model)
+        flat = convert.to_tflite(model, "int8" if int8_probes is not None else "float32",
+                                 int8_probes)
     names = tflite_rewrite.match_layers(flat, {pl.name: pl.folded_kernel for pl in layers
                                                if pl.kind == "conv2d"})
     thresholds = {i: thresholds_by_layer[n] for i, n in names.items()
                   if thresholds_by_layer.get(n) is not None}
     blocks = {i: block_size.get(n, 1) if isinstance(block_size, dict) else block_size
               for i, n in names.items()}
+    # Float: a conv with zeros was pruned. int8 rounding zeros small weights of any conv, so
+    # there only convs whose float kernel has zeros (the search pruned them) may change.
+    kernels = {pl.name: pl.folded_kernel for pl in layers if pl.kind == "conv2d"}
+    only = {i for i, n in names.items() if n not in builtin and
+            (int8_probes is None or np.any(kernels[n] == 0))}
     return tflite_rewrite.rewrite(flat, block_sizes=blocks,
                                   thresholds=thresholds, layer_names=names,
-                                  dense_below=dense_below,
-                                  only={i for i, n in names.items() if n not in builtin})
+                                  dense_below=dense_below, only=only)
 
 
 # Per-layer budgets are scaled by these in turn until the guard holds (0: no pruning).
@@ -133,14 +144,18 @@ def compress_targets(model, config: PruneConfig) -> dict[str, PruneResult]:
     config = dataclasses.replace(config, probe=kind, guard=config.guard.resolve(kind))
     reference = fidelity.as_list(original.predict(
         probes, batch_size=statistics.predict_batch(original), verbose=0))
-    original_tflite = convert.to_tflite(original)
+    # The model to beat: the original as the stock converter writes it in the same dtype.
+    original_tflite = convert.to_tflite(original, config.dtype, probes)
     dense_size = len(original_tflite)
     global_budget = any(v is not None for v in (config.target_macs, config.min_agreement,
                                                 config.max_kl))
     scales = BACKOFF if config.auto_backoff and not global_budget else BACKOFF[:1]
     if config.objective == "latency" and not global_budget:
-        profiles = [config.profile] if config.profile is not None else [
-            targets.profile_for(t, threads) for t in config.targets]
+        try:
+            profiles = [config.profile] if config.profile is not None else [
+                targets.profile_for(t, threads, config.dtype) for t in config.targets]
+        except ValueError as e:
+            raise UserError(f"--target: {e}") from e
     else:
         profiles = [None]
     names = [p.name if p is not None else config.targets[0] for p in profiles]
@@ -266,7 +281,7 @@ def _measured_fallback(original: bytes, outcome: dict, probes: np.ndarray, refer
     latency = _measure(original, outcome["tflite"], probes, threads, kernel)
     predicted = outcome["search"]["predicted_seconds"]
     ours = sorted((r.layer for r in outcome["records"]
-                   if r.runs_as == "HybridSparseConv2D" and r.layer in predicted),
+                   if r.runs_as == op_format.OP_NAME and r.layer in predicted),
                   key=lambda n: predicted[n]["builtin"] - predicted[n]["chosen"])
     model, layers = outcome["model"], outcome["layers"]
     thresholds = {a.name: a.thresholds for a in outcome["activations"]}
@@ -277,7 +292,8 @@ def _measured_fallback(original: bytes, outcome: dict, probes: np.ndarray, refer
         if worst >= FALLBACK_MARGIN:
             break
         tflite, records = _to_ours(model, layers, thresholds, blocks, config.dense_below,
-                                   builtin=frozenset(reverted + [name]))
+                                   builtin=frozenset(reverted + [name]),
+                                   int8_probes=probes if config.dtype == "int8" else None)
         trial = _measure(original, tflite, probes, threads, kernel)
         trial_worst = min(r["speedup"] for r in trial["by_threads"])
         logging.info("measured fallback: %s on the builtin kernel: worst ratio %.3f -> %.3f",
@@ -348,8 +364,8 @@ def _prepare(model, probes: np.ndarray, reference: list, config: PruneConfig, sc
             # Blocks of 4 output channels let the vector kernels reuse each input load: the
             # profile prices them per layer, unless the user fixed a block size.
             block_sizes=(1, 4) if config.block_size == 1 else None, latency=True,
-            activations=any(p.activation_pays for p in profiles),
-            input_scaled=_input_scaled(config))
+            activations=config.dtype == "float32" and any(p.activation_pays for p in profiles),
+            input_scaled=_input_scaled(config), input_groups=config.dtype == "int8")
     refit = weight_pruning.SequentialRefit(model, layers, probes, config.seed) \
         if tables is not None and config.sequential_refit else None
     return {"model": model, "layers": layers, "inputs": inputs, "removed": removed,
@@ -365,14 +381,19 @@ def _finish(prepared: dict, probes: np.ndarray, reference: list, config: PruneCo
                                                 config.max_kl))
 
     reconverter = []  # made at the first check: a search that checks nothing converts nothing
+    int8_probes = probes if config.dtype == "int8" else None
 
     def evaluate(thresholds_by_layer):
-        # The search changes weights only: its checks patch one conversion (the written model
-        # below is converted afresh).
-        if not reconverter:
-            reconverter.append(convert.Reconverter(model, layers))
-        flat, _ = _to_ours(model, layers, thresholds_by_layer, config.block_size,
-                           flat=reconverter[0]())
+        # The search changes weights only: its float checks patch one conversion (the written
+        # model below is converted afresh). int8 checks convert: the calibration follows the
+        # weights.
+        if int8_probes is not None:
+            flat, _ = _to_ours(model, layers, {}, config.block_size, int8_probes=int8_probes)
+        else:
+            if not reconverter:
+                reconverter.append(convert.Reconverter(model, layers))
+            flat, _ = _to_ours(model, layers, thresholds_by_layer, config.block_size,
+                               flat=reconverter[0]())
         return fidelity.compare(reference,
                                 runtime.predict_all(flat, probes, config.num_threads,
                                                     batch_size=statistics.predict_batch(model)))
@@ -399,7 +420,8 @@ def _finish(prepared: dict, probes: np.ndarray, reference: list, config: PruneCo
         activations = activation_pruning.prune_activations(
             layers, inputs, config.activation_error_budget, progress=bar)
     tflite, records = _to_ours(model, layers, {a.name: a.thresholds for a in activations},
-                               {w.name: w.block_size for w in weights}, config.dense_below)
+                               {w.name: w.block_size for w in weights}, config.dense_below,
+                               int8_probes=int8_probes)
     fid = fidelity.compare(reference, runtime.predict_all(
         tflite, probes, config.num_threads, batch_size=statistics.predict_batch(model)))
     return {"model": model, "layers": layers, "weights": weights, "activations": activations,
@@ -414,7 +436,7 @@ def _report(config: PruneConfig, outcome: dict, before: dict, macs_before: dict,
     rows = []
     for pl, w, a in zip(layers, outcome["weights"], outcome["activations"]):
         ch_before, params_before, pl_macs_before = before[pl.name]
-        ours = runs_as.get(pl.name) == "HybridSparseConv2D"
+        ours = runs_as.get(pl.name) == op_format.OP_NAME
         act_sparsity = a.activation_sparsity if ours else 0.0
         # A conv left to the builtin kernel computes its zeros too (Dense keeps the budget's
         # convention: its zeros count as removed).

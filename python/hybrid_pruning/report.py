@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from hybrid_pruning import op_format
+
 
 def _predicted(report: dict) -> dict:
     search = report.get("global_budget_search") or {}
@@ -35,7 +37,7 @@ def comparison(reports: dict[str, dict]) -> str:
         t = rep["totals"]
         before = t.get("predicted_conv_seconds_original", 0.0)
         after = t.get("predicted_conv_seconds_after", 0.0)
-        ours = sum(r["runs_as"] == "HybridSparseConv2D" for r in rep["layers"])
+        ours = sum(r["runs_as"] == op_format.OP_NAME for r in rep["layers"])
         fid = ", ".join(f"{k} {v:.3f}" for k, v in rep["fidelity_on_probes"].items()
                         if isinstance(v, float))
         lines.append(f"{name:<26}{rep['target']['latency']:<26}{before * 1e3:>10.3f} ms"

@@ -44,20 +44,24 @@ def clock_ghz() -> float:
 
 def make_interpreter(
     model_path: str | None = None, model_content: bytes | None = None, num_threads: int = 1,
-    with_ops: bool = True, kernel: str = "",
+    with_ops: bool = True, kernel: str = "", reference_ops: bool = False,
 ) -> litert.Interpreter:
     """An interpreter on a model file or bytes; with_ops=False gives the stock one (XNNPACK).
     `kernel` forces a kernel variant ("reference", "avx2", "avx512", "neon", "rvv", as built for
-    and supported by this CPU); "" picks the fastest here."""
+    and supported by this CPU); "" picks the fastest here. `reference_ops`: TFLite's
+    reference kernels for the builtin ops, no XNNPACK (the definition int8 results are
+    bit-exact with)."""
     delegates = []
     if with_ops:
         options = {"num_threads": str(num_threads)}
         if kernel:
             options["kernel"] = kernel
         delegates.append(litert.load_delegate(delegate_path(), options))
+    resolver = (litert.OpResolverType.BUILTIN_REF if reference_ops
+                else litert.OpResolverType.AUTO)
     return litert.Interpreter(
         model_path=model_path, model_content=model_content, num_threads=num_threads,
-        experimental_delegates=delegates)
+        experimental_delegates=delegates, experimental_op_resolver_type=resolver)
 
 
 def predict(model_content: bytes, x, num_threads: int = 1, with_ops: bool = True,

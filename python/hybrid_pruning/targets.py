@@ -112,9 +112,13 @@ def _cache_dir() -> pathlib.Path:
 
 
 def random_filter(rng: np.random.Generator, shape: ConvShape, sparsity: float,
-                  block: int) -> np.ndarray:
-    """OHWI weights with `sparsity` zeros, one pattern per block of output channels."""
+                  block: int, input_groups: bool = False) -> np.ndarray:
+    """OHWI weights with `sparsity` zeros, one pattern per block of output channels (with
+    `input_groups`, per group of `block` input channels of a tap: the int8 op's unit)."""
     w = rng.standard_normal((shape.out_c, shape.kh, shape.kw, shape.in_c)).astype(np.float32)
+    if input_groups:
+        keep = rng.random((shape.out_c, shape.kh, shape.kw, -(-shape.in_c // block))) >= sparsity
+        return w * np.repeat(keep, block, axis=-1)[..., :shape.in_c]
     blocks = -(-shape.out_c // block)
     keep = rng.random((blocks, shape.kh, shape.kw, shape.in_c)) >= sparsity
     return w * np.repeat(keep, block, axis=0)[:shape.out_c]
@@ -124,12 +128,14 @@ class _MeasuredTable:
     """One thread count's measurements (batch 1), cached on disk."""
 
     def __init__(self, cpu: str, library: str, threads: int, kernel: str,
-                 directory: pathlib.Path):
+                 directory: pathlib.Path, dtype: str = "float32"):
         self.threads = threads
         self.kernel = kernel
         self.cpu = cpu
         self.library = library
-        tag = hashlib.sha256(f"{cpu}|{library}|{threads}|{kernel}".encode()).hexdigest()[:16]
+        self.dtype = dtype
+        key = f"{cpu}|{library}|{threads}|{kernel}" + ("" if dtype == "float32" else f"|{dtype}")
+        tag = hashlib.sha256(key.encode()).hexdigest()[:16]
         self.path = directory / f"host-{tag}.json"
         self._table: dict = {}
         try:
@@ -154,21 +160,33 @@ class _MeasuredTable:
         from hybrid_pruning import tflite_model
 
         rng = np.random.default_rng(0)
+        int8 = self.dtype == "int8"
         x = rng.standard_normal((1, shape.in_h, shape.in_w, shape.in_c)).astype(np.float32)
         bias = rng.standard_normal(shape.out_c).astype(np.float32)
-        dense = random_filter(rng, shape, 0.0, 1)
-        base = tflite_model.single_conv_model(x.shape, dense, bias, shape.geometry, "builtin")
+        quant = None
+        if int8:  # the int8 ops on int8 weights, quantized as the converter does
+            x = rng.integers(-128, 128, x.shape).astype(np.int8)
+            bias = rng.integers(-5000, 5000, shape.out_c).astype(np.int32)
+            quant = {"input": (0.02, -5), "output": (0.05, -128),
+                     "filter_scales": np.full(shape.out_c, 1e-2, np.float32)}
+
+        def weights(sparsity: float, b: int) -> np.ndarray:
+            w = random_filter(rng, shape, sparsity, b, input_groups=int8)
+            return np.clip(np.round(w * 40), -127, 127).astype(np.int8) if int8 else w
+
+        base = tflite_model.single_conv_model(x.shape, weights(0.0, 1), bias, shape.geometry,
+                                              "builtin", int8=quant)
         invokes = [timing.invoker(base, x, ours=False, threads=self.threads)]
         for s in SPARSITY_GRID:
-            w = random_filter(rng, shape, s, block)
-            ours = tflite_model.single_conv_model(x.shape, w, bias, shape.geometry, "hybrid",
-                                                  block_size=block)
+            ours = tflite_model.single_conv_model(x.shape, weights(s, block), bias,
+                                                  shape.geometry, "hybrid",
+                                                  block_size=1 if int8 else block, int8=quant)
             invokes.append(timing.invoker(ours, x, ours=True, threads=self.threads,
                                           kernel=self.kernel))
         times = timing.best_times(*invokes, min_seconds=_MIN_SECONDS,
                                   rounds=_ROUNDS if self.threads == 1 else _ROUNDS_THREADED)
-        logging.info("measured %s block %d, %d thread(s): builtin %.3g s, ours %s",
-                     shape.key(), block, self.threads, times[0], times[1:])
+        logging.info("measured %s %s block %d, %d thread(s): builtin %.3g s, ours %s",
+                     self.dtype, shape.key(), block, self.threads, times[0], times[1:])
         return {"builtin": times[0], "ours": times[1:]}
 
     def _save(self) -> None:
@@ -235,14 +253,17 @@ class HostProfile:
 
     def __init__(self, threads: int | tuple[int, ...] = 1,
                  cache_dir: str | os.PathLike | None = None, kernel: str = "",
-                 name: str = "host"):
+                 name: str = "host", dtype: str = "float32"):
+        """`dtype` "int8": the builtin int8 CONV_2D against our int8 op, whose blocks are
+        groups of input channels (weight_pruning.block_scores)."""
         self.threads = thread_counts(threads)
         self.kernel = kernel
         self.name = name
+        self.dtype = dtype
         self.cpu = _cpu_key()
         self.library = _library_digest()
         directory = pathlib.Path(cache_dir) if cache_dir else _cache_dir()
-        self._tables = [_MeasuredTable(self.cpu, self.library, t, kernel, directory)
+        self._tables = [_MeasuredTable(self.cpu, self.library, t, kernel, directory, dtype)
                         for t in self.threads]
 
     @property
@@ -462,14 +483,21 @@ def file_tag(spec: str) -> str:
     return spec.replace(":vlen=", "-vlen")
 
 
-def profile_for(spec: str, threads: int | tuple[int, ...] = 1):
+def profile_for(spec: str, threads: int | tuple[int, ...] = 1, dtype: str = "float32"):
     """The profile of a target: the host and x86 ISAs this machine has are measured (an x86
-    target runs our kernel of that ISA here); the rest are modelled."""
+    target runs our kernel of that ISA here); the rest are modelled. int8 is measured only:
+    the analytic model has no int8 kernels yet (ValueError elsewhere)."""
     name, vlen = parse_target(spec)
     if name == "host":
-        return HostProfile(threads)
+        return HostProfile(threads, dtype=dtype)
     have = host_isa()
     if name in ("x86_64-avx2", "x86_64-avx512") and have and (
             name == "x86_64-avx2" or have == name):
-        return HostProfile(threads, kernel=name.split("-")[1], name=name)
+        if dtype == "int8" and name != "x86_64-avx512":
+            raise ValueError(f"target '{spec}': our int8 kernels run on the host and on "
+                             "x86_64-avx512 (with VNNI) only so far")
+        return HostProfile(threads, kernel=name.split("-")[1], name=name, dtype=dtype)
+    if dtype == "int8":
+        raise ValueError(f"target '{spec}': int8 is priced by measurement on this machine "
+                         "only (--target=host); the modelled targets have no int8 model yet")
     return ModelledProfile(name, vlen)

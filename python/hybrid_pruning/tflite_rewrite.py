@@ -7,7 +7,7 @@ import dataclasses
 
 import numpy as np
 
-from hybrid_pruning import tflite_model
+from hybrid_pruning import op_format, tflite_model
 
 
 @dataclasses.dataclass
@@ -22,14 +22,27 @@ class ConvOpRecord:
     layer: str | None = None  # the Keras layer this op came from, when it could be matched
 
 
+def _filter_scales(sg, tensor: int, out_c: int) -> np.ndarray | None:
+    """An int8 filter's per-output-channel scales (a per-tensor scale broadcast)."""
+    q = tflite_model.quantization(sg, tensor)
+    if q is None or q[0].size not in (1, out_c) or np.any(q[1] != 0):
+        return None
+    return np.broadcast_to(q[0], (out_c,)).astype(np.float32)
+
+
 def conv_filters(model_bytes: bytes) -> list[tuple[int, np.ndarray]]:
-    """(op index, OHWI filter) of every builtin CONV_2D with a constant filter."""
+    """(op index, OHWI filter) of every builtin CONV_2D with a constant filter; an int8
+    filter comes dequantized (float32, its per-channel scales applied)."""
     model = tflite_model.read(model_bytes)
     sg = model.subgraphs[0]
     out = []
     for i, op in enumerate(sg.operators):
         if tflite_model.builtin_code(model, op) == tflite_model.BuiltinOperator.CONV_2D:
             w = tflite_model.constant(model, sg, int(op.inputs[1]))
+            if w is not None and w.dtype == np.int8:
+                scales = _filter_scales(sg, int(op.inputs[1]), w.shape[0])
+                w = None if scales is None else w.astype(np.float32) * scales[:, None, None,
+                                                                                None]
             if w is not None:
                 out.append((i, w))
     return out
@@ -37,12 +50,27 @@ def conv_filters(model_bytes: bytes) -> list[tuple[int, np.ndarray]]:
 
 def match_layers(model_bytes: bytes, folded_kernels: dict[str, np.ndarray]) -> dict[int, str]:
     """Maps CONV_2D op index -> Keras layer name by comparing filter contents (tensor names
-    after conversion do not reliably carry layer names). Kernels are HWIO, folded."""
+    after conversion do not reliably carry layer names). Kernels are HWIO, folded. An int8
+    filter matches where it is the kernel rounded to its scales, zeros in the same places."""
+    model = tflite_model.read(model_bytes)
+    sg = model.subgraphs[0]
     matches: dict[int, str] = {}
     for op_index, w in conv_filters(model_bytes):
+        op = sg.operators[op_index]
+        scales = None
+        if sg.tensors[op.inputs[1]].type == tflite_model.TensorType.INT8:
+            scales = _filter_scales(sg, int(op.inputs[1]), w.shape[0])
         for name, k in folded_kernels.items():
             ohwi = np.transpose(k, (3, 0, 1, 2))
-            if name not in matches.values() and tflite_model.same_weights(ohwi, w):
+            if name in matches.values() or ohwi.shape != w.shape:
+                continue
+            if scales is None:
+                same = tflite_model.same_weights(ohwi, w)
+            else:
+                half = 0.501 * scales[:, None, None, None] + 1e-7
+                # Zeros stay zeros; small weights may round to zero too.
+                same = bool(np.all(np.abs(ohwi - w) <= half) and np.all(w[ohwi == 0] == 0))
+            if same:
                 matches[op_index] = name
                 break
     return matches
@@ -76,8 +104,9 @@ def rewrite(model_bytes: bytes, min_sparsity: float = 1e-6, block_sizes: dict[in
         if only is not None and i not in only:
             record.runs_as = "CONV_2D (not pruned)"
             continue
-        if w is None:
-            record.runs_as = "CONV_2D (filter is not a float32 constant)"
+        int8 = w is not None and w.dtype == np.int8
+        if w is None or w.dtype not in (np.float32, np.int8):
+            record.runs_as = "CONV_2D (filter is not a float32 or int8 constant)"
             continue
         record.dense_bytes = w.nbytes
         record.sparsity = float(np.mean(w == 0))
@@ -93,22 +122,38 @@ def rewrite(model_bytes: bytes, min_sparsity: float = 1e-6, block_sizes: dict[in
         if record.sparsity < dense_below:
             record.runs_as = "CONV_2D (dense fallback: sparsity below dense_below)"
             continue
-        if record.sparsity < min_sparsity and thresholds.get(i) is None:
+        if record.sparsity < min_sparsity and (int8 or thresholds.get(i) is None):
             record.runs_as = "CONV_2D (dense)"
             continue
         bias = None
         if len(op.inputs) > 2 and op.inputs[2] >= 0:
             bias = tflite_model.constant(model, sg, int(op.inputs[2]))
-            if bias is None or bias.dtype != np.float32:
-                record.runs_as = "CONV_2D (bias is not a float32 constant)"
+            if bias is None or bias.dtype != (np.int32 if int8 else np.float32):
+                record.runs_as = (f"CONV_2D (bias is not an {'int32' if int8 else 'float32'} "
+                                  "constant)")
                 continue
         name = record.layer or f"conv{i}"
-        sg.operators[i] = tflite_model.make_hybrid_op(
-            model, sg, name, int(op.inputs[0]), int(op.outputs[0]), geometry, w, bias,
-            block_sizes.get(i, 1), thresholds.get(i))
+        if int8:
+            scales = _filter_scales(sg, int(op.inputs[1]), w.shape[0])
+            quantized = all(sg.tensors[t].type == tflite_model.TensorType.INT8 and
+                            tflite_model.quantization(sg, int(t)) is not None and
+                            tflite_model.quantization(sg, int(t))[0].size == 1
+                            for t in (op.inputs[0], op.outputs[0]))
+            if scales is None or not quantized:
+                record.runs_as = "CONV_2D (int8 quantization our op does not take)"
+                continue
+            # The int8 op's unit is a group of input channels; blocks of output channels
+            # bring its kernels nothing.
+            sg.operators[i] = tflite_model.make_hybrid_op(
+                model, sg, name, int(op.inputs[0]), int(op.outputs[0]), geometry, w, bias,
+                1, None, filter_scales=scales)
+        else:
+            sg.operators[i] = tflite_model.make_hybrid_op(
+                model, sg, name, int(op.inputs[0]), int(op.outputs[0]), geometry, w, bias,
+                block_sizes.get(i, 1), thresholds.get(i))
         packed = sg.operators[i].inputs[1:4]
         record.packed_bytes = int(sum(
             len(model.buffers[sg.tensors[t].buffer].data) for t in packed))
-        record.runs_as = "HybridSparseConv2D"
+        record.runs_as = op_format.OP_NAME
     tflite_model.remove_unused_tensors(model)
     return tflite_model.write(model), records

@@ -93,9 +93,18 @@ def _stats(layer: PrunableLayer, sample: statistics.LayerSample, w2: np.ndarray)
     return _Stats(cov, p.mean(0), float(np.mean(y * y)) * w2.shape[1])
 
 
-def block_scores(kernel_2d: np.ndarray, block_size: int) -> np.ndarray:
+def block_scores(kernel_2d: np.ndarray, block_size: int, in_c: int | None = None) -> np.ndarray:
     """L2 norm of each block of `block_size` consecutive output channels sharing an input
-    index, broadcast back to every weight of the block: kernel_2d is [K, out_c]."""
+    index, broadcast back to every weight of the block: kernel_2d is [K, out_c]. With `in_c`
+    (the conv's input channels; K = taps * in_c) a block is instead `block_size` consecutive
+    input channels of one tap and one output channel: the int8 op's unit (sparse_conv.h)."""
+    if in_c is not None and block_size > 1:
+        taps = kernel_2d.shape[0] // in_c
+        groups = -(-in_c // block_size)
+        padded = np.zeros((taps, groups * block_size, kernel_2d.shape[1]))
+        padded[:, :in_c] = np.abs(kernel_2d).reshape(taps, in_c, -1)
+        norms = np.sqrt(np.square(padded.reshape(taps, groups, block_size, -1)).sum(2))
+        return np.repeat(norms, block_size, axis=1)[:, :in_c].reshape(kernel_2d.shape)
     k, out_c = kernel_2d.shape
     nb = -(-out_c // block_size)
     padded = np.zeros((k, nb * block_size))
@@ -161,9 +170,12 @@ class LayerPruner:
     """Evaluates magnitude pruning of one layer at any sparsity, from its probe statistics."""
 
     def __init__(self, layer: PrunableLayer, x, block_size: int = 1,
-                 reconstruct: bool = True, input_scaled: bool = True):
+                 reconstruct: bool = True, input_scaled: bool = True,
+                 input_groups: bool = False):
         """`x`: the layer's input on the probes, as a statistics.LayerSample or an array;
-        `input_scaled`: magnitudes times their inputs' spread (else plain |w|)."""
+        `input_scaled`: magnitudes times their inputs' spread (else plain |w|);
+        `input_groups`: blocks are consecutive input channels of a tap (the int8 op's),
+        not output channels."""
         self.layer = layer
         w = layer.folded_kernel.astype(np.float64)
         self.shape = w.shape
@@ -173,7 +185,8 @@ class LayerPruner:
         # Each weight's magnitude in units of the output it moves: times its input's spread.
         self._scored = self.w2 * np.sqrt(np.maximum(self.stats.cov.diag(), 0.0))[:, None] \
             if input_scaled else self.w2
-        self._scores = {block_size: block_scores(self._scored, block_size)}
+        self._in_c = int(w.shape[-2]) if input_groups and w.ndim == 4 else None
+        self._scores = {block_size: block_scores(self._scored, block_size, self._in_c)}
         self.reconstruct = reconstruct
 
     def evaluate(self, sparsity: float, block_size: int | None = None
@@ -184,7 +197,7 @@ class LayerPruner:
             return self.w2, 0.0
         block = block_size or self.block_size
         if block not in self._scores:
-            self._scores[block] = block_scores(self._scored, block)
+            self._scores[block] = block_scores(self._scored, block, self._in_c)
         scores = self._scores[block]
         keep = scores > np.quantile(scores, sparsity, method="lower")
         new = refit(self.stats.cov, self.w2, keep) if self.reconstruct else np.where(

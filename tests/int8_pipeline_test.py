@@ -1,0 +1,146 @@
+"""--dtype=int8 end to end: pruning in groups of input channels, the int8 conversion on the
+probes, the rewrite to our int8 op (bit-exact with the stock int8 model it replaces), and the
+CLI's refusals. Models are saved to disk and reloaded first."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import tempfile
+
+import numpy as np
+from absl.testing import absltest
+
+from hybrid_pruning import (convert, graph, io, op_format, pipeline, probes, runtime,
+                            tflite_model)
+from hybrid_pruning.techniques import weight_pruning
+
+import test_models
+
+
+class _Profile:
+    """Our op five times faster than the builtin once 80 % sparse in groups of 4 input
+    channels, slower otherwise: the search must prune in groups and choose our op."""
+
+    modelled = True
+    name = "formula"
+    activation_pays = False
+
+    def builtin(self, shape) -> float:
+        return 1.0
+
+    def ours(self, shape, sparsity: float, block: int = 1,
+             activation_sparsity: float = 0.0) -> float:
+        return 0.2 if block == 4 and sparsity >= 0.8 else 2.0
+
+
+def _ops(flat: bytes) -> list[tuple[str, bytes | None]]:
+    model = tflite_model.read(flat)
+    out = []
+    for op in model.subgraphs[0].operators:
+        custom = tflite_model.custom_code(model, op)
+        name = custom or str(tflite_model.builtin_code(model, op))
+        out.append((name, bytes(op.customOptions) if custom else None))
+    return out
+
+
+class GroupsTest(absltest.TestCase):
+
+    def test_blocks_along_input_channels_share_a_score_per_tap(self):
+        rng = np.random.default_rng(0)
+        kh, kw, in_c, out_c = 3, 3, 6, 5
+        w = rng.standard_normal((kh * kw * in_c, out_c))
+        scores = weight_pruning.block_scores(w, 4, in_c=in_c).reshape(kh * kw, in_c, out_c)
+        # Channels 0-3 of a tap are one group, 4-5 (padded) the next.
+        np.testing.assert_allclose(scores[:, :4], np.repeat(scores[:, :1], 4, axis=1))
+        np.testing.assert_allclose(scores[:, 4:], np.repeat(scores[:, 4:5], 2, axis=1))
+        expected = np.sqrt(np.square(w.reshape(kh * kw, in_c, out_c)[:, :4]).sum(1))
+        np.testing.assert_allclose(scores[:, 0], expected)
+
+
+class Int8PipelineTest(absltest.TestCase):
+
+    @classmethod
+    def setUpClass(cls):
+        cls.dir = tempfile.mkdtemp(dir=os.environ.get("TEST_TMPDIR"))
+        model = test_models.sequential_cnn()
+        path = os.path.join(cls.dir, "sequential_cnn.keras")
+        model.save(path)
+        cls.model = io.load_keras_model(path)
+        cls.result = pipeline.compress(cls.model, pipeline.PruneConfig(
+            quiet=True, probe_count=32, profile=_Profile(), measure_latency=False,
+            sequential_refit=False, dtype="int8"))
+
+    def test_writes_int8_with_our_int8_op_where_chosen(self):
+        self.assertIsNone(self.result.fidelity_miss)
+        ours = [opts for name, opts in _ops(self.result.tflite) if name == op_format.OP_NAME]
+        self.assertNotEmpty(ours)
+        for opts in ours:
+            # Format version 2, dtype int8 (header field 14).
+            self.assertEqual(int.from_bytes(opts[4:8], "little"), 2)
+            self.assertEqual(int.from_bytes(opts[56:60], "little"), 1)
+        rows = [r for r in self.result.report["layers"] if r["runs_as"] == op_format.OP_NAME]
+        self.assertLen(rows, len(ours))
+        self.assertEqual(self.result.report["config"]["dtype"], "int8")
+        # Its convs are int8 (the model is full-integer: no float CONV_2D left).
+        model = tflite_model.read(self.result.tflite)
+        sg = model.subgraphs[0]
+        for op in sg.operators:
+            if tflite_model.builtin_code(model, op) == tflite_model.BuiltinOperator.CONV_2D:
+                self.assertEqual(sg.tensors[op.inputs[1]].type, tflite_model.TensorType.INT8)
+
+    def test_pruned_in_whole_groups_of_input_channels(self):
+        layers, _ = graph.prunable_layers(self.result.model)
+        pruned = [pl for pl in layers if pl.kind == "conv2d" and np.any(pl.kernel == 0)]
+        self.assertNotEmpty(pruned)
+        for pl in pruned:
+            kh, kw, in_c, out_c = pl.kernel.shape
+            groups = -(-in_c // 4)
+            padded = np.zeros((kh, kw, groups * 4, out_c), bool)
+            padded[:, :, :in_c] = pl.kernel != 0
+            nonzero = padded.reshape(kh, kw, groups, 4, out_c)
+            # A group is all zero or (up to weights that happen to be 0) kept whole.
+            self.assertGreater(np.mean(~nonzero.any(3)), 0.7, pl.name)
+
+    def test_rewrite_is_bit_exact_with_the_stock_int8_model(self):
+        # The same pruned model converted by the stock converter on the same probes, run on
+        # TFLite's reference kernels, against ours rewritten from it.
+        model = self.result.model
+        layers, _ = graph.prunable_layers(model)
+        x = probes.make_probes(model, "random", 16, (0.0, 1.0), 7)
+        stock = convert.to_tflite(model, "int8", x)
+        ours, records = pipeline._to_ours(model, layers, {}, 1, int8_probes=x)
+        self.assertTrue(any(r.runs_as == op_format.OP_NAME for r in records))
+        inputs = np.random.default_rng(1).uniform(0, 1, (4, *x.shape[1:])).astype(np.float32)
+        expected = runtime.make_interpreter(model_content=stock, with_ops=False,
+                                            reference_ops=True)
+        got = runtime.make_interpreter(model_content=ours, reference_ops=True)
+        for it in (expected, got):
+            it.resize_tensor_input(it.get_input_details()[0]["index"], inputs.shape)
+            it.allocate_tensors()
+            it.set_tensor(it.get_input_details()[0]["index"], inputs)
+            it.invoke()
+        np.testing.assert_array_equal(
+            got.get_tensor(got.get_output_details()[0]["index"]),
+            expected.get_tensor(expected.get_output_details()[0]["index"]))
+
+
+class CliTest(absltest.TestCase):
+
+    def test_int8_refuses_modelled_targets_and_budgets_by_flag(self):
+        prune = os.path.join(os.path.dirname(__file__), "..", "python", "prune")
+        for extra, says in ((["--target=arm64-neon"], "--dtype=int8 runs for --target=host"),
+                            (["--objective=budgets"], "--dtype=int8 needs --objective=latency")):
+            cwd = tempfile.mkdtemp(dir=os.environ.get("TEST_TMPDIR"))
+            out = os.path.join(cwd, "o.tflite")
+            env = dict(os.environ, HYBRID_PRUNING_USER_CWD=cwd)
+            run = subprocess.run([prune, "--model=demo", f"--output={out}", "--dtype=int8",
+                                  *extra], capture_output=True, text=True, timeout=300, env=env,
+                                 cwd=cwd, stdin=subprocess.DEVNULL)
+            self.assertNotEqual(run.returncode, 0)
+            self.assertIn(says, run.stderr)
+            self.assertFalse(os.path.exists(out))
+
+
+if __name__ == "__main__":
+    absltest.main()
