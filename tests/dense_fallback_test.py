@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 from absl.testing import absltest
 
-from hybrid_pruning import convert, graph, pipeline, runtime, tflite_model, tflite_rewrite
+from hybrid_pruning import (convert, graph, op_format, pipeline, runtime, tflite_model, tflite_rewrite)
 
 
 def _model(seed: int = 0):
@@ -42,10 +42,10 @@ class RewriteTest(absltest.TestCase):
                                                    dense_below=0.6)
         runs = {r.layer: r.runs_as for r in records}
         self.assertStartsWith(runs["low"], "CONV_2D (dense fallback")
-        self.assertEqual(runs["high"], "HybridSparseConv2D")
+        self.assertEqual(runs["high"], op_format.OP_NAME)
         ops = tflite_model.read(fallback).subgraphs[0].operators
         self.assertLen([op for op in ops if tflite_model.custom_code(
-            tflite_model.read(fallback), op) == "HybridSparseConv2D"], 1)
+            tflite_model.read(fallback), op) == op_format.OP_NAME], 1)
 
         x = rng.uniform(-1, 1, (3, 12, 12, 8)).astype(np.float32)
         got = runtime.predict(fallback, x)

@@ -78,7 +78,7 @@ class OptimiserTest(absltest.TestCase):
         self.assertNotEmpty(pruned)
         for row in pruned:
             self.assertEqual(row["block_size"], 4, row)
-            self.assertEqual(row["runs_as"], "HybridSparseConv2D", row)
+            self.assertEqual(row["runs_as"], op_format.OP_NAME, row)
         totals = result.report["totals"]
         self.assertLess(totals["predicted_conv_seconds_after"],
                         totals["predicted_conv_seconds_before"])
@@ -182,7 +182,7 @@ class MeasuredFallbackTest(absltest.TestCase):
         for name in reverted:
             self.assertEqual(runs_as[name], pipeline.SLOWER)
         # What the report says runs where is what the written model holds.
-        hybrid = sum(v == "HybridSparseConv2D" for v in runs_as.values())
+        hybrid = sum(v == op_format.OP_NAME for v in runs_as.values())
         self.assertEqual(hybrid, _count_hybrid(result.tflite))
 
 

@@ -9,7 +9,7 @@ import tempfile
 import numpy as np
 from absl.testing import absltest
 
-from hybrid_pruning import io, pipeline, runtime, tflite_model
+from hybrid_pruning import io, op_format, pipeline, runtime, tflite_model
 
 import test_models
 
@@ -46,7 +46,7 @@ class ModelFormatsTest(absltest.TestCase):
         self.assertGreater(result.report["totals"]["parameter_reduction"], 0.1)
         flat = tflite_model.read(result.tflite)
         ours = [op for op in flat.subgraphs[0].operators
-                if tflite_model.custom_code(flat, op) == "HybridSparseConv2D"]
+                if tflite_model.custom_code(flat, op) == op_format.OP_NAME]
         self.assertLen(ours, 3)
         # The .tflite computes exactly the reduced Keras model (channel surgery, BatchNorm
         # folding, bias corrections and the packed weights all agree) ...

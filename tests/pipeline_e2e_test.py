@@ -9,7 +9,7 @@ import sys
 import numpy as np
 from absl.testing import absltest
 
-from hybrid_pruning import io, pipeline, runtime, tflite_model
+from hybrid_pruning import io, op_format, pipeline, runtime, tflite_model
 
 
 class _NoDataAllowed:
@@ -75,14 +75,14 @@ class DemoPipelineTest(absltest.TestCase):
     def test_every_pruned_conv_runs_as_our_op_and_file_shrinks(self):
         model = tflite_model.read(self.result.tflite)
         sg = model.subgraphs[0]
-        ours = [op for op in sg.operators if tflite_model.custom_code(model, op) == "HybridSparseConv2D"]
+        ours = [op for op in sg.operators if tflite_model.custom_code(model, op) == op_format.OP_NAME]
         builtin_convs = [op for op in sg.operators if tflite_model.builtin_code(model, op)
                          == tflite_model.BuiltinOperator.CONV_2D]
         self.assertLen(ours, 6)
         self.assertEmpty(builtin_convs)
         for row in self.result.report["layers"]:
             if row["kind"] == "conv2d":
-                self.assertEqual(row["runs_as"], "HybridSparseConv2D", row)
+                self.assertEqual(row["runs_as"], op_format.OP_NAME, row)
         totals = self.result.report["totals"]
         self.assertLess(len(self.result.tflite), totals["tflite_bytes_dense"])
         self.assertEqual(len(self.result.tflite), totals["tflite_bytes"])

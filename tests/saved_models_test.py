@@ -17,7 +17,7 @@ import keras
 import numpy as np
 from absl.testing import absltest
 
-from hybrid_pruning import fidelity, graph, io, pipeline, runtime, statistics, tflite_model
+from hybrid_pruning import (fidelity, graph, io, op_format, pipeline, runtime, statistics, tflite_model)
 
 import test_models
 
@@ -36,7 +36,7 @@ def _config(**kw) -> pipeline.PruneConfig:
 
 def _ours(tflite: bytes) -> int:
     flat = tflite_model.read(tflite)
-    return sum(tflite_model.custom_code(flat, op) == "HybridSparseConv2D"
+    return sum(tflite_model.custom_code(flat, op) == op_format.OP_NAME
                for op in flat.subgraphs[0].operators)
 
 
@@ -111,7 +111,7 @@ class SavedModelsTest(absltest.TestCase):
         separable = [n for n, r in rows.items() if r["kind"] == "separable"]
         self.assertLen(separable, 3)
         for name in separable:
-            self.assertEqual(rows[name]["runs_as"], "HybridSparseConv2D", name)
+            self.assertEqual(rows[name]["runs_as"], op_format.OP_NAME, name)
         depthwise = [b for b in result.report["builtin_layers"] if b["layer"].endswith(
             "/depthwise")]
         self.assertLen(depthwise, 3)

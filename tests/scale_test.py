@@ -3,7 +3,7 @@ weights: this is about memory, not fidelity) goes through `prune` with the defau
 as a user runs it, within 8 GB of peak memory. The time it takes is recorded by
 tests/bench/architectures_bench.py, not asserted here. It runs the per-layer budgets: the
 latency objective's level tables and interpreter checks take far longer on a model this size
-(see the README), too long for CI."""
+(see docs/design_history.md, "Big models"), too long for CI."""
 
 from __future__ import annotations
 

@@ -8,7 +8,7 @@ import keras
 import numpy as np
 from absl.testing import absltest
 
-from hybrid_pruning import fidelity, pipeline, runtime, tflite_model
+from hybrid_pruning import fidelity, op_format, pipeline, runtime, tflite_model
 
 
 def _residual_model():
@@ -71,7 +71,7 @@ class UnseenArchitecturesTest(absltest.TestCase):
         self.assertIn("Concatenate", refused["conv2d_3"])
         flat = tflite_model.read(result.tflite)
         ours = [op for op in flat.subgraphs[0].operators
-                if tflite_model.custom_code(flat, op) == "HybridSparseConv2D"]
+                if tflite_model.custom_code(flat, op) == op_format.OP_NAME]
         self.assertGreaterEqual(len(ours), 4)
         self.assertGreater(result.report["totals"]["parameter_reduction"], 0.2)
 

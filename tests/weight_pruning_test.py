@@ -134,7 +134,7 @@ class RewriteTest(absltest.TestCase):
         rewritten, records = tflite_rewrite.rewrite(convert.to_tflite(model))
         # tanh is a separate op after the conv; the dense 1x1 conv stays builtin.
         self.assertEqual([r.runs_as for r in records],
-                         ["HybridSparseConv2D", "HybridSparseConv2D", "CONV_2D (dense)"])
+                         [op_format.OP_NAME, op_format.OP_NAME, "CONV_2D (dense)"])
         x = np.random.default_rng(0).normal(0, 1, (2, 8, 8, 3)).astype(np.float32)
         np.testing.assert_allclose(runtime.predict(rewritten, x), model.predict(x, verbose=0),
                                    rtol=1e-4, atol=1e-4)

@@ -21,6 +21,7 @@ import numpy as np
 from absl import app, flags
 
 import bench_results
+from hybrid_pruning import op_format
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("output", None, "Markdown file to write (default: print only).")
@@ -55,9 +56,9 @@ def _why(runs_as: str) -> str:
 def _row(name: str, model, result, input_shape, accuracy=None) -> dict:
     rep = result.report
     t = rep["totals"]
-    ours = [r for r in rep["layers"] if r["runs_as"] == "HybridSparseConv2D"]
+    ours = [r for r in rep["layers"] if r["runs_as"] == op_format.OP_NAME]
     builtin = collections.Counter(
-        _why(r["runs_as"]) for r in rep["layers"] if r["runs_as"] != "HybridSparseConv2D")
+        _why(r["runs_as"]) for r in rep["layers"] if r["runs_as"] != op_format.OP_NAME)
     builtin.update(f"{b['kind']}" for b in rep["builtin_layers"])
     fid = rep["fidelity_on_probes"]
     fidelity = (f"agreement {fid['top1_agreement']:.3f}" if "top1_agreement" in fid else "")

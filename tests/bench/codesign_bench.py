@@ -24,6 +24,7 @@ import numpy as np
 from absl import app, flags
 
 import bench_results
+from hybrid_pruning import op_format
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("output", None, "Markdown file to write (default: print only).")
@@ -60,7 +61,7 @@ def _choices(report: dict) -> str:
     for r in report["layers"]:
         if r["kind"] == "dense":
             continue
-        if r["runs_as"] == "HybridSparseConv2D":
+        if r["runs_as"] == op_format.OP_NAME:
             counts[f"ours b{r['block_size']}"] += 1
             sparsities.append(r["weight_sparsity"])
         else:
@@ -93,7 +94,7 @@ def _analytic_error(result) -> tuple[list[float], list[float]]:
         shape = targets.conv_shape(pl)
         builtin.append(modelled.builtin(shape) / measured.builtin(shape))
         r = rows[pl.name]
-        if r["runs_as"] == "HybridSparseConv2D":
+        if r["runs_as"] == op_format.OP_NAME:
             ours.append(modelled.ours(shape, r["weight_sparsity"], r["block_size"])
                         / measured.ours(shape, r["weight_sparsity"], r["block_size"]))
     return builtin, ours

@@ -218,7 +218,7 @@ def model_table(lines: list[str]) -> None:
         pruned = result.tflite
         acc = float(np.mean(runtime.predict(pruned, x_test).argmax(1) == y_test))
         convs = [r for r in result.report["layers"] if r["kind"] == "conv2d"]
-        on_ours = sum(r["runs_as"] == "HybridSparseConv2D" for r in convs)
+        on_ours = sum(r["runs_as"] == op_format.OP_NAME for r in convs)
         for batch in (1, 64):
             x = x_test[:batch]
             for threads in (1, 2):

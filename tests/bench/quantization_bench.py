@@ -15,6 +15,7 @@ stock rows on the stock interpreter with XNNPACK, ours with our delegate).
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 
@@ -49,10 +50,11 @@ def _rows(name: str) -> list[str]:
         start = time.perf_counter()
         flat = convert.to_tflite(model, quantization, calibration)
         candidates.append((f"stock {quantization}", flat, False, time.perf_counter() - start))
-    start = time.perf_counter()
-    result = pipeline.compress(model, config)
-    candidates.append(("ours (prune, default flags, float32)", result.tflite, True,
-                       time.perf_counter() - start))
+    for dtype in ("float32", "int8"):
+        start = time.perf_counter()
+        result = pipeline.compress(model, dataclasses.replace(config, dtype=dtype))
+        candidates.append((f"ours (prune, default flags, --dtype={dtype})", result.tflite, True,
+                           time.perf_counter() - start))
     shape = tuple(int(d) for d in model.inputs[0].shape[1:])
     x = np.random.default_rng(0).uniform(0, 1, (1, *shape)).astype(np.float32)
     times = {}
@@ -89,7 +91,9 @@ def main(argv):
         "LiteRT interpreter (XNNPACK); 'dynamic' is Optimize.DEFAULT alone (int8 weights, "
         "float activations), 'int8' full-integer with our 128 data-free probes as the "
         "representative dataset (float input and output). Ours: `prune` at default flags "
-        "(latency objective, host), float32, run with our delegate. Top-1 on the digits test "
+        "(latency objective, host), float32 and `--dtype=int8` (full-integer int8 on the same "
+        "probes, our int8 op where measured faster), run with our delegate. Top-1 on the "
+        "digits test "
         "split (450 images; delta against the Keras original). Latency: batch 1, best of "
         "alternating rounds in one process; the ratio is the stock float32 model's time over "
         "the row's. Time: to make the file (quantization or `prune`, including its latency "
