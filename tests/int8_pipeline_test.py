@@ -125,6 +125,39 @@ class Int8PipelineTest(absltest.TestCase):
             expected.get_tensor(expected.get_output_details()[0]["index"]))
 
 
+class _WrongHostProfile(_Profile):
+    """Claims our int8 op fast on unstructured 40-60 % sparsity, where it really is several
+    times slower than the builtin (its groups of 4 input channels are then rarely empty)."""
+
+    modelled = False
+    kernel = ""
+
+    def ours(self, shape, sparsity: float, block: int = 1,
+             activation_sparsity: float = 0.0) -> float:
+        return 0.2 if block == 1 and 0.4 <= sparsity <= 0.6 else 2.0
+
+
+class Int8FallbackTest(absltest.TestCase):
+
+    def test_slower_layers_go_back_unpruned(self):
+        model = test_models.sequential_cnn()
+        path = os.path.join(tempfile.mkdtemp(dir=os.environ.get("TEST_TMPDIR")), "m.keras")
+        model.save(path)
+        result = pipeline.compress(io.load_keras_model(path), pipeline.PruneConfig(
+            quiet=True, probe_count=32, profile=_WrongHostProfile(), num_threads=1,
+            sequential_refit=False, refine_steps=0, dtype="int8"))
+        search = result.report["global_budget_search"]
+        self.assertIsNone(result.fidelity_miss)
+        self.assertNotEmpty(search["measured_fallback"])
+        self.assertTrue(search["measured_fallback_unpruned"])
+        rows = {r["layer"]: r for r in result.report["layers"]}
+        for name in search["measured_fallback"]:
+            self.assertEqual(rows[name]["runs_as"], pipeline.SLOWER)
+            self.assertEqual(rows[name]["weight_sparsity"], 0.0, name)
+        ours = [n for n, _ in _ops(result.tflite) if n == op_format.OP_NAME]
+        self.assertLen(ours, sum(r["runs_as"] == op_format.OP_NAME for r in rows.values()))
+
+
 class CliTest(absltest.TestCase):
 
     def test_int8_refuses_modelled_targets_and_budgets_by_flag(self):

@@ -12,7 +12,7 @@ import tempfile
 import numpy as np
 from absl.testing import absltest
 
-from hybrid_pruning import budget, io, op_format, pipeline, targets, tflite_model
+from hybrid_pruning import budget, graph, io, op_format, pipeline, targets, tflite_model
 
 import test_models
 
@@ -184,6 +184,14 @@ class MeasuredFallbackTest(absltest.TestCase):
         # What the report says runs where is what the written model holds.
         hybrid = sum(v == op_format.OP_NAME for v in runs_as.values())
         self.assertEqual(hybrid, _count_hybrid(result.tflite))
+        # Layers back on the builtin kernel gain nothing from zeros: their unpruned weights
+        # are back (the guard holds with them: they only bring the model closer).
+        self.assertTrue(rep["global_budget_search"]["measured_fallback_unpruned"])
+        rows = {row["layer"]: row for row in rep["layers"]}
+        layers = {pl.name: pl for pl in graph.prunable_layers(result.model)[0]}
+        for name in reverted:
+            self.assertEqual(rows[name]["weight_sparsity"], 0.0, name)
+            self.assertEqual(np.count_nonzero(layers[name].kernel), layers[name].kernel.size)
 
 
 def _count_hybrid(tflite: bytes) -> int:

@@ -316,6 +316,33 @@ def _exchanges(tables: list[LayerTable], choice: list, rejected: set) -> list:
     return sorted(out, reverse=True)
 
 
+class Snapshot:
+    """A model's weights and its layers' folded shifts, to put back."""
+
+    def __init__(self, model, tables: list[LayerTable]):
+        self.model, self.tables = model, tables
+        self.weights = model.get_weights()
+        self.shifts = [t.layer.shift.copy() for t in tables]
+
+    def restore(self) -> None:
+        self.model.set_weights(self.weights)
+        for t, shift in zip(self.tables, self.shifts):
+            t.layer.shift = shift.copy()
+
+
+def apply_levels(tables: list[LayerTable], choice, refit=None) -> None:
+    """Writes each layer's chosen weight level (`choice[k] = (weight level, activation
+    level)`; 0 is unpruned) into a model restored to its unpruned weights, and re-fits the
+    chosen layers in order (weight_pruning.SequentialRefit)."""
+    for t, (i, _) in zip(tables, choice):
+        kernel, err = t.weights[i][:2]
+        r = t.pruner.result(kernel, err)
+        t.layer.set_folded(r.kernel, r.bias_delta)
+    if refit is not None:
+        level = {t.layer.name: i for t, (i, _) in zip(tables, choice)}
+        refit.apply([level.get(pl.name) for pl in refit.layers])
+
+
 def choose(model, tables: list[LayerTable], evaluate_fidelity,
            target_macs: float | None = None, min_agreement: float | None = None,
            max_kl: float | None = None, accept=None, profile=None, refit=None,
@@ -342,21 +369,13 @@ def choose(model, tables: list[LayerTable], evaluate_fidelity,
     def choose(lam):
         return [t.best(lam) for t in tables]
 
-    snapshot = (model.get_weights(), [t.layer.shift.copy() for t in tables])
+    snapshot = Snapshot(model, tables)
 
     def apply(choice):
-        for t, (i, _) in zip(tables, choice):
-            kernel, err = t.weights[i][:2]
-            r = t.pruner.result(kernel, err)
-            t.layer.set_folded(r.kernel, r.bias_delta)
-        if refit is not None:
-            level = {t.layer.name: i for t, (i, _) in zip(tables, choice)}
-            refit.apply([level.get(pl.name) for pl in refit.layers])
+        apply_levels(tables, choice, refit)
 
     def restore():
-        model.set_weights(snapshot[0])
-        for t, shift in zip(tables, snapshot[1]):
-            t.layer.shift = shift.copy()
+        snapshot.restore()
 
     def fidelity_ok(choice):
         apply(choice)
@@ -392,6 +411,7 @@ def choose(model, tables: list[LayerTable], evaluate_fidelity,
         choice, kept = _refine(tables, choice, fidelity_ok, refine)
     apply(choice)
     summary = {"lambda": total * 10 ** mu,
+               "levels": {t.layer.name: [int(i), int(j)] for t, (i, j) in zip(tables, choice)},
                "damage_model": {t.layer.name: {"a": t.sensitivity, "p": t.exponent}
                                 for t in tables},
                "refined_layers": kept}

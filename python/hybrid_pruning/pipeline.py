@@ -274,10 +274,11 @@ def _measured_fallback(original: bytes, outcome: dict, probes: np.ndarray, refer
                        threads: tuple[int, ...], config: PruneConfig, kernel: str = "") -> None:
     """The measurement wins: times the written model against the original at every thread
     count and, while it is not FALLBACK_MARGIN times as fast at one of them, puts our layers
-    back on the builtin kernel (same weights, so fidelity barely moves), least predicted
-    saving first, keeping each change that improves the worst ratio. Single-layer tables
-    cannot see everything a whole model does (two thread pools sharing the cores, caches
-    between layers)."""
+    back on the builtin kernel, least predicted saving first, keeping each change that
+    improves the worst ratio; if it is still slower than the original somewhere, all of them.
+    Layers put back get their unpruned weights again where the guard allows (_unprune).
+    Single-layer tables cannot see everything a whole model does (two thread pools sharing
+    the cores, caches between layers, XNNPACK's graph split around our nodes)."""
     latency = _measure(original, outcome["tflite"], probes, threads, kernel)
     predicted = outcome["search"]["predicted_seconds"]
     ours = sorted((r.layer for r in outcome["records"]
@@ -302,17 +303,69 @@ def _measured_fallback(original: bytes, outcome: dict, probes: np.ndarray, refer
             reverted.append(name)
             worst, latency = trial_worst, trial
             outcome["tflite"], outcome["records"] = tflite, records
+    rest = [name for name in ours if name not in reverted]
+    if worst < 1.0 and rest:
+        # No single revert helped enough and the model is still slower than the original at
+        # some thread count: none of our layers stays (what is left is the original's speed).
+        tflite, records = _to_ours(model, layers, thresholds, blocks, config.dense_below,
+                                   builtin=frozenset(ours),
+                                   int8_probes=probes if config.dtype == "int8" else None)
+        latency = _measure(original, tflite, probes, threads, kernel)
+        logging.info("measured fallback: still slower (worst ratio %.3f): every layer back on "
+                     "the builtin kernel", worst)
+        reverted += rest
+        outcome["tflite"], outcome["records"] = tflite, records
+    unpruned = False
     if reverted:
+        unpruned = _unprune(outcome, reverted, probes, reference, config)
         for r in outcome["records"]:
             if r.layer in reverted:
                 r.runs_as = SLOWER
         for name in reverted:
             predicted[name]["chosen"] = predicted[name]["builtin"]
-        outcome["fidelity"] = fidelity.compare(reference, runtime.predict_all(
-            outcome["tflite"], probes, config.num_threads,
-            batch_size=statistics.predict_batch(model)))
+        if not unpruned:
+            outcome["fidelity"] = fidelity.compare(reference, runtime.predict_all(
+                outcome["tflite"], probes, config.num_threads,
+                batch_size=statistics.predict_batch(model)))
     outcome["latency"] = latency
     outcome["search"]["measured_fallback"] = reverted
+    outcome["search"]["measured_fallback_unpruned"] = unpruned
+
+
+def _unprune(outcome: dict, names: list[str], probes: np.ndarray, reference: list,
+             config: PruneConfig) -> bool:
+    """Layers the measured fallback put back on the builtin kernel gain nothing from their
+    zeros: they get their unpruned weights back (the other layers at their levels, re-fitted
+    in order again), kept if the written model still meets the guard. True if kept."""
+    tables, snapshot, refit = outcome["unpruned"]
+    levels = outcome["search"].get("levels")
+    if tables is None or snapshot is None or not levels:
+        return False
+    model, layers = outcome["model"], outcome["layers"]
+    pruned_state = budget.Snapshot(model, tables)
+    choice = [(0, 0) if t.layer.name in names else tuple(levels[t.layer.name]) for t in tables]
+    snapshot.restore()
+    budget.apply_levels(tables, choice, refit)
+    thresholds = {a.name: None if a.name in names else a.thresholds
+                  for a in outcome["activations"]}
+    blocks = {w.name: w.block_size for w in outcome["weights"]}
+    tflite, records = _to_ours(model, layers, thresholds, blocks, config.dense_below,
+                               builtin=frozenset(names),
+                               int8_probes=probes if config.dtype == "int8" else None)
+    fid = fidelity.compare(reference, runtime.predict_all(
+        tflite, probes, config.num_threads, batch_size=statistics.predict_batch(model)))
+    if config.guard.miss(reference, fid) is not None:
+        logging.info("measured fallback: unpruned %s miss the guard; kept pruned", names)
+        pruned_state.restore()
+        return False
+    logging.info("measured fallback: %s unpruned", names)
+    outcome["tflite"], outcome["records"], outcome["fidelity"] = tflite, records, fid
+    for k, t in enumerate(tables):
+        if t.layer.name in names:
+            outcome["weights"][k] = t.pruner.result(t.weights[0][0], 0.0)
+            outcome["weights"][k].block_size = 1
+            levels[t.layer.name] = [0, 0]
+    return True
 
 
 def _predicted(search: dict | None) -> dict:
@@ -398,7 +451,9 @@ def _finish(prepared: dict, probes: np.ndarray, reference: list, config: PruneCo
                                 runtime.predict_all(flat, probes, config.num_threads,
                                                     batch_size=statistics.predict_batch(model)))
 
+    snapshot = None
     if profile is not None:
+        snapshot = budget.Snapshot(model, prepared["tables"])  # unpruned: reverts restore it
         weights, activations, search = budget.choose(
             model, prepared["tables"], evaluate,
             accept=lambda fid: config.guard.miss(reference, fid) is None, profile=profile,
@@ -426,7 +481,8 @@ def _finish(prepared: dict, probes: np.ndarray, reference: list, config: PruneCo
         tflite, probes, config.num_threads, batch_size=statistics.predict_batch(model)))
     return {"model": model, "layers": layers, "weights": weights, "activations": activations,
             "removed": prepared["removed"], "refused": prepared["refused"], "search": search,
-            "tflite": tflite, "records": records, "fidelity": fid}
+            "tflite": tflite, "records": records, "fidelity": fid,
+            "unpruned": (prepared["tables"], snapshot, prepared["refit"])}
 
 
 def _report(config: PruneConfig, outcome: dict, before: dict, macs_before: dict,
