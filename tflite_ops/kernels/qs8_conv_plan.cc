@@ -124,10 +124,10 @@ void Qs8ConvPlan::Pack(const int8_t* image, int row_begin, int row_end, int work
                       static_cast<int64_t>(yq) * wq_;
       // Columns xq whose input column ix = xq * stride_w + px - pad_left is in the image.
       int lo = 0, hi = 0;
-      if (iy >= 0 && iy < s.in_h) {
+      const int last = s.in_w - 1 + s.pad_left - px;  // xq * stride_w <= last
+      if (iy >= 0 && iy < s.in_h && last >= 0) {
         lo = std::max(0, (s.pad_left - px + s.stride_w - 1) / s.stride_w);
-        hi = std::min(wq_, (s.in_w - 1 + s.pad_left - px) / s.stride_w + 1);
-        hi = std::max(hi, lo);
+        hi = std::max(lo, std::min(wq_, last / s.stride_w + 1));
       }
       for (int g = 0; g < groups_; ++g) {
         uint32_t* row = dst + g * group_stride;

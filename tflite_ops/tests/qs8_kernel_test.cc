@@ -1,0 +1,229 @@
+// The int8 (qs8) family: the driver (Qs8ConvPlan) with a portable microkernel and every
+// variant's own microkernel, bit-exact with the int8 reference on random layers; the reference
+// against a dense int8 convolution written here from TFLite's definition.
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstdlib>
+#include <random>
+#include <string>
+#include <vector>
+
+#include <gtest/gtest.h>
+
+#include "tflite_ops/kernels/conv_plan.h"
+#include "tflite_ops/kernels/qs8_conv_plan.h"
+#include "tflite_ops/kernels/sparse_conv.h"
+
+namespace hybrid_sparse {
+namespace {
+
+int NumCases() {  // under qemu the runner sets KERNEL_TEST_CASES lower
+  const char* env = std::getenv("KERNEL_TEST_CASES");
+  return env != nullptr ? std::atoi(env) : 300;
+}
+
+struct Layer {
+  ConvShape shape;
+  Padding padding = Padding::kSame;
+  std::vector<int8_t> input, dense;  // dense: [out_c][kh][kw][in_c]
+  std::vector<int32_t> bias, multiplier, shift;
+  int32_t input_zero_point = 0;
+  Qs8Requantization requantization;
+  // The qs8 format (sparse_conv.h), block_size 1.
+  std::vector<int32_t> col_ptr;
+  std::vector<int16_t> row_block;
+  std::vector<int8_t> values;
+  Qs8SparseFilter filter;
+
+  std::string Describe() const {
+    const ConvShape& s = shape;
+    return std::to_string(s.batch) + "x" + std::to_string(s.in_h) + "x" + std::to_string(s.in_w) +
+           "x" + std::to_string(s.in_c) + " -> " + std::to_string(s.out_c) + " k" +
+           std::to_string(s.kernel_h) + "x" + std::to_string(s.kernel_w) + " s" +
+           std::to_string(s.stride_h) + "x" + std::to_string(s.stride_w) + " d" +
+           std::to_string(s.dilation_h) + "x" + std::to_string(s.dilation_w) +
+           (padding == Padding::kSame ? " SAME" : " VALID") + " zp " +
+           std::to_string(input_zero_point) + " rounding " +
+           std::to_string(static_cast<int>(requantization.rounding));
+  }
+};
+
+Layer RandomLayer(std::mt19937* rng) {
+  auto uniform = [rng](int lo, int hi) { return std::uniform_int_distribution<int>(lo, hi)(*rng); };
+  Layer l;
+  ConvShape& s = l.shape;
+  do {
+    s = ConvShape();
+    s.batch = uniform(1, 2);
+    // Widths from 1 (every edge case of the packing) past 16 (the byte transpose's blocks).
+    s.in_h = uniform(1, 24);
+    s.in_w = uniform(1, 40);
+    s.in_c = uniform(1, 40);
+    s.out_c = uniform(1, 40);
+    s.kernel_h = uniform(1, 3);
+    s.kernel_w = uniform(1, 3);
+    s.stride_h = uniform(1, 3);
+    s.stride_w = uniform(1, 3);
+    s.dilation_h = uniform(1, 2);
+    s.dilation_w = uniform(1, 2);
+    l.padding = uniform(0, 1) ? Padding::kSame : Padding::kValid;
+  } while (!ComputeConvShape(l.padding, &s));
+  const double sparsity = std::uniform_real_distribution<double>(0.0, 0.95)(*rng);
+  std::bernoulli_distribution zero(sparsity), zero_group(sparsity / 2);
+  l.dense.resize(static_cast<size_t>(s.out_c) * s.kernel_h * s.kernel_w * s.in_c);
+  for (auto& w : l.dense) w = zero(*rng) ? 0 : static_cast<int8_t>(uniform(-127, 127));
+  // Whole groups of 4 input channels of a tap too, as int8 pruning leaves them.
+  for (size_t row = 0; row < l.dense.size(); row += s.in_c)
+    for (int g = 0; g < s.in_c; g += 4)
+      if (zero_group(*rng))
+        for (int t = g; t < g + 4 && t < s.in_c; ++t) l.dense[row + t] = 0;
+  l.input.resize(static_cast<size_t>(s.batch) * s.in_h * s.in_w * s.in_c);
+  for (auto& x : l.input) x = static_cast<int8_t>(uniform(-128, 127));
+  l.input_zero_point = uniform(-128, 127);
+  l.bias.resize(s.out_c);
+  for (auto& b : l.bias) b = uniform(-30000, 30000);
+  l.requantization.rounding = uniform(0, 1) ? Rounding::kSingle : Rounding::kDouble;
+  l.multiplier.resize(s.out_c);
+  l.shift.resize(s.out_c);
+  for (int c = 0; c < s.out_c; ++c) {
+    const double real = std::exp(std::uniform_real_distribution<double>(-12.0, 0.0)(*rng));
+    QuantizeMultiplier(real, l.requantization.rounding, &l.multiplier[c], &l.shift[c]);
+  }
+  l.requantization.multiplier = l.multiplier.data();
+  l.requantization.shift = l.shift.data();
+  l.requantization.output_zero_point = uniform(-128, 127);
+  l.requantization.min = uniform(0, 1) ? -128 : std::max(-128, l.requantization.output_zero_point);
+  l.requantization.max = 127;
+
+  // Column-compressed by groups of 4 input channels of a tap.
+  const int groups = (s.in_c + 3) / 4;
+  const int cols = s.kernel_h * s.kernel_w * groups;
+  l.col_ptr.assign(cols + 1, 0);
+  for (int col = 0; col < cols; ++col) {
+    const int tap = col / groups, g = col % groups;
+    for (int c = 0; c < s.out_c; ++c) {
+      int8_t word[4] = {0, 0, 0, 0};
+      bool any = false;
+      for (int t = 0; t < 4 && 4 * g + t < s.in_c; ++t) {
+        word[t] = l.dense[(static_cast<size_t>(c) * s.kernel_h * s.kernel_w + tap) * s.in_c +
+                          4 * g + t];
+        any |= word[t] != 0;
+      }
+      if (!any) continue;
+      l.row_block.push_back(static_cast<int16_t>(c));
+      l.values.insert(l.values.end(), word, word + 4);
+    }
+    l.col_ptr[col + 1] = static_cast<int32_t>(l.row_block.size());
+  }
+  static const int16_t kNoIndex = 0;
+  static const int8_t kNoValue = 0;
+  Qs8SparseFilter& f = l.filter;
+  f.out_c = s.out_c;
+  f.num_cols = cols;
+  f.block_size = 1;
+  f.num_blocks = s.out_c;
+  f.num_nonzero_blocks = static_cast<int>(l.row_block.size());
+  f.col_ptr = l.col_ptr.data();
+  f.row_block = l.row_block.empty() ? &kNoIndex : l.row_block.data();
+  f.values = l.values.empty() ? &kNoValue : l.values.data();
+  return l;
+}
+
+// TFLite's int8 CONV_2D, written from its definition over the dense filter.
+std::vector<int8_t> DenseConv(const Layer& l) {
+  const ConvShape& s = l.shape;
+  std::vector<int8_t> out(static_cast<size_t>(s.batch) * s.out_h * s.out_w * s.out_c);
+  for (int n = 0; n < s.batch; ++n)
+    for (int oy = 0; oy < s.out_h; ++oy)
+      for (int ox = 0; ox < s.out_w; ++ox)
+        for (int c = 0; c < s.out_c; ++c) {
+          int32_t acc = l.bias[c];
+          for (int ky = 0; ky < s.kernel_h; ++ky)
+            for (int kx = 0; kx < s.kernel_w; ++kx) {
+              const int iy = oy * s.stride_h - s.pad_top + ky * s.dilation_h;
+              const int ix = ox * s.stride_w - s.pad_left + kx * s.dilation_w;
+              if (iy < 0 || iy >= s.in_h || ix < 0 || ix >= s.in_w) continue;
+              for (int ic = 0; ic < s.in_c; ++ic)
+                acc += l.dense[((static_cast<size_t>(c) * s.kernel_h + ky) * s.kernel_w + kx) *
+                                   s.in_c + ic] *
+                       (l.input[((static_cast<size_t>(n) * s.in_h + iy) * s.in_w + ix) * s.in_c +
+                                ic] - l.input_zero_point);
+            }
+          out[((static_cast<size_t>(n) * s.out_h + oy) * s.out_w + ox) * s.out_c + c] =
+              Requantize(acc, c, l.requantization);
+        }
+  return out;
+}
+
+std::vector<int8_t> RunPlan(const Layer& l, const KernelVariant& variant, int* tile) {
+  Qs8ConvPlan plan;
+  const std::string error = plan.Build(l.shape, l.filter, l.bias.data(), l.input_zero_point,
+                                       l.requantization, variant, 1);
+  EXPECT_EQ(error, "");
+  *tile = plan.tile();
+  const ConvShape& s = l.shape;
+  std::vector<int8_t> out(static_cast<size_t>(s.batch) * s.out_h * s.out_w * s.out_c, 99);
+  SerialParallel serial;
+  plan.Run(l.input.data(), out.data(), &serial, 1);
+  return out;
+}
+
+// The portable microkernel (Qs8SpmmReference) at a 64-position tile, so that the driver's
+// packing, offsets and layout changes run on every CPU.
+void PortableQs8(const Qs8SpmmFilter& f, const uint32_t* x, int8_t* y) {
+  Qs8SpmmReference(f, x, y, 64);
+}
+
+TEST(Qs8Reference, MatchesTheDenseDefinition) {
+  std::mt19937 rng(19);
+  for (int i = 0; i < NumCases(); ++i) {
+    const Layer l = RandomLayer(&rng);
+    ASSERT_EQ(ValidateSparseFilter(l.filter), "") << l.Describe();
+    const ConvShape& s = l.shape;
+    std::vector<int8_t> out(static_cast<size_t>(s.batch) * s.out_h * s.out_w * s.out_c);
+    std::vector<int32_t> scratch(s.out_c);
+    Qs8ConvArgs args{&l.shape, &l.filter, l.input.data(), l.input_zero_point, l.bias.data(),
+                     &l.requantization, out.data(), scratch.data()};
+    Qs8SparseConvRowsReference(args, 0, s.batch * s.out_h);
+    ASSERT_EQ(out, DenseConv(l)) << l.Describe();
+  }
+}
+
+TEST(Qs8Driver, PackedPathWithThePortableMicrokernelIsBitExact) {
+  KernelVariant portable{"portable-qs8", TransposeReference};
+  portable.qs8 = PortableQs8;
+  portable.qs8_tile = 64;
+  std::mt19937 rng(20);
+  for (int i = 0; i < NumCases(); ++i) {
+    const Layer l = RandomLayer(&rng);
+    int tile = 0;
+    const std::vector<int8_t> got = RunPlan(l, portable, &tile);
+    ASSERT_EQ(tile, 64);
+    ASSERT_EQ(got, DenseConv(l)) << l.Describe();
+  }
+}
+
+#ifndef QS8_DRIVER_ONLY
+TEST(Qs8Variants, EveryInt8MicrokernelIsBitExact) {
+  int count = 0;
+  const KernelVariant* all = AvailableKernels(&count);
+  int tested = 0;
+  for (int k = 0; k < count; ++k) {
+    if (all[k].qs8 == nullptr) continue;
+    ++tested;
+    std::mt19937 rng(21);
+    for (int i = 0; i < NumCases(); ++i) {
+      const Layer l = RandomLayer(&rng);
+      int tile = 0;
+      const std::vector<int8_t> got = RunPlan(l, all[k], &tile);
+      ASSERT_EQ(tile, all[k].qs8_tile);
+      ASSERT_EQ(got, DenseConv(l)) << all[k].name << ": " << l.Describe();
+    }
+  }
+  if (tested == 0) GTEST_SKIP() << "no variant with an int8 microkernel on this CPU";
+}
+#endif
+
+}  // namespace
+}  // namespace hybrid_sparse
