@@ -41,8 +41,7 @@ struct Table {
     if (count > 0 && std::strcmp(variants[count - 1].name, "avx512") == 0 &&
         __builtin_cpu_supports("avx512vnni") && __builtin_cpu_supports("avx512bw") &&
         __builtin_cpu_supports("avx512vl")) {
-      variants[count - 1].qs8 = Qs8SpmmAvx512Vnni;
-      variants[count - 1].qs8_tile = 64;
+      variants[count - 1].qs8 = kQs8Avx512VnniTilings;
       variants[count - 1].qs8_transpose = Qs8TransposeAvx512;
     }
 #endif

@@ -9,8 +9,6 @@
 namespace hybrid_sparse {
 namespace {
 
-constexpr int kVectors = 4;  // 64 positions: 4 accumulators, loads overlap the dot products
-constexpr int kTile = 16 * kVectors;
 
 // (int64) a * m of the even (odd) 32-bit lanes, as eight 64-bit lanes.
 inline void Products(__m512i a, __m512i m, __m512i* even, __m512i* odd) {
@@ -54,23 +52,29 @@ inline __m512i Requantize(__m512i acc, int32_t multiplier, int32_t shift, Roundi
 
 }  // namespace
 
-void Qs8SpmmAvx512Vnni(const Qs8SpmmFilter& f, const uint32_t* x, int8_t* y) {
+namespace {
+
+// kVectors zmm accumulators: a tile of 16 * kVectors positions. Small images take fewer (an
+// 8x8 output at pitch 10 is 80 positions: two tiles of 64 compute 128, one of 80 computes 80).
+template <int kVectors>
+void Qs8SpmmVnni(const Qs8SpmmFilter& f, const uint32_t* x, int8_t* y) {
+  constexpr int kTile = 16 * kVectors;
   const Qs8Requantization& q = *f.requantization;
   const __m512i zero_point = _mm512_set1_epi32(q.output_zero_point);
   const __m512i lo = _mm512_set1_epi32(q.min), hi = _mm512_set1_epi32(q.max);
   for (int c = 0; c < f.num_channels; ++c) {
     // Unrolled so that the accumulators stay in registers (a loop over them was not).
     __m512i acc[kVectors];
-#pragma GCC unroll 4
+#pragma GCC unroll 8
     for (int v = 0; v < kVectors; ++v) acc[v] = _mm512_set1_epi32(f.bias[c]);
     for (int32_t j = f.row_begin[c]; j < f.row_end[c]; ++j) {
       const __m512i w = _mm512_set1_epi32(f.values[j]);
       const uint32_t* p = x + f.offset[j];
-#pragma GCC unroll 4
+#pragma GCC unroll 8
       for (int v = 0; v < kVectors; ++v)
         acc[v] = _mm512_dpbusd_epi32(acc[v], _mm512_loadu_si512(p + 16 * v), w);
     }
-#pragma GCC unroll 4
+#pragma GCC unroll 8
     for (int v = 0; v < kVectors; ++v) {
       __m512i r = _mm512_add_epi32(Requantize(acc[v], q.multiplier[c], q.shift[c], q.rounding),
                                    zero_point);
@@ -79,6 +83,13 @@ void Qs8SpmmAvx512Vnni(const Qs8SpmmFilter& f, const uint32_t* x, int8_t* y) {
     }
   }
 }
+
+}  // namespace
+
+const Qs8Tiling kQs8Avx512VnniTilings[kMaxQs8Tilings] = {
+    {16, Qs8SpmmVnni<1>}, {32, Qs8SpmmVnni<2>}, {48, Qs8SpmmVnni<3>}, {64, Qs8SpmmVnni<4>},
+    {80, Qs8SpmmVnni<5>}, {96, Qs8SpmmVnni<6>}, {112, Qs8SpmmVnni<7>}, {128, Qs8SpmmVnni<8>},
+};
 
 namespace {
 

@@ -34,9 +34,9 @@ std::string Qs8ConvPlan::Build(const ConvShape& shape, const Qs8SparseFilter& fi
   macs_ = static_cast<int64_t>(filter.num_nonzero_blocks) * filter.block_size * 4 * shape.batch *
           shape.out_h * shape.out_w;
   scratch_.assign(static_cast<size_t>(max_workers_) * filter.num_blocks * filter.block_size, 0);
-  microkernel_ = filter.block_size == 1 ? variant.qs8 : nullptr;
-  tile_ = microkernel_ != nullptr ? variant.qs8_tile : 0;
-  if (tile_ == 0) return "";
+  microkernel_ = nullptr;
+  tile_ = 0;
+  if (filter.block_size != 1 || variant.qs8 == nullptr) return "";
 
   const ConvShape& s = shape;
   groups_ = (s.in_c + 3) / 4;
@@ -44,6 +44,21 @@ std::string Qs8ConvPlan::Build(const ConvShape& shape, const Qs8SparseFilter& fi
   const int padded_w = (s.out_w - 1) * s.stride_w + (s.kernel_w - 1) * s.dilation_w + 1;
   hq_ = (padded_h + s.stride_h - 1) / s.stride_h;
   wq_ = (padded_w + s.stride_w - 1) / s.stride_w;
+  // The tiling with the least work per nonzero: a call broadcasts the weight once and loads
+  // and multiplies one vector of 16 positions per 16 of its tile.
+  const int64_t positions = static_cast<int64_t>(s.out_h) * wq_;
+  double best = 0.0;
+  for (int t = 0; t < kMaxQs8Tilings; ++t) {
+    const Qs8Tiling& tiling = variant.qs8[t];
+    if (tiling.tile == 0) continue;
+    const double cost = static_cast<double>((positions + tiling.tile - 1) / tiling.tile) *
+                        (1.0 + 2.0 * tiling.tile / 16);
+    if (microkernel_ == nullptr || cost <= best) {
+      best = cost;
+      microkernel_ = tiling.microkernel;
+      tile_ = tiling.tile;
+    }
+  }
   plane_ = static_cast<int64_t>(hq_) * wq_;
   const int64_t words = plane_ * groups_ * s.stride_h * s.stride_w;
   if (words + tile_ > (int64_t{1} << 31)) return "the packed int8 input would exceed 2^31 words";

@@ -213,7 +213,14 @@ struct Qs8SpmmFilter {
 // Reads x only at offsets + [0, tile).
 using Qs8SpmmMicrokernelFn = void (*)(const Qs8SpmmFilter& filter, const uint32_t* x, int8_t* y);
 
-void Qs8SpmmAvx512Vnni(const Qs8SpmmFilter& filter, const uint32_t* x, int8_t* y);  // tile 64
+// AVX-512 VNNI, one per tile of 16 to 128 positions (1 to 8 zmm accumulators):
+// kQs8Avx512VnniTilings.
+struct Qs8Tiling {
+  int tile = 0;  // output positions per call; 0: an unused entry
+  Qs8SpmmMicrokernelFn microkernel = nullptr;
+};
+constexpr int kMaxQs8Tilings = 8;
+extern const Qs8Tiling kQs8Avx512VnniTilings[kMaxQs8Tilings];
 
 // The qs8 results' layout change, [channel][position] -> NHWC:
 //   dst[p * dst_stride + c] = src[c * src_stride + p]   for c < rows, p < cols.
@@ -249,9 +256,9 @@ struct KernelVariant {
   // Work of an output position of an unstructured filter when every tap's input load is
   // aligned (conv_plan.h), relative to taps at any float offset; 0: never aligned.
   float aligned_tap_cost = 0.0f;
-  // The qs8 family's microkernel and its tile, where the variant has one for this CPU.
-  Qs8SpmmMicrokernelFn qs8 = nullptr;
-  int qs8_tile = 0;
+  // The qs8 family's microkernels (Qs8ConvPlan picks the tile per layer), where the variant
+  // has them for this CPU; nullptr: int8 layers run the reference.
+  const Qs8Tiling* qs8 = nullptr;
   Qs8TransposeFn qs8_transpose = nullptr;
 };
 
