@@ -14,6 +14,7 @@
 #include "tflite_ops/kernels/conv_plan.h"
 #include "tflite_ops/kernels/qs8_conv_plan.h"
 #include "tflite_ops/kernels/sparse_conv.h"
+#include "tflite_ops/tests/random_geometry.h"
 
 namespace hybrid_sparse {
 namespace {
@@ -53,22 +54,8 @@ Layer RandomLayer(std::mt19937* rng) {
   auto uniform = [rng](int lo, int hi) { return std::uniform_int_distribution<int>(lo, hi)(*rng); };
   Layer l;
   ConvShape& s = l.shape;
-  do {
-    s = ConvShape();
-    s.batch = uniform(1, 2);
-    // Widths from 1 (every edge case of the packing) past 16 (the byte transpose's blocks).
-    s.in_h = uniform(1, 24);
-    s.in_w = uniform(1, 40);
-    s.in_c = uniform(1, 40);
-    s.out_c = uniform(1, 40);
-    s.kernel_h = uniform(1, 3);
-    s.kernel_w = uniform(1, 3);
-    s.stride_h = uniform(1, 3);
-    s.stride_w = uniform(1, 3);
-    s.dilation_h = uniform(1, 2);
-    s.dilation_w = uniform(1, 2);
-    l.padding = uniform(0, 1) ? Padding::kSame : Padding::kValid;
-  } while (!ComputeConvShape(l.padding, &s));
+  // Widths from 1 (every edge case of the packing) past 16 (the byte transpose's blocks).
+  s = testing::RandomGeometry(rng, {24, 40, 40, 3, 3, 2}, &l.padding);
   const double sparsity = std::uniform_real_distribution<double>(0.0, 0.95)(*rng);
   std::bernoulli_distribution zero(sparsity), zero_group(sparsity / 2);
   l.dense.resize(static_cast<size_t>(s.out_c) * s.kernel_h * s.kernel_w * s.in_c);

@@ -7,6 +7,7 @@
 #include <sstream>
 
 #include "tflite_ops/kernels/conv_plan.h"
+#include "tflite_ops/tests/random_geometry.h"
 
 namespace hybrid_sparse {
 namespace testing {
@@ -28,20 +29,7 @@ Case RandomCase(std::mt19937* rng, bool small) {
   Case c;
   ConvShape& s = c.shape;
   const int max_hw = small ? 7 : 16, max_c = small ? 9 : 40;
-  do {
-    s.batch = uniform(1, 2);
-    s.in_h = uniform(1, max_hw);
-    s.in_w = uniform(1, max_hw);
-    s.in_c = uniform(1, max_c);
-    s.out_c = uniform(1, max_c);
-    s.kernel_h = uniform(1, 5);
-    s.kernel_w = uniform(1, 5);
-    s.stride_h = uniform(1, 3);
-    s.stride_w = uniform(1, 3);
-    s.dilation_h = uniform(1, 3);
-    s.dilation_w = uniform(1, 3);
-    c.padding = uniform(0, 1) ? Padding::kSame : Padding::kValid;
-  } while (!ComputeConvShape(c.padding, &s));
+  s = RandomGeometry(rng, {max_hw, max_hw, max_c, 5, 3, 3}, &c.padding);
   c.activation = static_cast<Activation>(uniform(0, 2));
   const int blocks[] = {1, 1, 2, 4, 8, 16};
   c.block_size = blocks[uniform(0, 5)];
