@@ -112,6 +112,11 @@ def _to_ours(model, layers, thresholds_by_layer: dict, block_size,
                                   dense_below=dense_below, only=only)
 
 
+def _calibration(config: PruneConfig, probes: np.ndarray) -> np.ndarray | None:
+    """What _to_ours calibrates an int8 conversion on: the probes, if the model is int8."""
+    return probes if config.dtype == "int8" else None
+
+
 # Per-layer budgets are scaled by these in turn until the guard holds (0: no pruning).
 BACKOFF = (1.0, 0.5, 0.25, 0.1, 0.0)
 
@@ -294,7 +299,7 @@ def _measured_fallback(original: bytes, outcome: dict, probes: np.ndarray, refer
             break
         tflite, records = _to_ours(model, layers, thresholds, blocks, config.dense_below,
                                    builtin=frozenset(reverted + [name]),
-                                   int8_probes=probes if config.dtype == "int8" else None)
+                                   int8_probes=_calibration(config, probes))
         trial = _measure(original, tflite, probes, threads, kernel)
         trial_worst = min(r["speedup"] for r in trial["by_threads"])
         logging.info("measured fallback: %s on the builtin kernel: worst ratio %.3f -> %.3f",
@@ -309,7 +314,7 @@ def _measured_fallback(original: bytes, outcome: dict, probes: np.ndarray, refer
         # some thread count: none of our layers stays (what is left is the original's speed).
         tflite, records = _to_ours(model, layers, thresholds, blocks, config.dense_below,
                                    builtin=frozenset(ours),
-                                   int8_probes=probes if config.dtype == "int8" else None)
+                                   int8_probes=_calibration(config, probes))
         latency = _measure(original, tflite, probes, threads, kernel)
         logging.info("measured fallback: still slower (worst ratio %.3f): every layer back on "
                      "the builtin kernel", worst)
@@ -351,7 +356,7 @@ def _unprune(outcome: dict, names: list[str], probes: np.ndarray, reference: lis
     blocks = {w.name: w.block_size for w in outcome["weights"]}
     tflite, records = _to_ours(model, layers, thresholds, blocks, config.dense_below,
                                builtin=frozenset(names),
-                               int8_probes=probes if config.dtype == "int8" else None)
+                               int8_probes=_calibration(config, probes))
     fid = fidelity.compare(reference, runtime.predict_all(
         tflite, probes, config.num_threads, batch_size=statistics.predict_batch(model)))
     if config.guard.miss(reference, fid) is not None:
@@ -434,7 +439,7 @@ def _finish(prepared: dict, probes: np.ndarray, reference: list, config: PruneCo
                                                 config.max_kl))
 
     reconverter = []  # made at the first check: a search that checks nothing converts nothing
-    int8_probes = probes if config.dtype == "int8" else None
+    int8_probes = _calibration(config, probes)
 
     def evaluate(thresholds_by_layer):
         # The search changes weights only: its float checks patch one conversion (the written
