@@ -14,7 +14,8 @@ import numpy as np
 from absl import logging
 
 from hybrid_pruning import (budget, convert, fidelity, graph, op_format, probes as probes_lib,
-                            runtime, statistics, targets, tflite_rewrite)
+                            report as report_lib, runtime, statistics, targets,
+                            tflite_rewrite)
 from hybrid_pruning.io import UserError
 from hybrid_pruning.techniques import (activation_pruning, channel_merging, constant_channels,
                                        weight_pruning)
@@ -194,7 +195,8 @@ def compress_targets(model, config: PruneConfig) -> dict[str, PruneResult]:
                     logging.info("%s: budget scale %g misses the fidelity guard: %s",
                                  names[i], scale, miss)
                 if miss is None or scale == scales[-1]:
-                    report = _report(config, outcome, before, macs_before, skipped, dense_size)
+                    report = report_lib.build(config, outcome, before, macs_before, skipped,
+                                              dense_size)
                     kept = _copy(work) if several else work
                     final[i] = (outcome, report, scale, miss, kept)
                     pending.remove(i)
@@ -373,15 +375,6 @@ def _unprune(outcome: dict, names: list[str], probes: np.ndarray, reference: lis
     return True
 
 
-def _predicted(search: dict | None) -> dict:
-    """Predicted conv seconds on the target, before and after (latency objective only)."""
-    seconds = (search or {}).get("predicted_seconds")
-    if not seconds:
-        return {}
-    return {"predicted_conv_seconds_before": sum(v["builtin"] for v in seconds.values()),
-            "predicted_conv_seconds_after": sum(v["chosen"] for v in seconds.values())}
-
-
 def _scaled(config: PruneConfig, scale: float) -> PruneConfig:
     return dataclasses.replace(
         config, weight_error_budget=config.weight_error_budget * scale,
@@ -488,81 +481,3 @@ def _finish(prepared: dict, probes: np.ndarray, reference: list, config: PruneCo
             "removed": prepared["removed"], "refused": prepared["refused"], "search": search,
             "tflite": tflite, "records": records, "fidelity": fid,
             "unpruned": (prepared["tables"], snapshot, prepared["refit"])}
-
-
-def _report(config: PruneConfig, outcome: dict, before: dict, macs_before: dict,
-            skipped: dict, dense_size: int) -> dict:
-    layers, tflite, model = outcome["layers"], outcome["tflite"], outcome["model"]
-    runs_as = {r.layer: r.runs_as for r in outcome["records"] if r.layer}
-    rows = []
-    for pl, w, a in zip(layers, outcome["weights"], outcome["activations"]):
-        ch_before, params_before, pl_macs_before = before[pl.name]
-        ours = runs_as.get(pl.name) == op_format.OP_NAME
-        act_sparsity = a.activation_sparsity if ours else 0.0
-        # A conv left to the builtin kernel computes its zeros too (Dense keeps the budget's
-        # convention: its zeros count as removed).
-        weight_sparsity = w.sparsity if ours or pl.kind == "dense" else 0.0
-        macs_after = pl.macs
-        rows.append({
-            "layer": pl.name, "kind": "separable" if pl.separable else pl.kind,
-            "batch_norm_folded": pl.batch_norm is not None,
-            "channels_before": int(ch_before), "channels_after": int(pl.kernel.shape[-1]),
-            "channels_removed": outcome["removed"].get(pl.name, {}),
-            "parameters_before": params_before,
-            "nonzero_parameters": int(np.count_nonzero(pl.kernel)),
-            "weight_sparsity": w.sparsity, "weight_error": w.relative_error,
-            "block_size": w.block_size,
-            "activation_sparsity": act_sparsity,
-            "natural_activation_sparsity": a.natural_sparsity,
-            "activation_thresholds": a.thresholds is not None and ours,
-            "activation_error": a.relative_error if ours else 0.0,
-            "macs_before": pl_macs_before, "macs_after_dense": macs_after,
-            "effective_macs": int(round(macs_after * (1 - weight_sparsity) * (1 - act_sparsity))),
-            # What the vector kernels compute: they skip zero weights, not zero activations.
-            "vector_kernel_macs": int(round(macs_after * (1 - weight_sparsity))),
-            "runs_as": runs_as.get(pl.name, "FULLY_CONNECTED" if pl.kind == "dense"
-                                   else "CONV_2D (not matched)"),
-        })
-    # Every other layer with multiply-adds (depthwise convs, the depthwise half of separable
-    # convs, grouped and transposed convs, ...) runs as a builtin op; its MACs count too.
-    pruned_macs = {pl.name: before[pl.name][2] for pl in layers}
-    builtin = []
-    for name, m in macs_before.items():
-        rest = m - pruned_macs.get(name, 0)
-        if rest <= 0:
-            continue
-        layer = model.get_layer(name)
-        after = graph.layer_macs(layer) - (next(pl.macs for pl in layers if pl.name == name)
-                                           if name in pruned_macs else 0)
-        builtin.append({"layer": name + ("/depthwise" if name in pruned_macs else ""),
-                        "kind": graph.class_name(layer) + (" (depthwise half)"
-                                                           if name in pruned_macs else ""),
-                        "macs_before": rest,
-                        "macs_after": int(after),
-                        "runs_as": "builtin (" + skipped.get(name, "depthwise half") + ")"})
-    params_before = sum(r["parameters_before"] for r in rows)
-    nonzero = sum(r["nonzero_parameters"] for r in rows)
-    other_before = sum(b["macs_before"] for b in builtin)
-    other_after = sum(b["macs_after"] for b in builtin)
-    return {
-        "config": {k: (list(v) if isinstance(v, tuple) else v)
-                   for k, v in dataclasses.asdict(config).items() if k != "profile"},
-        "layers": rows,
-        "builtin_layers": builtin,
-        "skipped_layers": skipped,
-        "channel_removal_refused": outcome["refused"],
-        "totals": {
-            "parameters_before": params_before,
-            "nonzero_parameters": nonzero,
-            "parameter_reduction": 1 - nonzero / params_before,
-            "macs_before": sum(r["macs_before"] for r in rows) + other_before,
-            "effective_macs": sum(r["effective_macs"] for r in rows) + other_after,
-            "vector_kernel_macs": sum(r["vector_kernel_macs"] for r in rows) + other_after,
-            "builtin_macs_before": other_before,
-            "tflite_bytes_dense": dense_size,
-            **_predicted(outcome["search"]),
-            "tflite_bytes": len(tflite),
-        },
-        "fidelity_on_probes": outcome["fidelity"],
-        "global_budget_search": outcome["search"],
-    }

@@ -1,8 +1,13 @@
-"""The human-readable summary and the plot of a pruning report."""
+"""A pruning report: built from the pipeline's outcome (JSON), and shown as the console
+summary and the plot."""
 
 from __future__ import annotations
 
-from hybrid_pruning import op_format
+import dataclasses
+
+import numpy as np
+
+from hybrid_pruning import graph, op_format
 
 
 def _predicted(report: dict) -> dict:
@@ -154,3 +159,92 @@ def plot(report: dict, path: str) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def _predicted_totals(search: dict | None) -> dict:
+    """Predicted conv seconds on the target, before and after (latency objective only)."""
+    seconds = (search or {}).get("predicted_seconds")
+    if not seconds:
+        return {}
+    return {"predicted_conv_seconds_before": sum(v["builtin"] for v in seconds.values()),
+            "predicted_conv_seconds_after": sum(v["chosen"] for v in seconds.values())}
+
+
+def build(config, outcome: dict, before: dict, macs_before: dict, skipped: dict,
+          dense_size: int) -> dict:
+    """The JSON report of one target's outcome (pipeline._finish): per layer what was removed
+    and where it runs, the layers left to builtin ops, totals, fidelity and the search."""
+    layers, tflite, model = outcome["layers"], outcome["tflite"], outcome["model"]
+    runs_as = {r.layer: r.runs_as for r in outcome["records"] if r.layer}
+    rows = []
+    for pl, w, a in zip(layers, outcome["weights"], outcome["activations"]):
+        ch_before, params_before, pl_macs_before = before[pl.name]
+        ours = runs_as.get(pl.name) == op_format.OP_NAME
+        act_sparsity = a.activation_sparsity if ours else 0.0
+        # A conv left to the builtin kernel computes its zeros too (Dense keeps the budget's
+        # convention: its zeros count as removed).
+        weight_sparsity = w.sparsity if ours or pl.kind == "dense" else 0.0
+        macs_after = pl.macs
+        rows.append({
+            "layer": pl.name, "kind": "separable" if pl.separable else pl.kind,
+            "batch_norm_folded": pl.batch_norm is not None,
+            "channels_before": int(ch_before), "channels_after": int(pl.kernel.shape[-1]),
+            "channels_removed": outcome["removed"].get(pl.name, {}),
+            "parameters_before": params_before,
+            "nonzero_parameters": int(np.count_nonzero(pl.kernel)),
+            "weight_sparsity": w.sparsity, "weight_error": w.relative_error,
+            "block_size": w.block_size,
+            "activation_sparsity": act_sparsity,
+            "natural_activation_sparsity": a.natural_sparsity,
+            "activation_thresholds": a.thresholds is not None and ours,
+            "activation_error": a.relative_error if ours else 0.0,
+            "macs_before": pl_macs_before, "macs_after_dense": macs_after,
+            "effective_macs": int(round(macs_after * (1 - weight_sparsity) * (1 - act_sparsity))),
+            # What the vector kernels compute: they skip zero weights, not zero activations.
+            "vector_kernel_macs": int(round(macs_after * (1 - weight_sparsity))),
+            "runs_as": runs_as.get(pl.name, "FULLY_CONNECTED" if pl.kind == "dense"
+                                   else "CONV_2D (not matched)"),
+        })
+    # Every other layer with multiply-adds (depthwise convs, the depthwise half of separable
+    # convs, grouped and transposed convs, ...) runs as a builtin op; its MACs count too.
+    pruned_macs = {pl.name: before[pl.name][2] for pl in layers}
+    builtin = []
+    for name, m in macs_before.items():
+        rest = m - pruned_macs.get(name, 0)
+        if rest <= 0:
+            continue
+        layer = model.get_layer(name)
+        after = graph.layer_macs(layer) - (next(pl.macs for pl in layers if pl.name == name)
+                                           if name in pruned_macs else 0)
+        builtin.append({"layer": name + ("/depthwise" if name in pruned_macs else ""),
+                        "kind": graph.class_name(layer) + (" (depthwise half)"
+                                                           if name in pruned_macs else ""),
+                        "macs_before": rest,
+                        "macs_after": int(after),
+                        "runs_as": "builtin (" + skipped.get(name, "depthwise half") + ")"})
+    params_before = sum(r["parameters_before"] for r in rows)
+    nonzero = sum(r["nonzero_parameters"] for r in rows)
+    other_before = sum(b["macs_before"] for b in builtin)
+    other_after = sum(b["macs_after"] for b in builtin)
+    return {
+        "config": {k: (list(v) if isinstance(v, tuple) else v)
+                   for k, v in dataclasses.asdict(config).items() if k != "profile"},
+        "layers": rows,
+        "builtin_layers": builtin,
+        "skipped_layers": skipped,
+        "channel_removal_refused": outcome["refused"],
+        "totals": {
+            "parameters_before": params_before,
+            "nonzero_parameters": nonzero,
+            "parameter_reduction": 1 - nonzero / params_before,
+            "macs_before": sum(r["macs_before"] for r in rows) + other_before,
+            "effective_macs": sum(r["effective_macs"] for r in rows) + other_after,
+            "vector_kernel_macs": sum(r["vector_kernel_macs"] for r in rows) + other_after,
+            "builtin_macs_before": other_before,
+            "tflite_bytes_dense": dense_size,
+            **_predicted_totals(outcome["search"]),
+            "tflite_bytes": len(tflite),
+        },
+        "fidelity_on_probes": outcome["fidelity"],
+        "global_budget_search": outcome["search"],
+    }
