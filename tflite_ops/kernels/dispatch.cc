@@ -2,6 +2,13 @@
 // this CPU supports) selection of the kernel variant.
 #include <cstring>
 
+#if defined(HYBRID_SPARSE_HAVE_QS8_NEONDOT)
+#include <sys/auxv.h>
+#ifndef HWCAP_ASIMDDP
+#define HWCAP_ASIMDDP (1 << 20)  // Linux's arm64 hwcap bit (older libc headers lack the name)
+#endif
+#endif
+
 #include "tflite_ops/kernels/sparse_conv.h"
 
 namespace hybrid_sparse {
@@ -10,6 +17,8 @@ namespace {
 struct Table {
   KernelVariant variants[4];
   int count = 0;
+  const Qs8Kernels* qs8[6];
+  int qs8_count = 0;
   Table() {
     variants[count++] = {"reference", TransposeReference};
 #if defined(HYBRID_SPARSE_HAVE_AVX2)
@@ -37,21 +46,39 @@ struct Table {
                             {32, SpmmAvx512Narrow, 1.125f, 1.0f, true, 8}},
                            0.834f};
 #endif
+    // int8: each variant gets its ISA's best qs8 family this CPU runs.
+    const Qs8Kernels* best_qs8 = nullptr;
+#if defined(HYBRID_SPARSE_HAVE_QS8_AVX2)
+    if (__builtin_cpu_supports("avx2")) qs8[qs8_count++] = best_qs8 = &kQs8Avx2;
+#endif
 #if defined(HYBRID_SPARSE_HAVE_QS8_AVX512VNNI)
-    if (count > 0 && std::strcmp(variants[count - 1].name, "avx512") == 0 &&
-        __builtin_cpu_supports("avx512vnni") && __builtin_cpu_supports("avx512bw") &&
-        __builtin_cpu_supports("avx512vl")) {
-      variants[count - 1].qs8 = kQs8Avx512VnniTilings;
-      variants[count - 1].qs8_transpose = Qs8TransposeAvx512;
-    }
+    if (__builtin_cpu_supports("avx512vnni") && __builtin_cpu_supports("avx512bw") &&
+        __builtin_cpu_supports("avx512vl"))
+      qs8[qs8_count++] = best_qs8 = &kQs8Avx512Vnni;
+#endif
+#if defined(HYBRID_SPARSE_HAVE_QS8_AVX2)
+    for (int i = 1; i < count; ++i)  // avx2 runs AVX2's family, avx512 the best
+      variants[i].qs8 = std::strcmp(variants[i].name, "avx2") == 0 ? &kQs8Avx2 : best_qs8;
 #endif
 #if defined(HYBRID_SPARSE_HAVE_NEON)
     variants[count++] = {"neon", TransposeNeon, {{16, SpmmNeon}}};  // mandatory on AArch64
+    qs8[qs8_count++] = best_qs8 = &kQs8Neon;
+#if defined(HYBRID_SPARSE_HAVE_QS8_NEONDOT)
+    if (getauxval(AT_HWCAP) & HWCAP_ASIMDDP) qs8[qs8_count++] = best_qs8 = &kQs8NeonDot;
+#endif
+    variants[count - 1].qs8 = best_qs8;
 #endif
 #if defined(HYBRID_SPARSE_HAVE_RVV)
     // Built only for rv64gcv targets.
     variants[count++] = {"rvv", TransposeRvv, {{RvvTile(), SpmmRvv}}};
+    qs8[qs8_count++] = best_qs8 = &Qs8RvvKernels();
+#if defined(HYBRID_SPARSE_RISCV_P)
+    // A build for P hardware (there is no hwcap bit for P yet): its int8 layers run P.
+    qs8[qs8_count++] = best_qs8 = &kQs8RiscvP;
 #endif
+    variants[count - 1].qs8 = best_qs8;
+#endif
+    qs8[qs8_count++] = &kQs8PackedTwin;  // portable: tests run it everywhere
   }
 };
 
@@ -65,6 +92,11 @@ const Table& GetTable() {
 const KernelVariant* AvailableKernels(int* count) {
   *count = GetTable().count;
   return GetTable().variants;
+}
+
+const Qs8Kernels* const* AvailableQs8Kernels(int* count) {
+  *count = GetTable().qs8_count;
+  return GetTable().qs8;
 }
 
 const KernelVariant* SelectKernel(const char* name) {

@@ -37,6 +37,7 @@ std::string Qs8ConvPlan::Build(const ConvShape& shape, const Qs8SparseFilter& fi
   microkernel_ = nullptr;
   tile_ = 0;
   if (filter.block_size != 1 || variant.qs8 == nullptr) return "";
+  const Qs8Kernels& family = *variant.qs8;
 
   const ConvShape& s = shape;
   groups_ = (s.in_c + 3) / 4;
@@ -45,14 +46,14 @@ std::string Qs8ConvPlan::Build(const ConvShape& shape, const Qs8SparseFilter& fi
   hq_ = (padded_h + s.stride_h - 1) / s.stride_h;
   wq_ = (padded_w + s.stride_w - 1) / s.stride_w;
   // The tiling with the least work per nonzero: a call broadcasts the weight once and loads
-  // and multiplies one vector of 16 positions per 16 of its tile.
+  // and multiplies one vector per `lanes` positions of its tile.
   const int64_t positions = static_cast<int64_t>(s.out_h) * wq_;
   double best = 0.0;
   for (int t = 0; t < kMaxQs8Tilings; ++t) {
-    const Qs8Tiling& tiling = variant.qs8[t];
+    const Qs8Tiling& tiling = family.tilings[t];
     if (tiling.tile == 0) continue;
     const double cost = static_cast<double>((positions + tiling.tile - 1) / tiling.tile) *
-                        (1.0 + 2.0 * tiling.tile / 16);
+                        (1.0 + 2.0 * tiling.tile / family.lanes);
     if (microkernel_ == nullptr || cost <= best) {
       best = cost;
       microkernel_ = tiling.microkernel;
@@ -65,8 +66,8 @@ std::string Qs8ConvPlan::Build(const ConvShape& shape, const Qs8SparseFilter& fi
   num_tiles_ = static_cast<int>((static_cast<int64_t>(s.out_h) * wq_ + tile_ - 1) / tile_);
   x_.assign(words + tile_, 0);
   transpose_ = variant.transpose;
-  transpose_bytes_ = variant.qs8_transpose != nullptr ? variant.qs8_transpose
-                                                      : TransposeBytesPortable;
+  transpose_bytes_ = family.transpose != nullptr ? family.transpose : TransposeBytesPortable;
+  input_offset_ = family.unsigned_input ? 128 : 0;
   row_buffer_.assign(static_cast<size_t>(max_workers_) * s.in_w * groups_, 0);
   tile_out_.assign(static_cast<size_t>(max_workers_) * s.out_c * tile_, 0);
 
@@ -101,7 +102,8 @@ std::string Qs8ConvPlan::Build(const ConvShape& shape, const Qs8SparseFilter& fi
   }
   for (int c = 0; c < s.out_c; ++c)
     bias_corrected_[c] = static_cast<int32_t>((bias != nullptr ? bias[c] : 0) -
-                                              (128 + int64_t{input_zero_point}) * weight_sum[c]);
+                                              (input_offset_ + int64_t{input_zero_point}) *
+                                                  weight_sum[c]);
   spmm_.num_channels = s.out_c;
   spmm_.row_begin = row_begin_.data();
   spmm_.row_end = row_end_.data();
@@ -114,7 +116,8 @@ std::string Qs8ConvPlan::Build(const ConvShape& shape, const Qs8SparseFilter& fi
 
 void Qs8ConvPlan::Pack(const int8_t* image, int row_begin, int row_end, int worker) {
   const ConvShape& s = shape_;
-  const uint32_t pad_word = static_cast<uint8_t>(input_zero_point_ + 128) * 0x01010101u;
+  const uint32_t pad_word = static_cast<uint8_t>(input_zero_point_ + input_offset_) * 0x01010101u;
+  const uint32_t flip = input_offset_ != 0 ? 0x80808080u : 0u;  // int8 -> uint8 (x + 128)
   const int64_t group_stride = plane_ * s.stride_h * s.stride_w;
   // Whole words of 4 channels per pixel: the variant's 32-bit transpose moves them (it moves
   // bits only; the words are no floats). Otherwise, word by word.
@@ -131,7 +134,7 @@ void Qs8ConvPlan::Pack(const int8_t* image, int row_begin, int row_end, int work
       for (int64_t i = 0; i < n; ++i) {
         uint32_t word;
         std::memcpy(&word, from + 4 * i, 4);
-        row_buffer[i] = word ^ 0x80808080u;
+        row_buffer[i] = word ^ flip;
       }
     }
     for (int px = 0; px < s.stride_w; ++px) {
@@ -159,13 +162,13 @@ void Qs8ConvPlan::Pack(const int8_t* image, int row_begin, int row_end, int work
       }
       for (int g = 0; g < groups_; ++g) {
         const int channels = std::min(4, s.in_c - 4 * g);
-        const uint32_t flip = 0x80808080u & (0xffffffffu >> (8 * (4 - channels)));
+        const uint32_t partial_flip = flip & (0xffffffffu >> (8 * (4 - channels)));
         uint32_t* row = dst + g * group_stride;
         for (int xq = lo; xq < hi; ++xq) {
           const int ix = xq * s.stride_w + px - s.pad_left;
           uint32_t word = pad_word;  // channels past in_c meet zero weights
           std::memcpy(&word, in_row + static_cast<int64_t>(ix) * s.in_c + 4 * g, channels);
-          row[xq] = word ^ flip;
+          row[xq] = word ^ partial_flip;
         }
       }
     }

@@ -2,7 +2,8 @@
 // for float32. Plain C++, no TFLite types.
 //
 // Fast path (a variant with a qs8 microkernel, filters of block_size 1): each image is packed
-// into words of 4 input channels as uint8 (int8 + 128; padding is the input zero point),
+// into words of 4 input channels (int8, or uint8 = int8 + 128 for a family that multiplies
+// unsigned inputs; padding is the input zero point),
 // channel-group-major and split into stride phases like ConvPlan's X: word
 // X[g][py][px][yq][xq] holds padded position (yq * stride_h + py, xq * stride_w + px) of
 // channels 4g..4g+3. Output position q = oy * wq + ox (ox >= out_w: wasted lanes, never
@@ -59,7 +60,8 @@ class Qs8ConvPlan {
   std::vector<int8_t> tile_out_;  // per worker: [out_c][tile]
   TransposeFn transpose_ = nullptr;  // the variant's 32-bit transpose: moves words into X
   Qs8TransposeFn transpose_bytes_ = nullptr;  // results [channel][position] into NHWC
-  std::vector<uint32_t> row_buffer_;  // per worker: one input row as uint8 (int8 + 128)
+  std::vector<uint32_t> row_buffer_;  // per worker: one input row as packed words
+  int32_t input_offset_ = 0;          // 128 where the words hold x + 128
 };
 
 }  // namespace hybrid_sparse

@@ -110,7 +110,8 @@ void Qs8SparseConvRowsReference(const Qs8ConvArgs& a, int row_begin, int row_end
   }
 }
 
-void Qs8SpmmReference(const Qs8SpmmFilter& f, const uint32_t* x, int8_t* y, int tile) {
+void Qs8SpmmReference(const Qs8SpmmFilter& f, const uint32_t* x, int8_t* y, int tile,
+                      bool unsigned_input) {
   for (int c = 0; c < f.num_channels; ++c) {
     for (int i = 0; i < tile; ++i) {
       int32_t acc = f.bias[c];
@@ -118,7 +119,8 @@ void Qs8SpmmReference(const Qs8SpmmFilter& f, const uint32_t* x, int8_t* y, int 
         const uint32_t in = x[f.offset[j] + i];
         const uint32_t w = static_cast<uint32_t>(f.values[j]);
         for (int t = 0; t < 4; ++t)
-          acc += static_cast<int32_t>((in >> (8 * t)) & 0xff) *
+          acc += (unsigned_input ? static_cast<int32_t>((in >> (8 * t)) & 0xff)
+                                 : static_cast<int8_t>((in >> (8 * t)) & 0xff)) *
                  static_cast<int8_t>((w >> (8 * t)) & 0xff);
       }
       y[c * tile + i] = Requantize(acc, c, *f.requantization);

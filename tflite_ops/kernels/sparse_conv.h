@@ -196,8 +196,9 @@ void Qs8SparseConvRowsReference(const Qs8ConvArgs& args, int row_begin, int row_
 
 // The qs8 microkernel: like SpmmMicrokernelFn, output positions in vector lanes, but each
 // nonzero is a word of 4 int8 weights (one group of input channels) against words of 4 input
-// channels stored as uint8 (int8 + 128). The correction for that +128 (and for the input zero
-// point) is in `bias`: bias[c] - (128 + input_zero_point) * (sum of channel c's weights).
+// channels, stored as int8 or, for a family with unsigned_input, as uint8 (int8 + 128). The
+// correction for that offset o (0 or 128) and for the input zero point is in `bias`:
+// bias[c] - (o + input_zero_point) * (sum of channel c's weights).
 struct Qs8SpmmFilter {
   int num_channels = 0;                  // block_size 1: one row per output channel
   const int32_t* row_begin = nullptr;    // [num_channels]
@@ -213,22 +214,53 @@ struct Qs8SpmmFilter {
 // Reads x only at offsets + [0, tile).
 using Qs8SpmmMicrokernelFn = void (*)(const Qs8SpmmFilter& filter, const uint32_t* x, int8_t* y);
 
-// AVX-512 VNNI, one per tile of 16 to 128 positions (1 to 8 zmm accumulators):
-// kQs8Avx512VnniTilings.
 struct Qs8Tiling {
   int tile = 0;  // output positions per call; 0: an unused entry
   Qs8SpmmMicrokernelFn microkernel = nullptr;
 };
 constexpr int kMaxQs8Tilings = 8;
-extern const Qs8Tiling kQs8Avx512VnniTilings[kMaxQs8Tilings];
 
 // The qs8 results' layout change, [channel][position] -> NHWC:
 //   dst[p * dst_stride + c] = src[c * src_stride + p]   for c < rows, p < cols.
 using Qs8TransposeFn = void (*)(const int8_t* src, int src_stride, int rows, int cols,
                                 int8_t* dst, int64_t dst_stride);
+
+// One ISA's qs8 family: its microkernels by tile (Qs8ConvPlan picks one per layer), and what
+// the driver must know of them.
+struct Qs8Kernels {
+  const char* name = nullptr;
+  Qs8Tiling tilings[kMaxQs8Tilings];
+  // Output positions per vector register: a call costs a weight broadcast per nonzero plus a
+  // load and a dot product per vector.
+  int lanes = 1;
+  // Whether the packed input words hold x + 128 (uint8: vpdpbusd's unsigned x signed) or x
+  // itself (int8: sdot, smlal, RVV, P). The plan folds the offset into the bias.
+  bool unsigned_input = false;
+  Qs8TransposeFn transpose = nullptr;  // nullptr: a portable loop
+};
+
+// Families by ISA (each built only for its architecture; see dispatch.cc for which a CPU gets).
+extern const Qs8Kernels kQs8Avx512Vnni;  // vpdpbusd, 16-128 positions
+extern const Qs8Kernels kQs8Avx2;        // vpmaddwd on bytes widened in place, 8-64 positions
+extern const Qs8Kernels kQs8Neon;        // smull + sadalp (ARMv8.0), 16 and 32 positions
+extern const Qs8Kernels kQs8NeonDot;     // sdot (ARMv8.2 dotprod), 16-64 positions
+const Qs8Kernels& Qs8RvvKernels();       // vmacc on sign-extended bytes; tiles follow VLEN
+extern const Qs8Kernels kQs8RiscvP;      // RISC-V P draft 0.21 pm4adda.b (.insn), 8 and 16
+// The P kernel's twin: the same code with pm4adda.b emulated in portable C, so that the
+// driver around the P kernel runs (and is tested) on any CPU, qemu included.
+extern const Qs8Kernels kQs8PackedTwin;
+
 void Qs8TransposeAvx512(const int8_t* src, int src_stride, int rows, int cols, int8_t* dst,
                         int64_t dst_stride);  // 16x16 blocks in 32 xmm registers
-void Qs8SpmmReference(const Qs8SpmmFilter& filter, const uint32_t* x, int8_t* y, int tile);
+void Qs8TransposeSse2(const int8_t* src, int src_stride, int rows, int cols, int8_t* dst,
+                      int64_t dst_stride);  // the same blocks in 16 (AVX2 builds)
+// The microkernel's definition, words of int8 or (unsigned_input) uint8 inputs.
+void Qs8SpmmReference(const Qs8SpmmFilter& filter, const uint32_t* x, int8_t* y, int tile,
+                      bool unsigned_input);
+
+// Every qs8 family this build has and this CPU runs (the P kernel only where built for P
+// hardware), for tests and benchmarks.
+const Qs8Kernels* const* AvailableQs8Kernels(int* count);
 
 // One microkernel of a variant, with its tile and the filters and convolutions it takes.
 // ConvPlan::Build picks, per layer, the tiling and tap layout with the least estimated work.
@@ -256,10 +288,8 @@ struct KernelVariant {
   // Work of an output position of an unstructured filter when every tap's input load is
   // aligned (conv_plan.h), relative to taps at any float offset; 0: never aligned.
   float aligned_tap_cost = 0.0f;
-  // The qs8 family's microkernels (Qs8ConvPlan picks the tile per layer), where the variant
-  // has them for this CPU; nullptr: int8 layers run the reference.
-  const Qs8Tiling* qs8 = nullptr;
-  Qs8TransposeFn qs8_transpose = nullptr;
+  // Its qs8 family for this CPU; nullptr: int8 layers run the reference.
+  const Qs8Kernels* qs8 = nullptr;
 };
 
 // Every variant this build has and this CPU can run, reference first, fastest last.

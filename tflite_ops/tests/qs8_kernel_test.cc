@@ -4,7 +4,9 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <random>
 #include <string>
 #include <vector>
@@ -158,8 +160,9 @@ std::vector<int8_t> RunPlan(const Layer& l, const KernelVariant& variant, int* t
 
 // The portable microkernel (Qs8SpmmReference) at a 64-position tile, so that the driver's
 // packing, offsets and layout changes run on every CPU.
+template <bool kUnsigned>
 void PortableQs8(const Qs8SpmmFilter& f, const uint32_t* x, int8_t* y) {
-  Qs8SpmmReference(f, x, y, 64);
+  Qs8SpmmReference(f, x, y, 64, kUnsigned);
 }
 
 TEST(Qs8Reference, MatchesTheDenseDefinition) {
@@ -178,44 +181,56 @@ TEST(Qs8Reference, MatchesTheDenseDefinition) {
 }
 
 TEST(Qs8Driver, PackedPathWithThePortableMicrokernelIsBitExact) {
-  static const Qs8Tiling kPortable[kMaxQs8Tilings] = {{64, PortableQs8}};
-  KernelVariant portable{"portable-qs8", TransposeReference};
-  portable.qs8 = kPortable;
-  std::mt19937 rng(20);
-  for (int i = 0; i < NumCases(); ++i) {
-    const Layer l = RandomLayer(&rng);
-    int tile = 0;
-    const std::vector<int8_t> got = RunPlan(l, portable, &tile);
-    ASSERT_EQ(tile, 64);
-    ASSERT_EQ(got, DenseConv(l)) << l.Describe();
+  // Both packings: the words as int8 and as uint8 (x + 128, the bias corrected for it).
+  for (const bool unsigned_input : {false, true}) {
+    Qs8Kernels portable;
+    portable.name = "portable";
+    portable.tilings[0] = {64, unsigned_input ? PortableQs8<true> : PortableQs8<false>};
+    portable.lanes = 16;
+    portable.unsigned_input = unsigned_input;
+    KernelVariant variant{"portable-qs8", TransposeReference};
+    variant.qs8 = &portable;
+    std::mt19937 rng(20);
+    for (int i = 0; i < NumCases(); ++i) {
+      const Layer l = RandomLayer(&rng);
+      int tile = 0;
+      const std::vector<int8_t> got = RunPlan(l, variant, &tile);
+      ASSERT_EQ(tile, 64);
+      ASSERT_EQ(got, DenseConv(l)) << "unsigned " << unsigned_input << ": " << l.Describe();
+    }
   }
 }
 
 #ifndef QS8_DRIVER_ONLY
-// Every tiling alone (the plan's choice would leave some unreached by small random layers).
-TEST(Qs8Variants, EveryTilingIsBitExact) {
+// Every family this CPU runs (not only each variant's best: the ARMv8.0 kernel under a qemu
+// with dotprod, the P kernel's portable twin), every tiling alone (the plan's choice would
+// leave some unreached by small random layers), then with the plan choosing.
+TEST(Qs8Families, EveryTilingOfEveryFamilyIsBitExact) {
   int count = 0;
-  const KernelVariant* all = AvailableKernels(&count);
+  const Qs8Kernels* const* all = AvailableQs8Kernels(&count);
+  ASSERT_GT(count, 0);
   for (int k = 0; k < count; ++k) {
-    if (all[k].qs8 == nullptr) continue;
+    const Qs8Kernels& family = *all[k];
+    std::printf("qs8 family %s\n", family.name);
     for (int t = 0; t < kMaxQs8Tilings; ++t) {
-      if (all[k].qs8[t].tile == 0) continue;
-      KernelVariant only = all[k];
-      Qs8Tiling one[kMaxQs8Tilings] = {all[k].qs8[t]};
-      only.qs8 = one;
+      if (family.tilings[t].tile == 0) continue;
+      Qs8Kernels one = family;
+      for (int u = 0; u < kMaxQs8Tilings; ++u) one.tilings[u] = u == 0 ? family.tilings[t] : Qs8Tiling{};
+      KernelVariant variant{family.name, TransposeReference};
+      variant.qs8 = &one;
       std::mt19937 rng(22 + t);
       for (int i = 0; i < NumCases() / 4; ++i) {
         const Layer l = RandomLayer(&rng);
         int tile = 0;
-        const std::vector<int8_t> got = RunPlan(l, only, &tile);
-        ASSERT_EQ(tile, all[k].qs8[t].tile);
-        ASSERT_EQ(got, DenseConv(l)) << all[k].name << " tile " << tile << ": " << l.Describe();
+        const std::vector<int8_t> got = RunPlan(l, variant, &tile);
+        ASSERT_EQ(tile, family.tilings[t].tile);
+        ASSERT_EQ(got, DenseConv(l)) << family.name << " tile " << tile << ": " << l.Describe();
       }
     }
   }
 }
 
-TEST(Qs8Variants, EveryInt8MicrokernelIsBitExact) {
+TEST(Qs8Variants, EveryVariantsInt8PathIsBitExact) {
   int count = 0;
   const KernelVariant* all = AvailableKernels(&count);
   int tested = 0;
@@ -228,10 +243,50 @@ TEST(Qs8Variants, EveryInt8MicrokernelIsBitExact) {
       int tile = 0;
       const std::vector<int8_t> got = RunPlan(l, all[k], &tile);
       ASSERT_GT(tile, 0);
-      ASSERT_EQ(got, DenseConv(l)) << all[k].name << " tile " << tile << ": " << l.Describe();
+      ASSERT_EQ(got, DenseConv(l)) << all[k].name << " (" << all[k].qs8->name << ") tile "
+                                   << tile << ": " << l.Describe();
     }
   }
   if (tested == 0) GTEST_SKIP() << "no variant with an int8 microkernel on this CPU";
+}
+
+#if defined(__riscv)
+// The P kernel cannot run here (no P in qemu); it is built and linked, and its machine code
+// holds pm4adda.b as the P draft encodes it (R-type, opcode 0x3b, funct3 5, funct7 0x46).
+TEST(Qs8RiscvP, KernelHoldsPm4AddaB) {
+  for (int t = 0; t < kMaxQs8Tilings; ++t) {
+    if (kQs8RiscvP.tilings[t].tile == 0) continue;
+    const auto* code = reinterpret_cast<const unsigned char*>(kQs8RiscvP.tilings[t].microkernel);
+    bool found = false;
+    for (int i = 0; i < 4096 && !found; i += 2) {  // compressed instructions: 2-byte steps
+      uint32_t word;
+      std::memcpy(&word, code + i, 4);
+      found = (word & 0xfe00707fu) == 0x8c00503bu;
+    }
+    EXPECT_TRUE(found) << "tile " << kQs8RiscvP.tilings[t].tile;
+  }
+}
+#endif
+
+// The families' byte transposes against the portable loop, on every block edge.
+TEST(Qs8Families, ByteTransposesMoveEveryByte) {
+  int count = 0;
+  const Qs8Kernels* const* all = AvailableQs8Kernels(&count);
+  std::mt19937 rng(23);
+  for (int k = 0; k < count; ++k) {
+    if (all[k]->transpose == nullptr) continue;
+    for (int rows : {1, 15, 16, 17, 40})
+      for (int cols : {1, 15, 16, 33, 64}) {
+        const int src_stride = cols + 3, dst_stride = rows + 5;
+        std::vector<int8_t> src(static_cast<size_t>(rows) * src_stride);
+        for (auto& v : src) v = static_cast<int8_t>(rng());
+        std::vector<int8_t> got(static_cast<size_t>(cols) * dst_stride, 7), want = got;
+        all[k]->transpose(src.data(), src_stride, rows, cols, got.data(), dst_stride);
+        for (int p = 0; p < cols; ++p)
+          for (int c = 0; c < rows; ++c) want[p * dst_stride + c] = src[c * src_stride + p];
+        ASSERT_EQ(got, want) << all[k]->name << " " << rows << "x" << cols;
+      }
+  }
 }
 #endif
 

@@ -1,0 +1,111 @@
+// qs8 microkernel for AVX2 CPUs without VNNI. vpmaddwd multiplies 16-bit pairs, so each word
+// of 4 uint8 inputs is split in place into its even and odd bytes (and, shift) and each weight
+// word into the sign-extended pairs (w0, w2) and (w1, w3): two vpmaddwd per 8 positions sum
+// the 4 products exactly (vpmaddubsw would saturate its 16-bit sums). Requantization is
+// TFLite's, with 64-bit products from vpmuldq; AVX2 has no 64-bit arithmetic shift, so the
+// single rounding's shift is made from the logical one.
+#include <immintrin.h>
+
+#include "tflite_ops/kernels/qs8_transpose_x86.h"
+#include "tflite_ops/kernels/sparse_conv.h"
+
+namespace hybrid_sparse {
+namespace {
+
+// (int64) a * m of the even (odd) 32-bit lanes, as four 64-bit lanes.
+inline void Products(__m256i a, __m256i m, __m256i* even, __m256i* odd) {
+  *even = _mm256_mul_epi32(a, m);
+  *odd = _mm256_mul_epi32(_mm256_srli_epi64(a, 32), m);
+}
+
+// The low 32 bits of the 64-bit lanes of even and odd, interleaved back into 8 lanes.
+inline __m256i Interleave(__m256i even, __m256i odd) {
+  return _mm256_blend_epi32(even, _mm256_slli_epi64(odd, 32), 0xAA);
+}
+
+inline __m256i ShiftRightArithmetic64(__m256i v, __m128i count) {
+  const __m256i sign = _mm256_cmpgt_epi64(_mm256_setzero_si256(), v);
+  return _mm256_xor_si256(_mm256_srl_epi64(_mm256_xor_si256(v, sign), count), sign);
+}
+
+// As qs8_avx512vnni.cc's (the same identities). The double rounding's high half only needs
+// bits 31-62 of p + 2^30, which the logical shift gives too.
+inline __m256i Requantize(__m256i acc, int32_t multiplier, int32_t shift, Rounding rounding) {
+  const __m256i m = _mm256_set1_epi64x(multiplier);
+  __m256i even, odd;
+  if (rounding == Rounding::kSingle) {
+    const int total = 31 - shift;
+    const __m256i round = _mm256_set1_epi64x(int64_t{1} << (total - 1));
+    const __m128i count = _mm_cvtsi32_si128(total);
+    Products(acc, m, &even, &odd);
+    return Interleave(ShiftRightArithmetic64(_mm256_add_epi64(even, round), count),
+                      ShiftRightArithmetic64(_mm256_add_epi64(odd, round), count));
+  }
+  if (shift > 0) acc = _mm256_sll_epi32(acc, _mm_cvtsi32_si128(shift));
+  Products(acc, m, &even, &odd);
+  const __m256i half = _mm256_set1_epi64x(int64_t{1} << 30);
+  const __m256i high = Interleave(_mm256_srli_epi64(_mm256_add_epi64(even, half), 31),
+                                  _mm256_srli_epi64(_mm256_add_epi64(odd, half), 31));
+  const int right = shift > 0 ? 0 : -shift;
+  if (right == 0) return high;
+  const __m256i rounded = _mm256_add_epi32(
+      _mm256_add_epi32(high, _mm256_set1_epi32(1 << (right - 1))), _mm256_srai_epi32(high, 31));
+  return _mm256_sra_epi32(rounded, _mm_cvtsi32_si128(right));
+}
+
+// kVectors ymm accumulators: a tile of 8 * kVectors positions.
+template <int kVectors>
+void Qs8SpmmAvx2(const Qs8SpmmFilter& f, const uint32_t* x, int8_t* y) {
+  constexpr int kTile = 8 * kVectors;
+  const Qs8Requantization& q = *f.requantization;
+  const __m256i even_bytes = _mm256_set1_epi32(0x00FF00FF);
+  const __m256i zero_point = _mm256_set1_epi32(q.output_zero_point);
+  const __m256i lo = _mm256_set1_epi32(q.min), hi = _mm256_set1_epi32(q.max);
+  for (int c = 0; c < f.num_channels; ++c) {
+    __m256i acc[kVectors];
+#pragma GCC unroll 8
+    for (int v = 0; v < kVectors; ++v) acc[v] = _mm256_set1_epi32(f.bias[c]);
+    for (int32_t j = f.row_begin[c]; j < f.row_end[c]; ++j) {
+      const __m256i w = _mm256_set1_epi32(f.values[j]);
+      const __m256i w02 = _mm256_srai_epi16(_mm256_slli_epi16(w, 8), 8);
+      const __m256i w13 = _mm256_srai_epi16(w, 8);
+      const uint32_t* p = x + f.offset[j];
+#pragma GCC unroll 8
+      for (int v = 0; v < kVectors; ++v) {
+        const __m256i in = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + 8 * v));
+        acc[v] = _mm256_add_epi32(
+            acc[v], _mm256_add_epi32(_mm256_madd_epi16(_mm256_and_si256(in, even_bytes), w02),
+                                     _mm256_madd_epi16(_mm256_srli_epi16(in, 8), w13)));
+      }
+    }
+#pragma GCC unroll 8
+    for (int v = 0; v < kVectors; ++v) {
+      __m256i r = _mm256_add_epi32(Requantize(acc[v], q.multiplier[c], q.shift[c], q.rounding),
+                                   zero_point);
+      r = _mm256_min_epi32(_mm256_max_epi32(r, lo), hi);
+      const __m128i words = _mm_packs_epi32(_mm256_castsi256_si128(r),
+                                            _mm256_extracti128_si256(r, 1));
+      _mm_storel_epi64(reinterpret_cast<__m128i*>(y + c * kTile + 8 * v),
+                       _mm_packs_epi16(words, words));
+    }
+  }
+}
+
+}  // namespace
+
+// 16 xmm registers: the compiler keeps part of a round on the stack.
+void Qs8TransposeSse2(const int8_t* src, int src_stride, int rows, int cols, int8_t* dst,
+                      int64_t dst_stride) {
+  Qs8TransposeBytes16(src, src_stride, rows, cols, dst, dst_stride);
+}
+
+const Qs8Kernels kQs8Avx2 = {
+    "avx2",
+    {{8, Qs8SpmmAvx2<1>}, {16, Qs8SpmmAvx2<2>}, {24, Qs8SpmmAvx2<3>}, {32, Qs8SpmmAvx2<4>},
+     {40, Qs8SpmmAvx2<5>}, {48, Qs8SpmmAvx2<6>}, {56, Qs8SpmmAvx2<7>}, {64, Qs8SpmmAvx2<8>}},
+    8,
+    true,
+    Qs8TransposeSse2,
+};
+
+}  // namespace hybrid_sparse

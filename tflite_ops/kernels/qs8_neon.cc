@@ -1,0 +1,48 @@
+// qs8 microkernel for ARMv8.0 NEON (no dot product): a q register holds 4 positions' words of
+// 4 int8 inputs; smull/smull2 multiply them bytewise by the broadcast weight word (int8 x int8
+// fits int16) and sadalp folds adjacent products into int32 pairs, so two accumulators hold a
+// group of 4 positions as channel pairs (0+1, 2+3) until addp joins them at the end.
+#include <arm_neon.h>
+
+#include "tflite_ops/kernels/qs8_neon.h"
+#include "tflite_ops/kernels/sparse_conv.h"
+
+namespace hybrid_sparse {
+namespace {
+
+// kGroups groups of 4 positions (2 accumulators each): a tile of 4 * kGroups.
+template <int kGroups>
+void Qs8SpmmNeon(const Qs8SpmmFilter& f, const uint32_t* x, int8_t* y) {
+  constexpr int kTile = 4 * kGroups;
+  const Qs8Requantization& q = *f.requantization;
+  for (int c = 0; c < f.num_channels; ++c) {
+    int32x4_t lo[kGroups], hi[kGroups];
+    for (int g = 0; g < kGroups; ++g) lo[g] = hi[g] = vdupq_n_s32(0);
+    for (int32_t j = f.row_begin[c]; j < f.row_end[c]; ++j) {
+      const int8x16_t w = vreinterpretq_s8_s32(vdupq_n_s32(f.values[j]));
+      const int8x8_t w_low = vget_low_s8(w);
+      const int8_t* p = reinterpret_cast<const int8_t*>(x + f.offset[j]);
+      for (int g = 0; g < kGroups; ++g) {
+        const int8x16_t in = vld1q_s8(p + 16 * g);
+        lo[g] = vpadalq_s16(lo[g], vmull_s8(vget_low_s8(in), w_low));
+        hi[g] = vpadalq_s16(hi[g], vmull_high_s8(in, w));
+      }
+    }
+    const int32x4_t bias = vdupq_n_s32(f.bias[c]);
+    for (int g = 0; g < kGroups; g += 2)
+      Qs8Store8(vaddq_s32(vpaddq_s32(lo[g], hi[g]), bias),
+                vaddq_s32(vpaddq_s32(lo[g + 1], hi[g + 1]), bias), c, q, y + c * kTile + 4 * g);
+  }
+}
+
+}  // namespace
+
+const Qs8Kernels kQs8Neon = {
+    "neon",
+    {{16, Qs8SpmmNeon<4>}, {32, Qs8SpmmNeon<8>}},
+    4,
+    false,
+    nullptr,
+};
+
+}  // namespace hybrid_sparse

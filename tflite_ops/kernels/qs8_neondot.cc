@@ -1,0 +1,41 @@
+// qs8 microkernel for NEON with the ARMv8.2 dot product (FEAT_DotProd; dispatch.cc checks
+// HWCAP_ASIMDDP): sdot sums, per 32-bit lane, the 4 products of a word of 4 int8 inputs and the
+// broadcast weight word, so one nonzero is one sdot per 4 positions.
+#include <arm_neon.h>
+
+#include "tflite_ops/kernels/qs8_neon.h"
+#include "tflite_ops/kernels/sparse_conv.h"
+
+namespace hybrid_sparse {
+namespace {
+
+// kVectors accumulators of 4 positions: a tile of 4 * kVectors (16 of the 32 registers at most).
+template <int kVectors>
+void Qs8SpmmNeonDot(const Qs8SpmmFilter& f, const uint32_t* x, int8_t* y) {
+  constexpr int kTile = 4 * kVectors;
+  const Qs8Requantization& q = *f.requantization;
+  for (int c = 0; c < f.num_channels; ++c) {
+    int32x4_t acc[kVectors];
+    for (int v = 0; v < kVectors; ++v) acc[v] = vdupq_n_s32(f.bias[c]);
+    for (int32_t j = f.row_begin[c]; j < f.row_end[c]; ++j) {
+      const int8x16_t w = vreinterpretq_s8_s32(vdupq_n_s32(f.values[j]));
+      const int8_t* p = reinterpret_cast<const int8_t*>(x + f.offset[j]);
+      for (int v = 0; v < kVectors; ++v) acc[v] = vdotq_s32(acc[v], vld1q_s8(p + 16 * v), w);
+    }
+    for (int v = 0; v < kVectors; v += 2)
+      Qs8Store8(acc[v], acc[v + 1], c, q, y + c * kTile + 4 * v);
+  }
+}
+
+}  // namespace
+
+const Qs8Kernels kQs8NeonDot = {
+    "neondot",
+    {{16, Qs8SpmmNeonDot<4>}, {32, Qs8SpmmNeonDot<8>}, {48, Qs8SpmmNeonDot<12>},
+     {64, Qs8SpmmNeonDot<16>}},
+    4,
+    false,
+    nullptr,
+};
+
+}  // namespace hybrid_sparse
