@@ -12,7 +12,7 @@ import numpy as np
 from absl.testing import absltest
 
 from hybrid_pruning import (convert, graph, io, op_format, pipeline, probes, runtime,
-                            tflite_model)
+                            targets, tflite_model)
 from hybrid_pruning.techniques import weight_pruning
 
 import test_models
@@ -158,12 +158,40 @@ class Int8FallbackTest(absltest.TestCase):
         self.assertLen(ours, sum(r["runs_as"] == op_format.OP_NAME for r in rows.values()))
 
 
+class ModelledInt8Test(absltest.TestCase):
+
+    def test_modelled_device_gets_int8_with_our_op_priced_by_the_int8_model(self):
+        model = test_models.sequential_cnn()
+        path = os.path.join(tempfile.mkdtemp(dir=os.environ.get("TEST_TMPDIR")), "m.keras")
+        model.save(path)
+        result = pipeline.compress(io.load_keras_model(path), pipeline.PruneConfig(
+            quiet=True, probe_count=32, targets=("arm64-neon",), sequential_refit=False,
+            refine_steps=0, dtype="int8"))
+        self.assertIsNone(result.fidelity_miss)
+        self.assertEqual(result.report["target"], {"name": "arm64-neon",
+                                                   "latency": "modelled"})
+        self.assertNotIn("latency_on_host", result.report)
+        predicted = result.report["global_budget_search"]["predicted_seconds"]
+        profile = targets.ModelledProfile("arm64-neon", dtype="int8")
+        ours = [r["layer"] for r in result.report["layers"]
+                if r["runs_as"] == op_format.OP_NAME]
+        self.assertNotEmpty(ours)  # the demo-sized convs at 90 % are worth it on A76 sdot
+        layers = {pl.name: pl for pl in graph.prunable_layers(result.model)[0]}
+        for name in ours:  # priced by the int8 model, and faster than XNNPACK's int8 there
+            self.assertLess(predicted[name]["chosen"], predicted[name]["builtin"], name)
+            self.assertAlmostEqual(predicted[name]["builtin"],
+                                   profile.builtin(targets.conv_shape(layers[name])), 12)
+        ops = [opts for name, opts in _ops(result.tflite) if name == op_format.OP_NAME]
+        self.assertLen(ops, len(ours))
+        for opts in ops:  # our int8 op (format header: dtype 1)
+            self.assertEqual(int.from_bytes(opts[56:60], "little"), 1)
+
+
 class CliTest(absltest.TestCase):
 
-    def test_int8_refuses_modelled_targets_and_budgets_by_flag(self):
+    def test_int8_refuses_the_budgets_objective_by_flag(self):
         prune = os.path.join(os.path.dirname(__file__), "..", "python", "prune")
-        for extra, says in ((["--target=arm64-neon"], "--dtype=int8 runs for --target=host"),
-                            (["--objective=budgets"], "--dtype=int8 needs --objective=latency")):
+        for extra, says in ((["--objective=budgets"], "--dtype=int8 needs --objective=latency"),):
             cwd = tempfile.mkdtemp(dir=os.environ.get("TEST_TMPDIR"))
             out = os.path.join(cwd, "o.tflite")
             env = dict(os.environ, HYBRID_PRUNING_USER_CWD=cwd)

@@ -15,10 +15,10 @@ def _cpu_flags() -> set[str]:
         return {w for line in f if line.startswith("flags") for w in line.split(":", 1)[1].split()}
 
 
-# The variants with an int8 microkernel this CPU runs, beside the reference (the delegate's
-# avx512 variant runs int8 with VNNI where the CPU has it, else the reference).
-KERNELS = ["reference"] + (["avx512"] if {"avx512f", "avx512bw", "avx512_vnni"} <= _cpu_flags()
-                           else [])
+# The delegate's variants this CPU runs: each runs int8 with its ISA's int8 kernels (avx2:
+# AVX2's; avx512: VNNI where the CPU has it, else AVX2's), the reference with its own.
+KERNELS = ["reference"] + [k for k, flag in (("avx2", "avx2"), ("avx512", "avx512f"))
+                           if flag in _cpu_flags()]
 
 
 def _random_case(rng: np.random.Generator):

@@ -350,14 +350,56 @@ CORES = {
 TARGETS = ("host", *CORES)
 
 
+@dataclasses.dataclass(frozen=True)
+class Int8Kernel:
+    """Our int8 (qs8) microkernel on that ISA (tflite_ops/kernels/qs8_<isa>.cc), counted in
+    the core's vector instructions, and XNNPACK's dense int8 rate there. A vector holds
+    `Core.lanes` 32-bit lanes, one output position each; integer vector instructions are
+    priced as the core's FMA (the same pipes)."""
+
+    tiles: tuple[int, ...]  # output positions per call: the plan picks one per layer
+    ops_per_vector: int  # vector instructions per nonzero word of 4 weights and vector,
+                         # the input load included
+    requantize: int  # vector instructions per output vector: TFLite's requantization, clamp,
+                     # narrowing store
+    dense_macs_per_cycle: float  # XNNPACK's int8 conv at peak: its dot instruction's MACs
+                                 # per cycle
+    dense_efficiency: float  # the fraction of that peak it reaches
+    vector_bytes: int = 0  # of one input load at a word offset (0: loads never split lines)
+
+
+# Instruction counts are our kernels' (qs8_avx2.cc: load, and, shift, 2 vpmaddwd, 2 adds;
+# qs8_avx512vnni.cc: load, vpdpbusd; qs8_neondot.cc: ld1, sdot; qs8_rvv.cc: vle32, 7 shifts,
+# 4 vmacc.vx). XNNPACK's dense int8 peaks: AVX2 vpmaddwd (16 MACs, 2/cycle on Zen 3), Zen 4
+# vpdpbusd zmm (64 MACs, one per cycle on two 256-bit pipes), A76 sdot (16 MACs,
+# 2/cycle: Arm's optimization guides give SDOT throughput 2 on V0/V1). RVV has no int8 dot
+# product: XNNPACK's widening multiply-adds on 16-bit lanes are assumed at twice the fp32
+# FMA rate (not measured, not published). The generic scalar core: one MAC per cycle. Dense
+# efficiency: the float fits' (CORES) except AVX-512, fitted to this kind of host's int8
+# measurements (benchmarks/results/conv_bench_int8.md, "modelled ratio"). A tap's input
+# vector starts at any word, so a load of B bytes crosses a 64-byte line with probability
+# (B - 4) / 64 and then takes two load slots (RVV's measured vle32 costs include that).
+INT8_KERNELS = {
+    "x86_64-avx2": Int8Kernel(tuple(range(8, 65, 8)), 7, 16, 32.0, 0.72, 32),
+    "x86_64-avx512": Int8Kernel(tuple(range(16, 129, 16)), 2, 14, 64.0, 0.9, 64),
+    "arm64-neon": Int8Kernel((16, 32, 48, 64), 2, 12, 32.0, 0.8, 16),
+    "riscv64-rvv": Int8Kernel((32,), 12, 14, 16.0, 0.6),
+    "generic": Int8Kernel((1,), 0, 0, 1.0, 0.33),
+}
+
+
 class ModelledProfile:
     """Latencies derived from our kernels' instruction counts and a core's documented costs
     (batch 1, one thread). Labelled 'modelled' wherever shown."""
 
     modelled = True
 
-    def __init__(self, target: str, vlen: int | None = None, ghz: float | None = None):
+    def __init__(self, target: str, vlen: int | None = None, ghz: float | None = None,
+                 dtype: str = "float32"):
+        """`dtype` "int8": the builtin int8 CONV_2D (XNNPACK's) against our int8 op, whose
+        blocks are groups of 4 input channels (INT8_KERNELS)."""
         core, kernel = CORES[target]
+        int8 = INT8_KERNELS[target]
         if target == "riscv64-rvv" and vlen:
             # Same datapath, longer vectors: an LMUL=4 instruction covers vlen/8 lanes and
             # takes proportionally longer; the tile follows VLEN (rvv.cc).
@@ -365,9 +407,12 @@ class ModelledProfile:
             core = dataclasses.replace(core, lanes=vlen // 8, fma=core.fma * scale,
                                        load=core.load * scale, epilogue=core.epilogue * scale)
             kernel = Microkernel(vlen // 8, kernel.max_rows)
+            int8 = dataclasses.replace(int8, tiles=(vlen // 8,),
+                                       dense_macs_per_cycle=int8.dense_macs_per_cycle * scale)
         if ghz:
             core = dataclasses.replace(core, ghz=ghz)
-        self.target, self.core, self.kernel = target, core, kernel
+        self.target, self.core, self.kernel, self.int8 = target, core, kernel, int8
+        self.dtype = dtype
         self.name = target + (f":vlen={vlen}" if vlen else "")
         self.activation_pays = target == "generic"
 
@@ -386,11 +431,49 @@ class ModelledProfile:
         c = self.core
         out, _ = self._positions(shape)
         macs = out * shape.kh * shape.kw * shape.in_c * shape.out_c
-        cycles = macs * c.fma / c.lanes / c.dense_efficiency + c.overhead
+        if self.dtype == "int8":
+            cycles = macs / self.int8.dense_macs_per_cycle / self.int8.dense_efficiency \
+                + c.overhead
+        else:
+            cycles = macs * c.fma / c.lanes / c.dense_efficiency + c.overhead
+        return cycles / (c.ghz * 1e9)
+
+    def _ours_int8(self, shape: ConvShape, sparsity: float) -> float:
+        """Our int8 op: per nonzero word (4 weights of a group of input channels) and tile, a
+        weight broadcast, an offset load and ops_per_vector per vector; per tile and channel
+        the requantization; the input packed into words and the int8 results transposed."""
+        c, k = self.core, self.int8
+        out, computed = self._positions(shape)
+        groups = -(-shape.in_c // 4)
+        words = (1.0 - sparsity) * shape.kh * shape.kw * groups * shape.out_c
+        if self.target == "generic":
+            # The reference kernel: per output position, per nonzero word 4 MACs and 2 loads;
+            # per output its requantization (about 10 instructions).
+            cycles = out * (words * 6 + shape.out_c * 10) + c.overhead
+            return cycles / (c.ghz * 1e9)
+        # The plan's choice (qs8_conv_plan.cc): the least work per nonzero, a broadcast plus a
+        # load and a dot product per vector of every call.
+        tile = min(reversed(k.tiles),
+                   key=lambda t: math.ceil(computed / t) * (1 + 2 * t / c.lanes))
+        vecs = tile // c.lanes
+        split = (k.vector_bytes - 4) / 64 if k.vector_bytes else 0.0
+        loads = vecs * c.load * (1 + split) + 2 * c.scalar_load
+        alu = vecs * (k.ops_per_vector - 1) * c.fma
+        instructions = vecs * k.ops_per_vector + 4
+        bound = loads + alu if c.in_order else max(loads, alu)
+        per_word = max(bound, instructions / c.issue)
+        tiles = math.ceil(computed / tile)
+        epilogue = shape.out_c * vecs * k.requantize * c.fma
+        # Packing moves a word per 4 input channels, the byte transpose 16 bytes per vector
+        # op where the float transpose moves one float per lane.
+        packing = (shape.in_h * shape.in_w * groups + out * shape.out_c / 4) * c.transpose
+        cycles = tiles * (words * per_word + epilogue) + packing + c.overhead
         return cycles / (c.ghz * 1e9)
 
     def ours(self, shape: ConvShape, sparsity: float, block: int = 1,
              activation_sparsity: float = 0.0) -> float:
+        if self.dtype == "int8":
+            return self._ours_int8(shape, sparsity)
         c, k = self.core, self.kernel
         out, computed = self._positions(shape)
         cols = shape.kh * shape.kw * shape.in_c
@@ -485,19 +568,12 @@ def file_tag(spec: str) -> str:
 
 def profile_for(spec: str, threads: int | tuple[int, ...] = 1, dtype: str = "float32"):
     """The profile of a target: the host and x86 ISAs this machine has are measured (an x86
-    target runs our kernel of that ISA here); the rest are modelled. int8 is measured only:
-    the analytic model has no int8 kernels yet (ValueError elsewhere)."""
+    target runs our kernel of that ISA here, int8 included); the rest are modelled."""
     name, vlen = parse_target(spec)
     if name == "host":
         return HostProfile(threads, dtype=dtype)
     have = host_isa()
     if name in ("x86_64-avx2", "x86_64-avx512") and have and (
             name == "x86_64-avx2" or have == name):
-        if dtype == "int8" and name != "x86_64-avx512":
-            raise ValueError(f"target '{spec}': our int8 kernels run on the host and on "
-                             "x86_64-avx512 (with VNNI) only so far")
         return HostProfile(threads, kernel=name.split("-")[1], name=name, dtype=dtype)
-    if dtype == "int8":
-        raise ValueError(f"target '{spec}': int8 is priced by measurement on this machine "
-                         "only (--target=host); the modelled targets have no int8 model yet")
-    return ModelledProfile(name, vlen)
+    return ModelledProfile(name, vlen, dtype=dtype)

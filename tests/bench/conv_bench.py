@@ -170,25 +170,47 @@ def _int8_layer(rng, hw: int, cin: int, cout: int, k: int, stride: int, sparsity
             tflite_model.single_conv_model(x.shape, w, bias, g, "hybrid", int8=quant), x)
 
 
+def _int8_variants() -> list[str]:
+    """The delegate's variants this CPU runs with int8 microkernels (--kernel: that one)."""
+    if FLAGS.kernel:
+        return [FLAGS.kernel]
+    flags_here = targets.cpuinfo()
+    return [k for k, flag in (("avx2", " avx2"), ("avx512", " avx512f")) if flag in flags_here]
+
+
 def int8_table(rng, lines: list[str]) -> None:
+    variants = _int8_variants()
+    isa = targets.host_isa()
+    model = targets.ModelledProfile(isa, ghz=targets.host_ghz(), dtype="int8") if isa else None
+    vnni = " avx512_vnni" in targets.cpuinfo()
     lines += [
         "## int8: our int8 op against the builtin int8 CONV_2D (XNNPACK), 1 thread",
         "",
         "Both on the same int8 weights (per-channel scales), sparse in groups of 4 input "
         "channels (the unit of our int8 format); builtin = the stock interpreter's int8 "
-        "CONV_2D, which XNNPACK runs. Ours: the fastest int8 microkernel this CPU has "
-        "(AVX-512 VNNI) or the reference.",
+        "CONV_2D, which XNNPACK runs. Ours: each delegate variant this CPU runs with its int8 "
+        "microkernels (avx2: vpmaddwd; avx512: " + ("VNNI vpdpbusd" if vnni else
+                                                     "no VNNI here, so AVX2's") + "), "
+        "measured beside one builtin run. Modelled: the analytic int8 model of "
+        f"{isa or 'this ISA'} (targets.ModelledProfile, at the measured clock), its ratio for "
+        "the same layer: how far the model that prices other devices is from a measurement.",
         "",
-        "| layer | sparsity (groups of 4) | builtin int8 ms | ours ms | ratio | FLOP-limit ratio |",
-        "| --- | ---: | ---: | ---: | ---: | ---: |",
+        "| layer | sparsity (groups of 4) | builtin int8 ms | "
+        + " | ".join(f"{v} ms | {v} ratio" for v in variants)
+        + " | modelled ratio | FLOP-limit ratio |",
+        "| --- | ---: | ---: | " + " | ".join("---: | ---:" for _ in variants) + " | ---: | ---: |",
     ]
     for name, hw, cin, cout, k, stride in SHAPES:
+        shape = targets.ConvShape(hw, hw, cin, cout, k, k, (stride, stride), (1, 1), "SAME")
         for sparsity in (0.5, 0.7, 0.8, 0.9):
             builtin, ours, x = _int8_layer(rng, hw, cin, cout, k, stride, sparsity)
-            t_builtin, t_ours = _times(_invoker(builtin, x, False, 1), _invoker(ours, x, True, 1))
-            lines.append(f"| {name} | {sparsity:.0%} | {t_builtin * 1e3:.3f} | "
-                         f"{t_ours * 1e3:.3f} | {t_builtin / t_ours:.2f} | "
-                         f"{1 / (1 - sparsity):.1f} |")
+            times = _times(timing.invoker(builtin, x, False, 1),
+                           *(timing.invoker(ours, x, True, 1, v) for v in variants))
+            cells = " | ".join(f"{t * 1e3:.3f} | {times[0] / t:.2f}" for t in times[1:])
+            modelled = (f"{model.builtin(shape) / model.ours(shape, sparsity, 4):.2f}"
+                        if model else "-")
+            lines.append(f"| {name} | {sparsity:.0%} | {times[0] * 1e3:.3f} | {cells} | "
+                         f"{modelled} | {1 / (1 - sparsity):.1f} |")
             print(lines[-1], flush=True)
     lines.append("")
 
