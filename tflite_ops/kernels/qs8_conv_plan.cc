@@ -6,6 +6,8 @@
 namespace hybrid_sparse {
 namespace {
 
+constexpr size_t kSerialPackWords = 8192;
+
 void TransposeBytesPortable(const int8_t* src, int src_stride, int rows, int cols, int8_t* dst,
                             int64_t dst_stride) {
   for (int p = 0; p < cols; ++p)
@@ -185,7 +187,9 @@ void Qs8ConvPlan::Run(const int8_t* input, int8_t* output, Parallel* parallel, i
       const int8_t* image = input + n * image_in;
       int8_t* out_image = output + n * image_out;
       const int padded_rows = hq_ * s.stride_h;
-      const int pack_tasks = std::min(padded_rows, workers);
+      // A small image is packed by the caller alone: a second worker's wake-up would cost
+      // more than it saves.
+      const int pack_tasks = x_.size() < kSerialPackWords ? 1 : std::min(padded_rows, workers);
       parallel->For(pack_tasks, workers, [&](int task, int worker) {
         Pack(image, padded_rows * task / pack_tasks, padded_rows * (task + 1) / pack_tasks,
              worker);

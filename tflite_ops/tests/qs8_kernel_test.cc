@@ -145,10 +145,12 @@ std::vector<int8_t> DenseConv(const Layer& l) {
   return out;
 }
 
-std::vector<int8_t> RunPlan(const Layer& l, const KernelVariant& variant, int* tile) {
+// max_workers > 1 splits small images' output channels into chunks (one task each).
+std::vector<int8_t> RunPlan(const Layer& l, const KernelVariant& variant, int* tile,
+                            int max_workers = 1) {
   Qs8ConvPlan plan;
   const std::string error = plan.Build(l.shape, l.filter, l.bias.data(), l.input_zero_point,
-                                       l.requantization, variant, 1);
+                                       l.requantization, variant, max_workers);
   EXPECT_EQ(error, "");
   *tile = plan.tile();
   const ConvShape& s = l.shape;
@@ -193,10 +195,12 @@ TEST(Qs8Driver, PackedPathWithThePortableMicrokernelIsBitExact) {
     std::mt19937 rng(20);
     for (int i = 0; i < NumCases(); ++i) {
       const Layer l = RandomLayer(&rng);
+      const int max_workers = 1 + i % 4;
       int tile = 0;
-      const std::vector<int8_t> got = RunPlan(l, variant, &tile);
+      const std::vector<int8_t> got = RunPlan(l, variant, &tile, max_workers);
       ASSERT_EQ(tile, 64);
-      ASSERT_EQ(got, DenseConv(l)) << "unsigned " << unsigned_input << ": " << l.Describe();
+      ASSERT_EQ(got, DenseConv(l)) << "unsigned " << unsigned_input << ", " << max_workers
+                                   << " workers: " << l.Describe();
     }
   }
 }
@@ -241,7 +245,7 @@ TEST(Qs8Variants, EveryVariantsInt8PathIsBitExact) {
     for (int i = 0; i < NumCases(); ++i) {
       const Layer l = RandomLayer(&rng);
       int tile = 0;
-      const std::vector<int8_t> got = RunPlan(l, all[k], &tile);
+      const std::vector<int8_t> got = RunPlan(l, all[k], &tile, 1 + i % 3);
       ASSERT_GT(tile, 0);
       ASSERT_EQ(got, DenseConv(l)) << all[k].name << " (" << all[k].qs8->name << ") tile "
                                    << tile << ": " << l.Describe();
