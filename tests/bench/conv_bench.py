@@ -191,7 +191,9 @@ def int8_table(rng, lines: list[str]) -> None:
         "CONV_2D, which XNNPACK runs. Ours: each delegate variant this CPU runs with its int8 "
         "microkernels (avx2: vpmaddwd; avx512: " + ("VNNI vpdpbusd" if vnni else
                                                      "no VNNI here, so AVX2's") + "), "
-        "measured beside one builtin run. Modelled: the analytic int8 model of "
+        "measured beside one builtin run (XNNPACK uses this CPU's best int8 kernels "
+        "throughout, so the avx2 column is not what an AVX2-only CPU would see). Modelled: "
+        "the analytic int8 model of "
         f"{isa or 'this ISA'} (targets.ModelledProfile, at the measured clock), its ratio for "
         "the same layer: how far the model that prices other devices is from a measurement.",
         "",
