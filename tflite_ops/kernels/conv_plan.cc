@@ -68,14 +68,35 @@ std::string ConvPlan::Build(const ConvShape& s, const SparseFilter& f, const flo
     scratch_base_ = LineAligned(&scratch_, static_cast<size_t>(max_workers_) * scratch_stride_);
     return "";
   }
-
-  const int sh = s.stride_h, sw = s.stride_w;
-  hq_ = s.out_h + (s.kernel_h - 1) * s.dilation_h / sh;
+  hq_ = s.out_h + (s.kernel_h - 1) * s.dilation_h / s.stride_h;
   // Pointwise convs need no padding or phases: each tile packs its own slice of the input
   // just before use (per worker, in L1) instead of a whole-image copy making a trip to L3.
-  pointwise_ = s.kernel_h == 1 && s.kernel_w == 1 && sh == 1 && sw == 1;
-  // Horizontal taps within one phase plane sit 0..max_shift floats apart.
-  const int max_shift = (s.kernel_w - 1) * s.dilation_w / sw;
+  pointwise_ = s.kernel_h == 1 && s.kernel_w == 1 && s.stride_h == 1 && s.stride_w == 1;
+  if (!ChooseTiling(variant))
+    return std::string("no tiling of ") + variant.name + " takes this filter";
+  int64_t x_size = 0;
+  const std::string error = PlanBands(&x_size);
+  if (!error.empty()) return error;
+  std::vector<int32_t> block_ptr;
+  RepackFilter(&block_ptr);
+  PlanChannelGroups(block_ptr);
+  // Zeros: padding columns are never written, so they stay zero in every band.
+  x_stride_ = static_cast<int64_t>(WorkerStride(x_size));
+  x_base_ = LineAligned(&x_, static_cast<size_t>(x_stride_) * max_workers_);
+  held_.assign(static_cast<size_t>(max_workers_) * kLineChannels, -1);
+  scratch_stride_ = WorkerStride(static_cast<size_t>(padded_c_) * tile_);
+  scratch_base_ = LineAligned(&scratch_, static_cast<size_t>(max_workers_) * scratch_stride_);
+  return "";
+}
+
+int ConvPlan::MaxShift() const {
+  return (shape_.kernel_w - 1) * shape_.dilation_w / shape_.stride_w;
+}
+
+bool ConvPlan::ChooseTiling(const KernelVariant& variant) {
+  const ConvShape& s = shape_;
+  const SparseFilter& f = filter_;
+  const int max_shift = MaxShift();
   // The tiling, pitch and tap layout with the fewest (weighted) computed positions. Aligned
   // taps: one copy of each plane per horizontal shift and the pitch a whole number of the
   // microkernel's vectors, so that every tap of every tile loads whole vectors within cache
@@ -114,21 +135,26 @@ std::string ConvPlan::Build(const ConvShape& s, const SparseFilter& f, const flo
       }
     }
   }
-  if (microkernel_ == nullptr)
-    return std::string("no tiling of ") + variant.name + " takes this filter";
+  return microkernel_ != nullptr;
+}
+
+std::string ConvPlan::PlanBands(int64_t* x_size) {
+  const ConvShape& s = shape_;
+  const int sh = s.stride_h, sw = s.stride_w;
+  const int max_shift = MaxShift();
   const int64_t positions = static_cast<int64_t>(s.out_h) * wq_;
   const int tile = tile_;
   num_tiles_ = static_cast<int>((positions + tile - 1) / tile);
+  row_pitch_ = row_offset_ = 0;  // a rebuild for another shape may not need the row buffer
   const int64_t phase_planes = static_cast<int64_t>(s.in_c) * sh * sw;
   const int64_t planes = phase_planes * shifts_;  // of a band buffer, copies included
   // The highest float a tile reads past its start, beyond the last plane's start.
   const int64_t reach = static_cast<int64_t>((s.kernel_h - 1) * s.dilation_h / sh) * wq_ +
                         (shifts_ > 1 ? 0 : max_shift) + tile;
-  int64_t x_size = 0;
   if (pointwise_) {
     plane_ = tile;
     num_bands_ = num_tiles_;
-    x_size = plane_ * s.in_c;
+    *x_size = plane_ * s.in_c;
   } else {
     // Bands are sized without the shifted copies: more bands repack more shared rows (measured
     // slower), and the copies of a band still fit a core's L2.
@@ -152,22 +178,29 @@ std::string ConvPlan::Build(const ConvShape& s, const SparseFilter& f, const flo
     const int64_t lines = (static_cast<int64_t>(band_hq) * wq_ + kLineChannels - 1) /
                           kLineChannels;
     plane_ = (lines | 1) * kLineChannels;
-    x_size = std::max(planes * plane_, (planes - 1) * plane_ + span - tile + reach);
-    if (shifts_ > 1 && wq_ < plain_wq) {
+    *x_size = std::max(planes * plane_, (planes - 1) * plane_ + span - tile + reach);
+    if (shifts_ > 1 && wq_ < s.out_w + max_shift) {
       // After the planes: one padded input row of every channel and column phase, from which
       // the copies are cut (the pitch has no room for the columns the shifts reach).
       row_pitch_ = (wq_ + max_shift + kLineChannels - 1) / kLineChannels * kLineChannels;
-      row_offset_ = (x_size + kLineChannels - 1) / kLineChannels * kLineChannels;
-      x_size = row_offset_ + row_pitch_ * s.in_c * sw;
+      row_offset_ = (*x_size + kLineChannels - 1) / kLineChannels * kLineChannels;
+      *x_size = row_offset_ + row_pitch_ * s.in_c * sw;
     }
   }
-  if (x_size > std::numeric_limits<int32_t>::max())
-    return "input is too large for 32-bit offsets (" + std::to_string(x_size) + " floats)";
+  if (*x_size > std::numeric_limits<int32_t>::max())
+    return "input is too large for 32-bit offsets (" + std::to_string(*x_size) + " floats)";
+  return "";
+}
 
+void ConvPlan::RepackFilter(std::vector<int32_t>* block_ptr_out) {
+  const ConvShape& s = shape_;
+  const SparseFilter& f = filter_;
+  const int sh = s.stride_h, sw = s.stride_w;
   // Row-wise repack: block b's nonzeros, each as (input offset, block_size weights), sorted by
   // offset so that the microkernel walks X forwards.
   const int bs = f.block_size;
-  std::vector<int32_t> block_ptr(f.num_blocks + 1, 0);  // block b: [block_ptr[b], [b + 1])
+  std::vector<int32_t>& block_ptr = *block_ptr_out;  // block b: [block_ptr[b], [b + 1])
+  block_ptr.assign(f.num_blocks + 1, 0);
   for (int j = 0; j < f.num_nonzero_blocks; ++j) ++block_ptr[f.row_block[j] + 1];
   std::partial_sum(block_ptr.begin(), block_ptr.end(), block_ptr.begin());
   std::vector<int32_t> source(f.num_nonzero_blocks);  // which file nonzero each entry is
@@ -200,14 +233,20 @@ std::string ConvPlan::Build(const ConvShape& s, const SparseFilter& f, const flo
                 values_.begin() + static_cast<size_t>(i) * bs);
   }
   offset_.swap(sorted_offset);
+}
+
+void ConvPlan::PlanChannelGroups(const std::vector<int32_t>& block_ptr) {
+  const ConvShape& s = shape_;
+  const SparseFilter& f = filter_;
   // Input-channel groups: a group's channels, one phase plane each over the rows a tile's taps
   // reach, take ~20 KiB of a 32 KiB L1, so they stay cached while every output channel of the
   // tile uses them (measured: 1.3x on 3x3 layers at 80 % sparsity; 8 KiB or no groups are
   // slower). A group takes all phases and copies of its channels: counted in planes instead,
   // stride 2 and aligned taps split channels into more groups, measured slower.
-  const int64_t channel_planes = static_cast<int64_t>(sh) * sw * shifts_;
-  const int64_t rows_reached = (s.kernel_h - 1) * s.dilation_h / sh + 1;
-  const int64_t plane_bytes = rows_reached * (tile + max_shift + 16) * sizeof(float);
+  const int64_t channel_planes = static_cast<int64_t>(s.stride_h) * s.stride_w * shifts_;
+  const int64_t planes = channel_planes * s.in_c;
+  const int64_t rows_reached = (s.kernel_h - 1) * s.dilation_h / s.stride_h + 1;
+  const int64_t plane_bytes = rows_reached * (tile_ + MaxShift() + 16) * sizeof(float);
   const int64_t group_planes =
       std::max<int64_t>(1, (20 << 10) / plane_bytes) * channel_planes;
   const int groups = static_cast<int>((planes + group_planes - 1) / group_planes);
@@ -223,7 +262,7 @@ std::string ConvPlan::Build(const ConvShape& s, const SparseFilter& f, const flo
     bounds_[static_cast<size_t>(groups) * nb + b] = block_ptr[b + 1];
   }
   bias_padded_.assign(padded_c_, 0.0f);
-  if (bias != nullptr) std::copy_n(bias, s.out_c, bias_padded_.begin());
+  if (bias_ != nullptr) std::copy_n(bias_, s.out_c, bias_padded_.begin());
 
   static const int32_t kNoOffset = 0;
   static const float kNoValue = 0.0f;
@@ -231,7 +270,7 @@ std::string ConvPlan::Build(const ConvShape& s, const SparseFilter& f, const flo
   groups_.assign(groups, SpmmFilter{});
   for (int g = 0; g < groups; ++g) {
     SpmmFilter& sf = groups_[g];
-    sf.block_size = bs;
+    sf.block_size = f.block_size;
     sf.num_blocks = nb;
     sf.block_begin = bounds_.data() + static_cast<size_t>(g) * nb;
     sf.block_end = bounds_.data() + static_cast<size_t>(g + 1) * nb;
@@ -240,16 +279,9 @@ std::string ConvPlan::Build(const ConvShape& s, const SparseFilter& f, const flo
     sf.bias = bias_padded_.data();
     sf.accumulate = g > 0;
     const bool last = g + 1 == groups;
-    sf.min = !last || activation == Activation::kNone ? -kInf : 0.0f;
-    sf.max = last && activation == Activation::kRelu6 ? 6.0f : kInf;
+    sf.min = !last || activation_ == Activation::kNone ? -kInf : 0.0f;
+    sf.max = last && activation_ == Activation::kRelu6 ? 6.0f : kInf;
   }
-  // Zeros: padding columns are never written, so they stay zero in every band.
-  x_stride_ = static_cast<int64_t>(WorkerStride(x_size));
-  x_base_ = LineAligned(&x_, static_cast<size_t>(x_stride_) * max_workers_);
-  held_.assign(static_cast<size_t>(max_workers_) * kLineChannels, -1);
-  scratch_stride_ = WorkerStride(static_cast<size_t>(padded_c_) * tile);
-  scratch_base_ = LineAligned(&scratch_, static_cast<size_t>(max_workers_) * scratch_stride_);
-  return "";
 }
 
 int ConvPlan::BandTile(int band) const {

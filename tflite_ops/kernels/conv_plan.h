@@ -67,6 +67,17 @@ class ConvPlan {
   bool aligned_taps() const { return shifts_ > 1; }
 
  private:
+  // Build's steps, in order. The tiling, row pitch and tap layout with the least estimated
+  // work (false: no tiling takes the filter).
+  bool ChooseTiling(const KernelVariant& variant);
+  // Tiles, bands and the layout of a band buffer (*x_size floats); "" or an error.
+  std::string PlanBands(int64_t* x_size);
+  // The filter row-wise with input offsets (block b's nonzeros: [block_ptr[b], [b + 1])).
+  void RepackFilter(std::vector<int32_t>* block_ptr);
+  // Input-channel groups sized to L1, one microkernel call each.
+  void PlanChannelGroups(const std::vector<int32_t>& block_ptr);
+  // Horizontal taps within one phase plane sit 0..MaxShift() floats apart.
+  int MaxShift() const;
   // Packs padded row `row` (yq * stride_h + py) of one image into a band buffer whose first
   // row is yq0.
   void PackRow(const float* image, int row, int yq0, float* x);
