@@ -87,7 +87,36 @@ class PruneResult:
 
 
 
-def _to_ours(model, layers, thresholds_by_layer: dict, block_size,
+@dataclasses.dataclass
+class Prepared:
+    """The target-independent stage (_prepare), shared by every target of a run."""
+
+    model: object  # after channel removal
+    layers: list  # graph.PrunableLayer of that model
+    inputs: list  # statistics.collect: each layer's sampled inputs on the probes
+    removed: dict[str, dict[str, int]]  # producer -> technique -> channels removed
+    refused: dict[str, str]  # channel groups left alone, and why
+    tables: list | None  # budget.tabulate under the latency objective, else None
+    refit: object | None  # weight_pruning.SequentialRefit, or None
+
+
+@dataclasses.dataclass
+class Outcome:
+    """One target's pruned model (_finish); the measured fallback changes it in place."""
+
+    model: object
+    layers: list
+    weights: list  # one weight_pruning result per layer
+    activations: list  # one activation_pruning result per layer
+    removed: dict[str, dict[str, int]]
+    refused: dict[str, str]
+    search: dict | None  # the search's summary (budget.choose / allocate), None: budgets
+    tflite: bytes
+    records: list  # tflite_rewrite records: where each layer runs
+    fidelity: dict  # fidelity.compare of the written model on the probes
+    # What _unprune restores from: the tables, the unpruned weights, the re-fit.
+    unpruned: tuple
+    latency: dict | None = None  # the measured fallback's last measurement
              dense_below: float = 0.0, builtin: frozenset = frozenset(),
              flat: bytes | None = None, int8_probes: np.ndarray | None = None):
     """Converts the Keras model (unless `flat` is its conversion) and rewrites its pruned
@@ -176,20 +205,20 @@ def compress_targets(model, config: PruneConfig) -> dict[str, PruneResult]:
             work = graph.normalize(model, config.input_shape)
             prepared = _prepare(work, probes, reference, config, scale, bar,
                                 [profiles[i] for i in pending])
-            work = prepared["model"]  # channel removal rebuilt it
+            work = prepared.model  # channel removal rebuilt it
             several = len(profiles) > 1  # each target starts from the same weights
             for i in list(pending):
                 if several:
                     snapshot = (work.get_weights(),
-                                [pl.shift.copy() for pl in prepared["layers"]])
+                                [pl.shift.copy() for pl in prepared.layers])
                 outcome = _finish(prepared, probes, reference, _scaled(config, scale),
                                   profiles[i], bar, sum(m for _, _, m in before.values()))
                 if config.measure_latency and profiles[i] is not None and \
                         not profiles[i].modelled:
                     _measured_fallback(original_tflite, outcome, probes, reference, threads,
                                        config, getattr(profiles[i], "kernel", ""))
-                miss = config.guard.miss(reference, outcome["fidelity"])
-                attempts[i].append({"budget_scale": scale, "fidelity": outcome["fidelity"],
+                miss = config.guard.miss(reference, outcome.fidelity)
+                attempts[i].append({"budget_scale": scale, "fidelity": outcome.fidelity,
                                     "miss": miss})
                 if miss is not None:
                     logging.info("%s: budget scale %g misses the fidelity guard: %s",
@@ -202,7 +231,7 @@ def compress_targets(model, config: PruneConfig) -> dict[str, PruneResult]:
                     pending.remove(i)
                 if several:
                     work.set_weights(snapshot[0])
-                    for pl, shift in zip(prepared["layers"], snapshot[1]):
+                    for pl, shift in zip(prepared.layers, snapshot[1]):
                         pl.shift = shift
             if not pending:
                 break
@@ -211,7 +240,7 @@ def compress_targets(model, config: PruneConfig) -> dict[str, PruneResult]:
         profile = profiles[i]
         report["target"] = {"name": names[i], "latency": "none" if profile is None else
                             "modelled" if profile.modelled else "measured on this machine"}
-        if profile is not None and outcome["search"] is not None:
+        if profile is not None and outcome.search is not None:
             # The original's convs (all channels) on the builtin kernel: the baseline.
             report["totals"]["predicted_conv_seconds_original"] = sum(
                 profile.builtin(targets.conv_shape(pl)) for pl in original_layers
@@ -222,10 +251,10 @@ def compress_targets(model, config: PruneConfig) -> dict[str, PruneResult]:
                                     "miss": miss, "budget_scale": scale,
                                     "attempts": attempts[i]}
         if config.measure_latency and (profile is None or not profile.modelled):
-            report["latency_on_host"] = outcome.get("latency") or _measure(
-                original_tflite, outcome["tflite"], probes, threads)
+            report["latency_on_host"] = outcome.latency or _measure(
+                original_tflite, outcome.tflite, probes, threads)
         report["seconds"] = time.time() - start
-        results[names[i]] = PruneResult(outcome["tflite"], report, kept)
+        results[names[i]] = PruneResult(outcome.tflite, report, kept)
     logging.info("reduced %d layers for %s in %.1f s", len(original_layers), names,
                  time.time() - start)
     return results
@@ -277,7 +306,7 @@ SLOWER = "CONV_2D (our op made the whole model slower here, measured)"
 FALLBACK_MARGIN = 1.03
 
 
-def _measured_fallback(original: bytes, outcome: dict, probes: np.ndarray, reference: list,
+def _measured_fallback(original: bytes, outcome: Outcome, probes: np.ndarray, reference: list,
                        threads: tuple[int, ...], config: PruneConfig, kernel: str = "") -> None:
     """The measurement wins: times the written model against the original at every thread
     count and, while it is not FALLBACK_MARGIN times as fast at one of them, puts our layers
@@ -286,14 +315,14 @@ def _measured_fallback(original: bytes, outcome: dict, probes: np.ndarray, refer
     Layers put back get their unpruned weights again where the guard allows (_unprune).
     Single-layer tables cannot see everything a whole model does (two thread pools sharing
     the cores, caches between layers, XNNPACK's graph split around our nodes)."""
-    latency = _measure(original, outcome["tflite"], probes, threads, kernel)
-    predicted = outcome["search"]["predicted_seconds"]
-    ours = sorted((r.layer for r in outcome["records"]
+    latency = _measure(original, outcome.tflite, probes, threads, kernel)
+    predicted = outcome.search["predicted_seconds"]
+    ours = sorted((r.layer for r in outcome.records
                    if r.runs_as == op_format.OP_NAME and r.layer in predicted),
                   key=lambda n: predicted[n]["builtin"] - predicted[n]["chosen"])
-    model, layers = outcome["model"], outcome["layers"]
-    thresholds = {a.name: a.thresholds for a in outcome["activations"]}
-    blocks = {w.name: w.block_size for w in outcome["weights"]}
+    model, layers = outcome.model, outcome.layers
+    thresholds = {a.name: a.thresholds for a in outcome.activations}
+    blocks = {w.name: w.block_size for w in outcome.weights}
     worst = min(r["speedup"] for r in latency["by_threads"])
     reverted: list[str] = []
     for name in ours:
@@ -309,7 +338,7 @@ def _measured_fallback(original: bytes, outcome: dict, probes: np.ndarray, refer
         if trial_worst > worst:
             reverted.append(name)
             worst, latency = trial_worst, trial
-            outcome["tflite"], outcome["records"] = tflite, records
+            outcome.tflite, outcome.records = tflite, records
     rest = [name for name in ours if name not in reverted]
     if worst < 1.0 and rest:
         # No single revert helped enough and the model is still slower than the original at
@@ -321,41 +350,41 @@ def _measured_fallback(original: bytes, outcome: dict, probes: np.ndarray, refer
         logging.info("measured fallback: still slower (worst ratio %.3f): every layer back on "
                      "the builtin kernel", worst)
         reverted += rest
-        outcome["tflite"], outcome["records"] = tflite, records
+        outcome.tflite, outcome.records = tflite, records
     unpruned = False
     if reverted:
         unpruned = _unprune(outcome, reverted, probes, reference, config)
-        for r in outcome["records"]:
+        for r in outcome.records:
             if r.layer in reverted:
                 r.runs_as = SLOWER
         for name in reverted:
             predicted[name]["chosen"] = predicted[name]["builtin"]
         if not unpruned:
-            outcome["fidelity"] = fidelity.compare(reference, runtime.predict_all(
-                outcome["tflite"], probes, config.num_threads,
+            outcome.fidelity = fidelity.compare(reference, runtime.predict_all(
+                outcome.tflite, probes, config.num_threads,
                 batch_size=statistics.predict_batch(model)))
-    outcome["latency"] = latency
-    outcome["search"]["measured_fallback"] = reverted
-    outcome["search"]["measured_fallback_unpruned"] = unpruned
+    outcome.latency = latency
+    outcome.search["measured_fallback"] = reverted
+    outcome.search["measured_fallback_unpruned"] = unpruned
 
 
-def _unprune(outcome: dict, names: list[str], probes: np.ndarray, reference: list,
+def _unprune(outcome: Outcome, names: list[str], probes: np.ndarray, reference: list,
              config: PruneConfig) -> bool:
     """Layers the measured fallback put back on the builtin kernel gain nothing from their
     zeros: they get their unpruned weights back (the other layers at their levels, re-fitted
     in order again), kept if the written model still meets the guard. True if kept."""
-    tables, snapshot, refit = outcome["unpruned"]
-    levels = outcome["search"].get("levels")
+    tables, snapshot, refit = outcome.unpruned
+    levels = outcome.search.get("levels")
     if tables is None or snapshot is None or not levels:
         return False
-    model, layers = outcome["model"], outcome["layers"]
+    model, layers = outcome.model, outcome.layers
     pruned_state = budget.Snapshot(model, tables)
     choice = [(0, 0) if t.layer.name in names else tuple(levels[t.layer.name]) for t in tables]
     snapshot.restore()
     budget.apply_levels(tables, choice, refit)
     thresholds = {a.name: None if a.name in names else a.thresholds
-                  for a in outcome["activations"]}
-    blocks = {w.name: w.block_size for w in outcome["weights"]}
+                  for a in outcome.activations}
+    blocks = {w.name: w.block_size for w in outcome.weights}
     tflite, records = _to_ours(model, layers, thresholds, blocks, config.dense_below,
                                builtin=frozenset(names),
                                int8_probes=_calibration(config, probes))
@@ -366,11 +395,11 @@ def _unprune(outcome: dict, names: list[str], probes: np.ndarray, reference: lis
         pruned_state.restore()
         return False
     logging.info("measured fallback: %s unpruned", names)
-    outcome["tflite"], outcome["records"], outcome["fidelity"] = tflite, records, fid
+    outcome.tflite, outcome.records, outcome.fidelity = tflite, records, fid
     for k, t in enumerate(tables):
         if t.layer.name in names:
-            outcome["weights"][k] = t.pruner.result(t.weights[0][0], 0.0)
-            outcome["weights"][k].block_size = 1
+            outcome.weights[k] = t.pruner.result(t.weights[0][0], 0.0)
+            outcome.weights[k].block_size = 1
             levels[t.layer.name] = [0, 0]
     return True
 
@@ -391,7 +420,7 @@ def _input_scaled(config: PruneConfig) -> bool:
 
 
 def _prepare(model, probes: np.ndarray, reference: list, config: PruneConfig, scale: float,
-             bar, profiles: list) -> dict:
+             bar, profiles: list) -> Prepared:
     """The target-independent work at per-layer budgets x `scale`: channel removal (which pays
     on every target), the layers' input statistics and, under the latency objective, every
     layer's candidate levels (budget.tabulate)."""
@@ -419,15 +448,14 @@ def _prepare(model, probes: np.ndarray, reference: list, config: PruneConfig, sc
             input_scaled=_input_scaled(config), input_groups=config.dtype == "int8")
     refit = weight_pruning.SequentialRefit(model, layers, probes, config.seed) \
         if tables is not None and config.sequential_refit else None
-    return {"model": model, "layers": layers, "inputs": inputs, "removed": removed,
-            "refused": refused, "tables": tables, "refit": refit}
+    return Prepared(model, layers, inputs, removed, refused, tables, refit)
 
 
-def _finish(prepared: dict, probes: np.ndarray, reference: list, config: PruneConfig,
-            profile, bar, original_macs: int) -> dict:
+def _finish(prepared: Prepared, probes: np.ndarray, reference: list, config: PruneConfig,
+            profile, bar, original_macs: int) -> Outcome:
     """Prunes the prepared model for one target (its profile; None: per-layer budgets or a
     global budget), writes it and measures its fidelity on the probes."""
-    model, layers, inputs = prepared["model"], prepared["layers"], prepared["inputs"]
+    model, layers, inputs = prepared.model, prepared.layers, prepared.inputs
     global_budget = any(v is not None for v in (config.target_macs, config.min_agreement,
                                                 config.max_kl))
 
@@ -451,11 +479,11 @@ def _finish(prepared: dict, probes: np.ndarray, reference: list, config: PruneCo
 
     snapshot = None
     if profile is not None:
-        snapshot = budget.Snapshot(model, prepared["tables"])  # unpruned: reverts restore it
+        snapshot = budget.Snapshot(model, prepared.tables)  # unpruned: reverts restore it
         weights, activations, search = budget.choose(
-            model, prepared["tables"], evaluate,
+            model, prepared.tables, evaluate,
             accept=lambda fid: config.guard.miss(reference, fid) is None, profile=profile,
-            refit=prepared["refit"], refine=config.refine_steps)
+            refit=prepared.refit, refine=config.refine_steps)
     elif global_budget:
         weights, activations, search = budget.allocate(
             model, layers, inputs, probes, reference, evaluate,
@@ -477,7 +505,5 @@ def _finish(prepared: dict, probes: np.ndarray, reference: list, config: PruneCo
                                int8_probes=int8_probes)
     fid = fidelity.compare(reference, runtime.predict_all(
         tflite, probes, config.num_threads, batch_size=statistics.predict_batch(model)))
-    return {"model": model, "layers": layers, "weights": weights, "activations": activations,
-            "removed": prepared["removed"], "refused": prepared["refused"], "search": search,
-            "tflite": tflite, "records": records, "fidelity": fid,
-            "unpruned": (prepared["tables"], snapshot, prepared["refit"])}
+    return Outcome(model, layers, weights, activations, prepared.removed, prepared.refused,
+                   search, tflite, records, fid, (prepared.tables, snapshot, prepared.refit))

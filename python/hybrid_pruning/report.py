@@ -4,10 +4,14 @@ summary and the plot."""
 from __future__ import annotations
 
 import dataclasses
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from hybrid_pruning import graph, op_format
+
+if TYPE_CHECKING:  # pipeline imports this module
+    from hybrid_pruning.pipeline import Outcome
 
 
 def _predicted(report: dict) -> dict:
@@ -170,14 +174,14 @@ def _predicted_totals(search: dict | None) -> dict:
             "predicted_conv_seconds_after": sum(v["chosen"] for v in seconds.values())}
 
 
-def build(config, outcome: dict, before: dict, macs_before: dict, skipped: dict,
+def build(config, outcome: Outcome, before: dict, macs_before: dict, skipped: dict,
           dense_size: int) -> dict:
     """The JSON report of one target's outcome (pipeline._finish): per layer what was removed
     and where it runs, the layers left to builtin ops, totals, fidelity and the search."""
-    layers, tflite, model = outcome["layers"], outcome["tflite"], outcome["model"]
-    runs_as = {r.layer: r.runs_as for r in outcome["records"] if r.layer}
+    layers, tflite, model = outcome.layers, outcome.tflite, outcome.model
+    runs_as = {r.layer: r.runs_as for r in outcome.records if r.layer}
     rows = []
-    for pl, w, a in zip(layers, outcome["weights"], outcome["activations"]):
+    for pl, w, a in zip(layers, outcome.weights, outcome.activations):
         ch_before, params_before, pl_macs_before = before[pl.name]
         ours = runs_as.get(pl.name) == op_format.OP_NAME
         act_sparsity = a.activation_sparsity if ours else 0.0
@@ -189,7 +193,7 @@ def build(config, outcome: dict, before: dict, macs_before: dict, skipped: dict,
             "layer": pl.name, "kind": "separable" if pl.separable else pl.kind,
             "batch_norm_folded": pl.batch_norm is not None,
             "channels_before": int(ch_before), "channels_after": int(pl.kernel.shape[-1]),
-            "channels_removed": outcome["removed"].get(pl.name, {}),
+            "channels_removed": outcome.removed.get(pl.name, {}),
             "parameters_before": params_before,
             "nonzero_parameters": int(np.count_nonzero(pl.kernel)),
             "weight_sparsity": w.sparsity, "weight_error": w.relative_error,
@@ -232,7 +236,7 @@ def build(config, outcome: dict, before: dict, macs_before: dict, skipped: dict,
         "layers": rows,
         "builtin_layers": builtin,
         "skipped_layers": skipped,
-        "channel_removal_refused": outcome["refused"],
+        "channel_removal_refused": outcome.refused,
         "totals": {
             "parameters_before": params_before,
             "nonzero_parameters": nonzero,
@@ -242,9 +246,9 @@ def build(config, outcome: dict, before: dict, macs_before: dict, skipped: dict,
             "vector_kernel_macs": sum(r["vector_kernel_macs"] for r in rows) + other_after,
             "builtin_macs_before": other_before,
             "tflite_bytes_dense": dense_size,
-            **_predicted_totals(outcome["search"]),
+            **_predicted_totals(outcome.search),
             "tflite_bytes": len(tflite),
         },
-        "fidelity_on_probes": outcome["fidelity"],
-        "global_budget_search": outcome["search"],
+        "fidelity_on_probes": outcome.fidelity,
+        "global_budget_search": outcome.search,
     }

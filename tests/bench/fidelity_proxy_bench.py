@@ -120,7 +120,7 @@ def _run(name: str, lines: list[str]) -> None:
     work = graph.normalize(model, None)
     prepared = pipeline._prepare(work, probes, reference, config, FLAGS.budget_scale, None,
                                  [profile])
-    m, layers, tables = prepared["model"], prepared["layers"], prepared["tables"]
+    m, layers, tables = prepared.model, prepared.layers, prepared.tables
     damage_lines = _damage_model(m, tables, probes, reference)
     rows: list[dict] = []
     reconverter = convert.Reconverter(m, layers)
@@ -143,7 +143,7 @@ def _run(name: str, lines: list[str]) -> None:
         snapshot = (m.get_weights(), [pl.shift.copy() for pl in layers])
         budget.choose(m, tables, evaluate(label),
                       accept=lambda fid, g=guard: g.miss(reference, fid) is None,
-                      profile=profile, refit=prepared["refit"], refine=config.refine_steps)
+                      profile=profile, refit=prepared.refit, refine=config.refine_steps)
         # The model choose() leaves is the one prune writes: judge it like the candidates.
         evaluate(label)({})
         finals.append(rows.pop())
