@@ -89,6 +89,23 @@ class ModelledProfileTest(absltest.TestCase):
         self.assertGreater(long.core.fma, short.core.fma)
 
 
+class GeometryTest(absltest.TestCase):
+
+    def test_the_model_prices_the_tiles_the_plugin_is_built_with(self):
+        g = runtime.kernel_geometry()  # every ISA's, whatever this build runs
+        self.assertEqual(set(g["qs8"]), {"avx512vnni", "avx2", "neon", "neondot", "riscv-p"})
+        self.assertEqual(set(g["f32"]) >= {"avx2", "avx2_wide", "avx512", "neon"}, True)
+        neon = targets.microkernel("arm64-neon")
+        self.assertEqual((neon.tile, neon.max_rows),
+                         (g["f32"]["neon"]["tile"], g["f32"]["neon"]["max_rows"]))
+        self.assertEqual(targets.microkernel("x86_64-avx2").unstructured_tile,
+                         g["f32"]["avx2_wide"]["tile"])
+        self.assertEqual(targets.int8_tiles("x86_64-avx512"),
+                         tuple(g["qs8"]["avx512vnni"]["tiles"]))
+        self.assertEqual(targets.int8_tiles("arm64-neon"), tuple(g["qs8"]["neondot"]["tiles"]))
+        self.assertEqual(targets.int8_tiles("riscv64-rvv", 512), (512 // 32 * g["rvv"]["lmul"],))
+
+
 class ModelledInt8Test(absltest.TestCase):
 
     def test_every_target_prices_int8(self):
@@ -117,7 +134,7 @@ class ModelledInt8Test(absltest.TestCase):
     def test_rvv_int8_tile_follows_vlen(self):
         short = targets.ModelledProfile("riscv64-rvv", vlen=128, dtype="int8")
         long = targets.ModelledProfile("riscv64-rvv", vlen=512, dtype="int8")
-        self.assertEqual((short.int8.tiles, long.int8.tiles), ((16,), (64,)))
+        self.assertEqual((short.int8_tiles, long.int8_tiles), ((16,), (64,)))
 
 
 if __name__ == "__main__":

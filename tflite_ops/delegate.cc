@@ -18,6 +18,7 @@
 #include "tflite_ops/abi/tflite_abi.h"
 #include "tflite_ops/kernels/clock.h"
 #include "tflite_ops/kernels/conv_plan.h"
+#include "tflite_ops/kernels/geometry.h"
 #include "tflite_ops/kernels/qs8_conv_plan.h"
 #include "tflite_ops/kernels/sparse_conv.h"
 #include "tflite_ops/kernels/thread_pool.h"
@@ -453,6 +454,12 @@ __attribute__((visibility("default"))) void tflite_plugin_destroy_delegate(TfLit
 // Not part of the delegate: the analytic latency model's clock (kernels/clock.h), for ctypes.
 __attribute__((visibility("default"))) double hybrid_sparse_clock_ghz() {
   return hybrid_sparse::MeasureClockGhz();
+}
+
+// Every ISA's microkernel geometry as JSON (kernels/geometry.h), for the analytic model.
+__attribute__((visibility("default"))) const char* hybrid_sparse_kernel_geometry() {
+  static const std::string json = hybrid_sparse::geometry::GeometryJson();
+  return json.c_str();
 }
 
 }  // extern "C"

@@ -42,6 +42,19 @@ def clock_ghz() -> float:
     return float(fn())
 
 
+@functools.cache
+def kernel_geometry() -> dict:
+    """Every ISA's microkernel geometry as the plugin is built with it (kernels/geometry.h),
+    the ISAs this build lacks included: {"f32": {name: {lanes, tile, pass, max_rows}}, "qs8":
+    {name: {lanes, tiles}}, "rvv": {lmul, max_rows}}."""
+    import ctypes
+    import json
+
+    fn = ctypes.CDLL(delegate_path()).hybrid_sparse_kernel_geometry
+    fn.restype = ctypes.c_char_p
+    return json.loads(fn().decode())
+
+
 def make_interpreter(
     model_path: str | None = None, model_content: bytes | None = None, num_threads: int = 1,
     with_ops: bool = True, kernel: str = "", reference_ops: bool = False,

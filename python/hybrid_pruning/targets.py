@@ -315,7 +315,7 @@ class Core:
 
 @dataclasses.dataclass(frozen=True)
 class Microkernel:
-    """Our microkernel's tiling on that ISA (tflite_ops/kernels/<isa>.cc)."""
+    """Our microkernel's tiling on that ISA: the plugin's geometry (kernels/geometry.h)."""
 
     tile: int  # output positions per call
     max_rows: int  # rows of a block computed per pass over its nonzeros
@@ -323,6 +323,27 @@ class Microkernel:
                          # unstructured filter's pass is the whole tile
     unstructured_tile: int = 0  # the tile of unstructured filters (0: the tile)
 
+
+def microkernel(target: str, vlen: int | None = None) -> Microkernel:
+    """The float32 microkernel a target's profile prices, read from the plugin's geometry:
+    AVX2 computes blocks in passes of part of its tile and unstructured filters in its wide
+    tile; RVV's tile is one LMUL group of VLEN / 32 lanes."""
+    g = runtime.kernel_geometry()
+    f32 = g["f32"]
+    if target == "x86_64-avx2":
+        return Microkernel(f32["avx2"]["tile"], f32["avx2"]["max_rows"], f32["avx2"]["pass"],
+                           f32["avx2_wide"]["tile"])
+    if target == "x86_64-avx512":
+        return Microkernel(f32["avx512"]["tile"], f32["avx512"]["max_rows"])
+    if target == "arm64-neon":
+        return Microkernel(f32["neon"]["tile"], f32["neon"]["max_rows"])
+    if target == "riscv64-rvv":
+        return Microkernel((vlen or RVV_VLEN) // 32 * g["rvv"]["lmul"], g["rvv"]["max_rows"])
+    return Microkernel(1, 1)  # generic: the scalar reference
+
+
+# The modelled RVV core's vector length (SpacemiT X60).
+RVV_VLEN = 256
 
 # x86: Zen 3 (AVX2: 2 FMA pipes x 256 bit, 2 FP loads/cycle) and Zen 4 (ZMM FMA takes a pipe
 # two cycles, one 512-bit load per cycle assumed); arm64: Cortex-A76 (2 x 128-bit FMLA and
@@ -336,16 +357,11 @@ class Microkernel:
 # analytic model". The other cores keep an earlier x86 fit's overhead and transpose costs,
 # scaled to their load throughput.
 CORES = {
-    "x86_64-avx2": (Core("AMD Zen 3", 3.8, 8, 0.5, 0.5, 0.5, 4, False, 0.72, 5, 0.69, 3000),
-                    Microkernel(64, 2, 32, 112)),
-    "x86_64-avx512": (Core("AMD Zen 4", 4.5, 16, 1.0, 1.0, 0.5, 4, False, 0.72, 5, 0.69,
-                           3000), Microkernel(64, 4)),
-    "arm64-neon": (Core("Arm Cortex-A76", 2.4, 4, 0.5, 0.5, 0.5, 4, False, 0.8, 3, 1.0, 2000),
-                   Microkernel(16, 4)),
-    "riscv64-rvv": (Core("SpacemiT X60", 1.6, 32, 4.0, 8.6, 1.0, 2, False, 0.6, 18, 2.0, 3000),
-                    Microkernel(32, 4)),
-    "generic": (Core("scalar in-order core", 0.5, 1, 1.0, 1.0, 1.0, 1, True, 0.33, 0, 2.0, 500),
-                Microkernel(1, 1)),
+    "x86_64-avx2": Core("AMD Zen 3", 3.8, 8, 0.5, 0.5, 0.5, 4, False, 0.72, 5, 0.69, 3000),
+    "x86_64-avx512": Core("AMD Zen 4", 4.5, 16, 1.0, 1.0, 0.5, 4, False, 0.72, 5, 0.69, 3000),
+    "arm64-neon": Core("Arm Cortex-A76", 2.4, 4, 0.5, 0.5, 0.5, 4, False, 0.8, 3, 1.0, 2000),
+    "riscv64-rvv": Core("SpacemiT X60", 1.6, 32, 4.0, 8.6, 1.0, 2, False, 0.6, 18, 2.0, 3000),
+    "generic": Core("scalar in-order core", 0.5, 1, 1.0, 1.0, 1.0, 1, True, 0.33, 0, 2.0, 500),
 }
 TARGETS = ("host", *CORES)
 
@@ -355,9 +371,9 @@ class Int8Kernel:
     """Our int8 (qs8) microkernel on that ISA (tflite_ops/kernels/qs8_<isa>.cc), counted in
     the core's vector instructions, and XNNPACK's dense int8 rate there. A vector holds
     `Core.lanes` 32-bit lanes, one output position each; integer vector instructions are
-    priced as the core's FMA (the same pipes)."""
+    priced as the core's FMA (the same pipes). Its tiles are the plugin's (int8_tiles)."""
 
-    tiles: tuple[int, ...]  # output positions per call: the plan picks one per layer
+    family: str  # its qs8 family in the plugin's geometry ("" : RVV's, from VLEN; generic)
     ops_per_vector: int  # vector instructions per nonzero word of 4 weights and vector,
                          # the input load included
     requantize: int  # vector instructions per output vector: TFLite's requantization, clamp,
@@ -366,6 +382,16 @@ class Int8Kernel:
                                  # per cycle
     dense_efficiency: float  # the fraction of that peak it reaches
     vector_bytes: int = 0  # of one input load at a word offset (0: loads never split lines)
+
+
+def int8_tiles(target: str, vlen: int | None = None) -> tuple[int, ...]:
+    """The tiles our int8 kernel for a target offers (the plan picks one per layer)."""
+    family = INT8_KERNELS[target].family
+    if family:
+        return tuple(runtime.kernel_geometry()["qs8"][family]["tiles"])
+    if target == "riscv64-rvv":
+        return ((vlen or RVV_VLEN) // 32 * runtime.kernel_geometry()["rvv"]["lmul"],)
+    return (1,)
 
 
 # Instruction counts are our kernels' (qs8_avx2.cc: load, and, shift, 2 vpmaddwd, 2 adds;
@@ -380,11 +406,11 @@ class Int8Kernel:
 # vector starts at any word, so a load of B bytes crosses a 64-byte line with probability
 # (B - 4) / 64 and then takes two load slots (RVV's measured vle32 costs include that).
 INT8_KERNELS = {
-    "x86_64-avx2": Int8Kernel(tuple(range(8, 65, 8)), 7, 16, 32.0, 0.72, 32),
-    "x86_64-avx512": Int8Kernel(tuple(range(16, 129, 16)), 2, 14, 64.0, 0.9, 64),
-    "arm64-neon": Int8Kernel((16, 32, 48, 64), 2, 12, 32.0, 0.8, 16),
-    "riscv64-rvv": Int8Kernel((32,), 12, 14, 16.0, 0.6),
-    "generic": Int8Kernel((1,), 0, 0, 1.0, 0.33),
+    "x86_64-avx2": Int8Kernel("avx2", 7, 16, 32.0, 0.72, 32),
+    "x86_64-avx512": Int8Kernel("avx512vnni", 2, 14, 64.0, 0.9, 64),
+    "arm64-neon": Int8Kernel("neondot", 2, 12, 32.0, 0.8, 16),
+    "riscv64-rvv": Int8Kernel("", 12, 14, 16.0, 0.6),
+    "generic": Int8Kernel("", 0, 0, 1.0, 0.33),
 }
 
 
@@ -398,20 +424,20 @@ class ModelledProfile:
                  dtype: str = "float32"):
         """`dtype` "int8": the builtin int8 CONV_2D (XNNPACK's) against our int8 op, whose
         blocks are groups of 4 input channels (INT8_KERNELS)."""
-        core, kernel = CORES[target]
-        int8 = INT8_KERNELS[target]
+        core, int8 = CORES[target], INT8_KERNELS[target]
         if target == "riscv64-rvv" and vlen:
             # Same datapath, longer vectors: an LMUL=4 instruction covers vlen/8 lanes and
-            # takes proportionally longer; the tile follows VLEN (rvv.cc).
-            scale = vlen / 256
+            # takes proportionally longer, and so does the dense int8 rate assumed there.
+            scale = vlen / RVV_VLEN
             core = dataclasses.replace(core, lanes=vlen // 8, fma=core.fma * scale,
                                        load=core.load * scale, epilogue=core.epilogue * scale)
-            kernel = Microkernel(vlen // 8, kernel.max_rows)
-            int8 = dataclasses.replace(int8, tiles=(vlen // 8,),
+            int8 = dataclasses.replace(int8,
                                        dense_macs_per_cycle=int8.dense_macs_per_cycle * scale)
         if ghz:
             core = dataclasses.replace(core, ghz=ghz)
-        self.target, self.core, self.kernel, self.int8 = target, core, kernel, int8
+        self.target, self.core, self.int8 = target, core, int8
+        self.kernel = microkernel(target, vlen)
+        self.int8_tiles = int8_tiles(target, vlen)
         self.dtype = dtype
         self.name = target + (f":vlen={vlen}" if vlen else "")
         self.activation_pays = target == "generic"
@@ -453,7 +479,7 @@ class ModelledProfile:
             return cycles / (c.ghz * 1e9)
         # The plan's choice (qs8_conv_plan.cc): the least work per nonzero, a broadcast plus a
         # load and a dot product per vector of every call.
-        tile = min(reversed(k.tiles),
+        tile = min(reversed(self.int8_tiles),
                    key=lambda t: math.ceil(computed / t) * (1 + 2 * t / c.lanes))
         vecs = tile // c.lanes
         split = (k.vector_bytes - 4) / 64 if k.vector_bytes else 0.0

@@ -199,7 +199,7 @@ def main(argv):
         "implementations, as the target's profile predicts (batch 1, one thread); "
         "'modelled' targets are priced by targets.ModelledProfile (our kernels' instruction "
         "counts and a documented core: " + "; ".join(
-            f"{k}: {c.name} at {c.ghz:g} GHz" for k, (c, _) in targets.CORES.items()
+            f"{k}: {c.name} at {c.ghz:g} GHz" for k, c in targets.CORES.items()
             if k not in ("x86_64-avx2", "x86_64-avx512")) + "). Top-1 of each target's "
         "model is measured here (the op computes the same on every kernel).",
         "",

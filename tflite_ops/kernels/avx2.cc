@@ -7,6 +7,7 @@
 // one of 32 positions for small images.
 #include <immintrin.h>
 
+#include "tflite_ops/kernels/geometry.h"
 #include "tflite_ops/kernels/spmm_fixed_width.h"
 
 namespace hybrid_sparse {
@@ -14,7 +15,8 @@ namespace {
 
 struct Avx2 {
   using Vec = __m256;
-  static constexpr int kLanes = 8, kTile = 64, kPass = 32, kMaxRows = 2;
+  static constexpr int kLanes = geometry::kAvx2.lanes, kTile = geometry::kAvx2.tile,
+                       kPass = geometry::kAvx2.pass, kMaxRows = geometry::kAvx2.max_rows;
   static constexpr int kChains = 12, kMaxAccumulators = 14;
   static Vec Load(const float* p) { return _mm256_loadu_ps(p); }
   static void Store(float* p, Vec v) { _mm256_storeu_ps(p, v); }
@@ -27,16 +29,20 @@ struct Avx2 {
 
 // Eight accumulators in one set: eight chains cover a 4-cycle FMA latency at two per cycle.
 struct Avx2Unstructured : Avx2 {
-  static constexpr int kPass = 64, kMaxRows = 1, kChains = 8;
+  static_assert(geometry::kAvx2Unstructured.tile == geometry::kAvx2.tile, "one tile");
+  static constexpr int kPass = geometry::kAvx2Unstructured.pass,
+                       kMaxRows = geometry::kAvx2Unstructured.max_rows, kChains = 8;
 };
 
 struct Avx2Wide : Avx2 {
-  static constexpr int kTile = 112, kPass = 112, kMaxRows = 1, kChains = 8;
+  static constexpr int kTile = geometry::kAvx2Wide.tile, kPass = geometry::kAvx2Wide.pass,
+                       kMaxRows = geometry::kAvx2Wide.max_rows, kChains = 8;
   static constexpr int kMaxAccumulators = 15;
 };
 
 struct Avx2Narrow : Avx2 {
-  static constexpr int kTile = 32, kPass = 32;
+  static_assert(geometry::kAvx2Narrow.max_rows == geometry::kAvx2.max_rows, "inherited");
+  static constexpr int kTile = geometry::kAvx2Narrow.tile, kPass = geometry::kAvx2Narrow.pass;
 };
 
 // Rows r[0..7] become columns.

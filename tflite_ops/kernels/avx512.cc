@@ -3,6 +3,7 @@
 // positions; and a narrow one of 32 positions for small images.
 #include <immintrin.h>
 
+#include "tflite_ops/kernels/geometry.h"
 #include "tflite_ops/kernels/spmm_fixed_width.h"
 
 namespace hybrid_sparse {
@@ -10,7 +11,8 @@ namespace {
 
 struct Avx512 {
   using Vec = __m512;
-  static constexpr int kLanes = 16, kTile = 64, kPass = 64, kMaxRows = 4;
+  static constexpr int kLanes = geometry::kAvx512.lanes, kTile = geometry::kAvx512.tile,
+                       kPass = geometry::kAvx512.pass, kMaxRows = geometry::kAvx512.max_rows;
   // Eight chains cover a 4-cycle FMA latency at two ZMM FMAs per cycle (Zen 4 issues one);
   // 16 only added partial sums to reduce per row on unstructured filters (slower).
   static constexpr int kChains = 8, kMaxAccumulators = 28;
@@ -24,7 +26,8 @@ struct Avx512 {
 };
 
 struct Avx512Narrow : Avx512 {
-  static constexpr int kTile = 32, kPass = 32;
+  static_assert(geometry::kAvx512Narrow.max_rows == geometry::kAvx512.max_rows, "inherited");
+  static constexpr int kTile = geometry::kAvx512Narrow.tile, kPass = geometry::kAvx512Narrow.pass;
 };
 
 }  // namespace

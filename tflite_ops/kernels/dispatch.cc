@@ -9,6 +9,7 @@
 #endif
 #endif
 
+#include "tflite_ops/kernels/geometry.h"
 #include "tflite_ops/kernels/sparse_conv.h"
 
 namespace hybrid_sparse {
@@ -28,9 +29,9 @@ struct Table {
     if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
       variants[count++] = {"avx2",
                            TransposeAvx2,
-                           {{64, SpmmAvx2, 1.0f, 1.0f, true, 8},
-                            {112, SpmmAvx2Wide, 0.92f, 0.0f, false, 8},
-                            {32, SpmmAvx2Narrow, 1.07f, 0.9f, true, 8}},
+                           {{geometry::kAvx2.tile, SpmmAvx2, 1.0f, 1.0f, true, 8},
+                            {geometry::kAvx2Wide.tile, SpmmAvx2Wide, 0.92f, 0.0f, false, 8},
+                            {geometry::kAvx2Narrow.tile, SpmmAvx2Narrow, 1.07f, 0.9f, true, 8}},
                            0.885f};
 #endif
 #if defined(HYBRID_SPARSE_HAVE_AVX512)
@@ -41,9 +42,10 @@ struct Table {
     if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx2"))
       variants[count++] = {"avx512",
                            TransposeAvx2,
-                           {{64, SpmmAvx512, 1.0f, 1.0f, true, 16},
-                            {112, SpmmAvx2Wide, 1.0f, 0.0f, false, 8},
-                            {32, SpmmAvx512Narrow, 1.125f, 1.0f, true, 8}},
+                           {{geometry::kAvx512.tile, SpmmAvx512, 1.0f, 1.0f, true, 16},
+                            {geometry::kAvx2Wide.tile, SpmmAvx2Wide, 1.0f, 0.0f, false, 8},
+                            {geometry::kAvx512Narrow.tile, SpmmAvx512Narrow, 1.125f, 1.0f, true,
+                             8}},
                            0.834f};
 #endif
     // int8: each variant gets its ISA's best qs8 family this CPU runs.
@@ -61,7 +63,7 @@ struct Table {
       variants[i].qs8 = std::strcmp(variants[i].name, "avx2") == 0 ? &kQs8Avx2 : best_qs8;
 #endif
 #if defined(HYBRID_SPARSE_HAVE_NEON)
-    variants[count++] = {"neon", TransposeNeon, {{16, SpmmNeon}}};  // mandatory on AArch64
+    variants[count++] = {"neon", TransposeNeon, {{geometry::kNeon.tile, SpmmNeon}}};
     qs8[qs8_count++] = best_qs8 = &kQs8Neon;
 #if defined(HYBRID_SPARSE_HAVE_QS8_NEONDOT)
     if (getauxval(AT_HWCAP) & HWCAP_ASIMDDP) qs8[qs8_count++] = best_qs8 = &kQs8NeonDot;

@@ -2,6 +2,7 @@
 // (16 accumulators of the 32 registers); and the 4x4-block transpose around it.
 #include <arm_neon.h>
 
+#include "tflite_ops/kernels/geometry.h"
 #include "tflite_ops/kernels/spmm_fixed_width.h"
 
 namespace hybrid_sparse {
@@ -9,7 +10,8 @@ namespace {
 
 struct Neon {
   using Vec = float32x4_t;
-  static constexpr int kLanes = 4, kTile = 16, kPass = 16, kMaxRows = 4;
+  static constexpr int kLanes = geometry::kNeon.lanes, kTile = geometry::kNeon.tile,
+                       kPass = geometry::kNeon.pass, kMaxRows = geometry::kNeon.max_rows;
   static constexpr int kChains = 16, kMaxAccumulators = 28;
   static Vec Load(const float* p) { return vld1q_f32(p); }
   static void Store(float* p, Vec v) { vst1q_f32(p, v); }

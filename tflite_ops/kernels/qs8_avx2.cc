@@ -6,6 +6,7 @@
 // single rounding's shift is made from the logical one.
 #include <immintrin.h>
 
+#include "tflite_ops/kernels/geometry.h"
 #include "tflite_ops/kernels/qs8_transpose_x86.h"
 #include "tflite_ops/kernels/sparse_conv.h"
 
@@ -99,11 +100,19 @@ void Qs8TransposeSse2(const int8_t* src, int src_stride, int rows, int cols, int
   Qs8TransposeBytes16(src, src_stride, rows, cols, dst, dst_stride);
 }
 
+static constexpr const geometry::Qs8& kG = geometry::kQs8Avx2;
+static_assert(kG.lanes == 8, "ymm lanes");
 const Qs8Kernels kQs8Avx2 = {
-    "avx2",
-    {{8, Qs8SpmmAvx2<1>}, {16, Qs8SpmmAvx2<2>}, {24, Qs8SpmmAvx2<3>}, {32, Qs8SpmmAvx2<4>},
-     {40, Qs8SpmmAvx2<5>}, {48, Qs8SpmmAvx2<6>}, {56, Qs8SpmmAvx2<7>}, {64, Qs8SpmmAvx2<8>}},
-    8,
+    kG.name,
+    {{kG.tiles[0], Qs8SpmmAvx2<kG.tiles[0] / kG.lanes>},
+     {kG.tiles[1], Qs8SpmmAvx2<kG.tiles[1] / kG.lanes>},
+     {kG.tiles[2], Qs8SpmmAvx2<kG.tiles[2] / kG.lanes>},
+     {kG.tiles[3], Qs8SpmmAvx2<kG.tiles[3] / kG.lanes>},
+     {kG.tiles[4], Qs8SpmmAvx2<kG.tiles[4] / kG.lanes>},
+     {kG.tiles[5], Qs8SpmmAvx2<kG.tiles[5] / kG.lanes>},
+     {kG.tiles[6], Qs8SpmmAvx2<kG.tiles[6] / kG.lanes>},
+     {kG.tiles[7], Qs8SpmmAvx2<kG.tiles[7] / kG.lanes>}},
+    kG.lanes,
     true,
     Qs8TransposeSse2,
 };

@@ -4,6 +4,7 @@
 // vector form (bit-exact with MultiplyByQuantizedMultiplier at either rounding).
 #include <immintrin.h>
 
+#include "tflite_ops/kernels/geometry.h"
 #include "tflite_ops/kernels/qs8_transpose_x86.h"
 #include "tflite_ops/kernels/sparse_conv.h"
 
@@ -87,11 +88,19 @@ void Qs8SpmmVnni(const Qs8SpmmFilter& f, const uint32_t* x, int8_t* y) {
 
 }  // namespace
 
+static constexpr const geometry::Qs8& kG = geometry::kQs8Avx512Vnni;
+static_assert(kG.lanes == 16, "zmm lanes");
 const Qs8Kernels kQs8Avx512Vnni = {
-    "avx512vnni",
-    {{16, Qs8SpmmVnni<1>}, {32, Qs8SpmmVnni<2>}, {48, Qs8SpmmVnni<3>}, {64, Qs8SpmmVnni<4>},
-     {80, Qs8SpmmVnni<5>}, {96, Qs8SpmmVnni<6>}, {112, Qs8SpmmVnni<7>}, {128, Qs8SpmmVnni<8>}},
-    16,
+    kG.name,
+    {{kG.tiles[0], Qs8SpmmVnni<kG.tiles[0] / kG.lanes>},
+     {kG.tiles[1], Qs8SpmmVnni<kG.tiles[1] / kG.lanes>},
+     {kG.tiles[2], Qs8SpmmVnni<kG.tiles[2] / kG.lanes>},
+     {kG.tiles[3], Qs8SpmmVnni<kG.tiles[3] / kG.lanes>},
+     {kG.tiles[4], Qs8SpmmVnni<kG.tiles[4] / kG.lanes>},
+     {kG.tiles[5], Qs8SpmmVnni<kG.tiles[5] / kG.lanes>},
+     {kG.tiles[6], Qs8SpmmVnni<kG.tiles[6] / kG.lanes>},
+     {kG.tiles[7], Qs8SpmmVnni<kG.tiles[7] / kG.lanes>}},
+    kG.lanes,
     true,
     Qs8TransposeAvx512,
 };

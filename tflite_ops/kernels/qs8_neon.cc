@@ -4,6 +4,7 @@
 // group of 4 positions as channel pairs (0+1, 2+3) until addp joins them at the end.
 #include <arm_neon.h>
 
+#include "tflite_ops/kernels/geometry.h"
 #include "tflite_ops/kernels/qs8_neon.h"
 #include "tflite_ops/kernels/sparse_conv.h"
 
@@ -37,10 +38,13 @@ void Qs8SpmmNeon(const Qs8SpmmFilter& f, const uint32_t* x, int8_t* y) {
 
 }  // namespace
 
+static constexpr const geometry::Qs8& kG = geometry::kQs8Neon;
+static_assert(kG.lanes == 4, "q register lanes");
 const Qs8Kernels kQs8Neon = {
-    "neon",
-    {{16, Qs8SpmmNeon<4>}, {32, Qs8SpmmNeon<8>}},
-    4,
+    kG.name,
+    {{kG.tiles[0], Qs8SpmmNeon<kG.tiles[0] / kG.lanes>},
+     {kG.tiles[1], Qs8SpmmNeon<kG.tiles[1] / kG.lanes>}},
+    kG.lanes,
     false,
     nullptr,
 };

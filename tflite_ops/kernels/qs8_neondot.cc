@@ -3,6 +3,7 @@
 // broadcast weight word, so one nonzero is one sdot per 4 positions.
 #include <arm_neon.h>
 
+#include "tflite_ops/kernels/geometry.h"
 #include "tflite_ops/kernels/qs8_neon.h"
 #include "tflite_ops/kernels/sparse_conv.h"
 
@@ -29,11 +30,15 @@ void Qs8SpmmNeonDot(const Qs8SpmmFilter& f, const uint32_t* x, int8_t* y) {
 
 }  // namespace
 
+static constexpr const geometry::Qs8& kG = geometry::kQs8NeonDot;
+static_assert(kG.lanes == 4, "q register lanes");
 const Qs8Kernels kQs8NeonDot = {
-    "neondot",
-    {{16, Qs8SpmmNeonDot<4>}, {32, Qs8SpmmNeonDot<8>}, {48, Qs8SpmmNeonDot<12>},
-     {64, Qs8SpmmNeonDot<16>}},
-    4,
+    kG.name,
+    {{kG.tiles[0], Qs8SpmmNeonDot<kG.tiles[0] / kG.lanes>},
+     {kG.tiles[1], Qs8SpmmNeonDot<kG.tiles[1] / kG.lanes>},
+     {kG.tiles[2], Qs8SpmmNeonDot<kG.tiles[2] / kG.lanes>},
+     {kG.tiles[3], Qs8SpmmNeonDot<kG.tiles[3] / kG.lanes>}},
+    kG.lanes,
     false,
     nullptr,
 };

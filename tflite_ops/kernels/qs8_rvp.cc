@@ -5,6 +5,7 @@
 // for P hardware (HYBRID_SPARSE_RISCV_P, see dispatch.cc): qemu and Spike in Debian lack P.
 #include <cstdint>
 
+#include "tflite_ops/kernels/geometry.h"
 #include "tflite_ops/kernels/qs8_spmm_packed.h"
 #include "tflite_ops/kernels/sparse_conv.h"
 
@@ -18,10 +19,13 @@ inline uint64_t Pm4AddaB(uint64_t acc, uint64_t x, uint64_t w) {
 
 }  // namespace
 
+static constexpr const geometry::Qs8& kG = geometry::kQs8RiscvP;
+static_assert(kG.lanes == 2, "two positions per 64-bit register");
 const Qs8Kernels kQs8RiscvP = {
-    "riscv-p",
-    {{8, Qs8SpmmPacked<Pm4AddaB, 4>}, {16, Qs8SpmmPacked<Pm4AddaB, 8>}},
-    2,
+    kG.name,
+    {{kG.tiles[0], Qs8SpmmPacked<Pm4AddaB, kG.tiles[0] / kG.lanes>},
+     {kG.tiles[1], Qs8SpmmPacked<Pm4AddaB, kG.tiles[1] / kG.lanes>}},
+    kG.lanes,
     false,
     nullptr,
 };

@@ -6,10 +6,13 @@
 // TFLite's in both roundings.
 #include <riscv_vector.h>
 
+#include "tflite_ops/kernels/geometry.h"
 #include "tflite_ops/kernels/sparse_conv.h"
 
 namespace hybrid_sparse {
 namespace {
+
+static_assert(geometry::kRvvLmul == 4, "the m4 types below are that geometry");
 
 inline vint32m4_t Requantize(vint32m4_t acc, int32_t multiplier, int32_t shift,
                              Rounding rounding, size_t vl) {

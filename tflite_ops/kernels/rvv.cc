@@ -5,10 +5,14 @@
 // of spmm_fixed_width.h.
 #include <riscv_vector.h>
 
+#include "tflite_ops/kernels/geometry.h"
 #include "tflite_ops/kernels/sparse_conv.h"
 
 namespace hybrid_sparse {
 namespace {
+
+// The m4 types and BlockRows<1..4> below are that geometry.
+static_assert(geometry::kRvvLmul == 4 && geometry::kRvvMaxRows == 4, "rvv geometry");
 
 template <int kRows>
 void BlockRows(const SpmmFilter& f, const float* x, int b, int r0, float* y, size_t vl) {

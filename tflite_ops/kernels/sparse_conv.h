@@ -23,6 +23,8 @@
 #include <cstdint>
 #include <string>
 
+#include "tflite_ops/kernels/geometry.h"
+
 namespace hybrid_sparse {
 
 enum class Padding : int32_t { kSame = 0, kValid = 1 };
@@ -106,13 +108,15 @@ struct SpmmFilter {
 // Reads x only at offsets + [0, tile); y holds num_blocks * block_size rows of `tile` floats.
 using SpmmMicrokernelFn = void (*)(const SpmmFilter& filter, const float* x, float* y);
 
-void SpmmAvx2(const SpmmFilter& filter, const float* x, float* y);          // tile 64
-void SpmmAvx2Wide(const SpmmFilter& filter, const float* x, float* y);      // tile 112
-void SpmmAvx2Narrow(const SpmmFilter& filter, const float* x, float* y);    // tile 32
-void SpmmAvx512(const SpmmFilter& filter, const float* x, float* y);        // tile 64
-void SpmmAvx512Narrow(const SpmmFilter& filter, const float* x, float* y);  // tile 32
-void SpmmNeon(const SpmmFilter& filter, const float* x, float* y);    // tile 16
-void SpmmRvv(const SpmmFilter& filter, const float* x, float* y);     // tile = VLEN/32 * 4
+// Tiles: geometry.h (kAvx2, kAvx2Wide, kAvx2Narrow, kAvx512, kAvx512Narrow, kNeon; RVV's
+// follows VLEN).
+void SpmmAvx2(const SpmmFilter& filter, const float* x, float* y);
+void SpmmAvx2Wide(const SpmmFilter& filter, const float* x, float* y);
+void SpmmAvx2Narrow(const SpmmFilter& filter, const float* x, float* y);
+void SpmmAvx512(const SpmmFilter& filter, const float* x, float* y);
+void SpmmAvx512Narrow(const SpmmFilter& filter, const float* x, float* y);
+void SpmmNeon(const SpmmFilter& filter, const float* x, float* y);
+void SpmmRvv(const SpmmFilter& filter, const float* x, float* y);
 int RvvTile();
 
 // The layout changes around the microkernel (NHWC input -> channel-major X, [channel][tile]
@@ -218,7 +222,7 @@ struct Qs8Tiling {
   int tile = 0;  // output positions per call; 0: an unused entry
   Qs8SpmmMicrokernelFn microkernel = nullptr;
 };
-constexpr int kMaxQs8Tilings = 8;
+constexpr int kMaxQs8Tilings = geometry::kMaxQs8Tiles;
 
 // The qs8 results' layout change, [channel][position] -> NHWC:
 //   dst[p * dst_stride + c] = src[c * src_stride + p]   for c < rows, p < cols.

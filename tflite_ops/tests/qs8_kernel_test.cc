@@ -14,6 +14,7 @@
 #include <gtest/gtest.h>
 
 #include "tflite_ops/kernels/conv_plan.h"
+#include "tflite_ops/kernels/geometry.h"
 #include "tflite_ops/kernels/qs8_conv_plan.h"
 #include "tflite_ops/kernels/sparse_conv.h"
 #include "tflite_ops/tests/random_geometry.h"
@@ -231,6 +232,26 @@ TEST(Qs8Families, EveryTilingOfEveryFamilyIsBitExact) {
         ASSERT_EQ(got, DenseConv(l)) << family.name << " tile " << tile << ": " << l.Describe();
       }
     }
+  }
+}
+
+// The families' tilings are the geometry the plugin exports to the analytic model.
+TEST(Qs8Families, TilesAreTheExportedGeometry) {
+  int count = 0;
+  const Qs8Kernels* const* all = AvailableQs8Kernels(&count);
+  for (int k = 0; k < count; ++k) {
+    const Qs8Kernels& family = *all[k];
+    const geometry::Qs8* g = nullptr;
+    for (const geometry::Qs8* candidate :
+         {&geometry::kQs8Avx512Vnni, &geometry::kQs8Avx2, &geometry::kQs8Neon,
+          &geometry::kQs8NeonDot, &geometry::kQs8RiscvP})
+      if (std::string(candidate->name) == family.name) g = candidate;
+    if (std::string(family.name) == "packed-twin") g = &geometry::kQs8RiscvP;
+    if (g == nullptr) continue;  // RVV: its tile follows VLEN
+    EXPECT_EQ(family.lanes, g->lanes) << family.name;
+    for (int t = 0; t < kMaxQs8Tilings; ++t)
+      EXPECT_EQ(family.tilings[t].tile, t < geometry::kMaxQs8Tiles ? g->tiles[t] : 0)
+          << family.name << " tiling " << t;
   }
 }
 
