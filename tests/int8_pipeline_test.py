@@ -58,6 +58,13 @@ class GroupsTest(absltest.TestCase):
         np.testing.assert_allclose(scores[:, 0], expected)
 
 
+def _saved_sequential_cnn():
+    """The test model as a user has it: saved to disk and loaded back."""
+    path = os.path.join(tempfile.mkdtemp(dir=os.environ.get("TEST_TMPDIR")), "m.keras")
+    test_models.sequential_cnn().save(path)
+    return io.load_keras_model(path)
+
+
 class Int8PipelineTest(absltest.TestCase):
 
     @classmethod
@@ -140,10 +147,7 @@ class _WrongHostProfile(_Profile):
 class Int8FallbackTest(absltest.TestCase):
 
     def test_slower_layers_go_back_unpruned(self):
-        model = test_models.sequential_cnn()
-        path = os.path.join(tempfile.mkdtemp(dir=os.environ.get("TEST_TMPDIR")), "m.keras")
-        model.save(path)
-        result = pipeline.compress(io.load_keras_model(path), pipeline.PruneConfig(
+        result = pipeline.compress(_saved_sequential_cnn(), pipeline.PruneConfig(
             quiet=True, probe_count=32, profile=_WrongHostProfile(), num_threads=1,
             sequential_refit=False, refine_steps=0, dtype="int8"))
         search = result.report["global_budget_search"]
@@ -161,10 +165,7 @@ class Int8FallbackTest(absltest.TestCase):
 class ModelledInt8Test(absltest.TestCase):
 
     def test_modelled_device_gets_int8_with_our_op_priced_by_the_int8_model(self):
-        model = test_models.sequential_cnn()
-        path = os.path.join(tempfile.mkdtemp(dir=os.environ.get("TEST_TMPDIR")), "m.keras")
-        model.save(path)
-        result = pipeline.compress(io.load_keras_model(path), pipeline.PruneConfig(
+        result = pipeline.compress(_saved_sequential_cnn(), pipeline.PruneConfig(
             quiet=True, probe_count=32, targets=("arm64-neon",), sequential_refit=False,
             refine_steps=0, dtype="int8"))
         self.assertIsNone(result.fidelity_miss)

@@ -117,6 +117,9 @@ class Outcome:
     # What _unprune restores from: the tables, the unpruned weights, the re-fit.
     unpruned: tuple
     latency: dict | None = None  # the measured fallback's last measurement
+
+
+def _to_ours(model, layers, thresholds_by_layer: dict, block_size,
              dense_below: float = 0.0, builtin: frozenset = frozenset(),
              flat: bytes | None = None, int8_probes: np.ndarray | None = None):
     """Converts the Keras model (unless `flat` is its conversion) and rewrites its pruned

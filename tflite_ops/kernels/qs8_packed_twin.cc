@@ -3,7 +3,6 @@
 // packaged; see README).
 #include <cstdint>
 
-#include "tflite_ops/kernels/geometry.h"
 #include "tflite_ops/kernels/qs8_spmm_packed.h"
 #include "tflite_ops/kernels/sparse_conv.h"
 
@@ -28,14 +27,6 @@ uint64_t Pm4AddaB(uint64_t acc, uint64_t x, uint64_t w) {
 
 }  // namespace
 
-static constexpr const geometry::Qs8& kG = geometry::kQs8RiscvP;  // the P kernel's twin
-const Qs8Kernels kQs8PackedTwin = {
-    "packed-twin",
-    {{kG.tiles[0], Qs8SpmmPacked<Pm4AddaB, kG.tiles[0] / kG.lanes>},
-     {kG.tiles[1], Qs8SpmmPacked<Pm4AddaB, kG.tiles[1] / kG.lanes>}},
-    kG.lanes,
-    false,
-    nullptr,
-};
+constexpr Qs8Kernels kQs8PackedTwin = PackedFamily<Pm4AddaB>("packed-twin");
 
 }  // namespace hybrid_sparse

@@ -19,15 +19,6 @@ inline uint64_t Pm4AddaB(uint64_t acc, uint64_t x, uint64_t w) {
 
 }  // namespace
 
-static constexpr const geometry::Qs8& kG = geometry::kQs8RiscvP;
-static_assert(kG.lanes == 2, "two positions per 64-bit register");
-const Qs8Kernels kQs8RiscvP = {
-    kG.name,
-    {{kG.tiles[0], Qs8SpmmPacked<Pm4AddaB, kG.tiles[0] / kG.lanes>},
-     {kG.tiles[1], Qs8SpmmPacked<Pm4AddaB, kG.tiles[1] / kG.lanes>}},
-    kG.lanes,
-    false,
-    nullptr,
-};
+constexpr Qs8Kernels kQs8RiscvP = PackedFamily<Pm4AddaB>(geometry::kQs8RiscvP.name);
 
 }  // namespace hybrid_sparse

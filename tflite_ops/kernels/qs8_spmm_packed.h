@@ -9,6 +9,7 @@
 #include <cstdint>
 #include <cstring>
 
+#include "tflite_ops/kernels/geometry.h"
 #include "tflite_ops/kernels/sparse_conv.h"
 
 namespace hybrid_sparse {
@@ -40,6 +41,19 @@ void Qs8SpmmPacked(const Qs8SpmmFilter& f, const uint32_t* x, int8_t* y) {
       out[2 * r + 1] = Requantize(static_cast<int32_t>(static_cast<uint32_t>(acc[r] >> 32)), c, q);
     }
   }
+}
+
+// The family of one packed dot product: its kernels at the P kernel's tiles.
+template <PackedDot4Fn kDot4>
+constexpr Qs8Kernels PackedFamily(const char* name) {
+  constexpr const geometry::Qs8& g = geometry::kQs8RiscvP;
+  static_assert(g.tiles[2] == 0, "two tiles");
+  return {name,
+          {{g.tiles[0], Qs8SpmmPacked<kDot4, g.tiles[0] / g.lanes>},
+           {g.tiles[1], Qs8SpmmPacked<kDot4, g.tiles[1] / g.lanes>}},
+          g.lanes,
+          false,
+          nullptr};
 }
 
 }  // namespace
