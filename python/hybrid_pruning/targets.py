@@ -324,6 +324,15 @@ class Microkernel:
     unstructured_tile: int = 0  # the tile of unstructured filters (0: the tile)
 
 
+# The modelled RVV core's vector length (SpacemiT X60).
+RVV_VLEN = 256
+
+
+def _rvv_tile(vlen: int | None) -> int:
+    """RVV's tile, float32 and int8 alike: one LMUL group of VLEN / 32 lanes."""
+    return (vlen or RVV_VLEN) // 32 * runtime.kernel_geometry()["rvv"]["lmul"]
+
+
 def microkernel(target: str, vlen: int | None = None) -> Microkernel:
     """The float32 microkernel a target's profile prices, read from the plugin's geometry:
     AVX2 computes blocks in passes of part of its tile and unstructured filters in its wide
@@ -338,12 +347,8 @@ def microkernel(target: str, vlen: int | None = None) -> Microkernel:
     if target == "arm64-neon":
         return Microkernel(f32["neon"]["tile"], f32["neon"]["max_rows"])
     if target == "riscv64-rvv":
-        return Microkernel((vlen or RVV_VLEN) // 32 * g["rvv"]["lmul"], g["rvv"]["max_rows"])
+        return Microkernel(_rvv_tile(vlen), g["rvv"]["max_rows"])
     return Microkernel(1, 1)  # generic: the scalar reference
-
-
-# The modelled RVV core's vector length (SpacemiT X60).
-RVV_VLEN = 256
 
 # x86: Zen 3 (AVX2: 2 FMA pipes x 256 bit, 2 FP loads/cycle) and Zen 4 (ZMM FMA takes a pipe
 # two cycles, one 512-bit load per cycle assumed); arm64: Cortex-A76 (2 x 128-bit FMLA and
@@ -390,7 +395,7 @@ def int8_tiles(target: str, vlen: int | None = None) -> tuple[int, ...]:
     if family:
         return tuple(runtime.kernel_geometry()["qs8"][family]["tiles"])
     if target == "riscv64-rvv":
-        return ((vlen or RVV_VLEN) // 32 * runtime.kernel_geometry()["rvv"]["lmul"],)
+        return (_rvv_tile(vlen),)
     return (1,)
 
 
