@@ -29,30 +29,50 @@ inline __m256i ShiftRightArithmetic64(__m256i v, __m128i count) {
   return _mm256_xor_si256(_mm256_srl_epi64(_mm256_xor_si256(v, sign), count), sign);
 }
 
-// As qs8_avx512vnni.cc's (the same identities). The double rounding's high half only needs
-// bits 31-62 of p + 2^30, which the logical shift gives too.
-inline __m256i Requantize(__m256i acc, int32_t multiplier, int32_t shift, Rounding rounding) {
-  const __m256i m = _mm256_set1_epi64x(multiplier);
-  __m256i even, odd;
-  if (rounding == Rounding::kSingle) {
-    const int total = 31 - shift;
-    const __m256i round = _mm256_set1_epi64x(int64_t{1} << (total - 1));
-    const __m128i count = _mm_cvtsi32_si128(total);
-    Products(acc, m, &even, &odd);
-    return Interleave(ShiftRightArithmetic64(_mm256_add_epi64(even, round), count),
-                      ShiftRightArithmetic64(_mm256_add_epi64(odd, round), count));
+// As qs8_avx512vnni.cc's (the same identities, constants made once per channel). The double
+// rounding's high half only needs bits 31-62 of p + 2^30, which the logical shift gives too.
+class ChannelRequantization {
+ public:
+  ChannelRequantization(int32_t multiplier, int32_t shift, Rounding rounding)
+      : m_(_mm256_set1_epi64x(multiplier)), single_(rounding == Rounding::kSingle) {
+    if (single_) {
+      const int total = 31 - shift;
+      round64_ = _mm256_set1_epi64x(int64_t{1} << (total - 1));
+      count64_ = _mm_cvtsi32_si128(total);
+      return;
+    }
+    left_ = shift > 0 ? shift : 0;
+    right_ = shift > 0 ? 0 : -shift;
+    round64_ = _mm256_set1_epi64x(int64_t{1} << 30);
+    left_count_ = _mm_cvtsi32_si128(left_);
+    right_count_ = _mm_cvtsi32_si128(right_);
+    round32_ = _mm256_set1_epi32(right_ > 0 ? 1 << (right_ - 1) : 0);
   }
-  if (shift > 0) acc = _mm256_sll_epi32(acc, _mm_cvtsi32_si128(shift));
-  Products(acc, m, &even, &odd);
-  const __m256i half = _mm256_set1_epi64x(int64_t{1} << 30);
-  const __m256i high = Interleave(_mm256_srli_epi64(_mm256_add_epi64(even, half), 31),
-                                  _mm256_srli_epi64(_mm256_add_epi64(odd, half), 31));
-  const int right = shift > 0 ? 0 : -shift;
-  if (right == 0) return high;
-  const __m256i rounded = _mm256_add_epi32(
-      _mm256_add_epi32(high, _mm256_set1_epi32(1 << (right - 1))), _mm256_srai_epi32(high, 31));
-  return _mm256_sra_epi32(rounded, _mm_cvtsi32_si128(right));
-}
+
+  __m256i operator()(__m256i acc) const {
+    __m256i even, odd;
+    if (single_) {
+      Products(acc, m_, &even, &odd);
+      return Interleave(ShiftRightArithmetic64(_mm256_add_epi64(even, round64_), count64_),
+                        ShiftRightArithmetic64(_mm256_add_epi64(odd, round64_), count64_));
+    }
+    if (left_ > 0) acc = _mm256_sll_epi32(acc, left_count_);
+    Products(acc, m_, &even, &odd);
+    const __m256i high = Interleave(_mm256_srli_epi64(_mm256_add_epi64(even, round64_), 31),
+                                    _mm256_srli_epi64(_mm256_add_epi64(odd, round64_), 31));
+    if (right_ == 0) return high;
+    const __m256i rounded =
+        _mm256_add_epi32(_mm256_add_epi32(high, round32_), _mm256_srai_epi32(high, 31));
+    return _mm256_sra_epi32(rounded, right_count_);
+  }
+
+ private:
+  __m256i m_, round64_, round32_ = _mm256_setzero_si256();
+  __m128i count64_ = _mm_setzero_si128(), left_count_ = _mm_setzero_si128(),
+          right_count_ = _mm_setzero_si128();
+  int left_ = 0, right_ = 0;
+  bool single_;
+};
 
 // kVectors ymm accumulators: a tile of 8 * kVectors positions.
 template <int kVectors>
@@ -62,6 +82,8 @@ void Qs8SpmmAvx2(const Qs8SpmmFilter& f, const uint32_t* x, int8_t* y) {
   const __m256i even_bytes = _mm256_set1_epi32(0x00FF00FF);
   const __m256i zero_point = _mm256_set1_epi32(q.output_zero_point);
   const __m256i lo = _mm256_set1_epi32(q.min), hi = _mm256_set1_epi32(q.max);
+  // The packs saturate: the clamp is needed only inside int8's range.
+  const bool saturate = q.min == -128 && q.max == 127;
   for (int c = 0; c < f.num_channels; ++c) {
     __m256i acc[kVectors];
 #pragma GCC unroll 8
@@ -79,11 +101,11 @@ void Qs8SpmmAvx2(const Qs8SpmmFilter& f, const uint32_t* x, int8_t* y) {
                                      _mm256_madd_epi16(_mm256_srli_epi16(in, 8), w13)));
       }
     }
+    const ChannelRequantization requantize(q.multiplier[c], q.shift[c], q.rounding);
 #pragma GCC unroll 8
     for (int v = 0; v < kVectors; ++v) {
-      __m256i r = _mm256_add_epi32(Requantize(acc[v], q.multiplier[c], q.shift[c], q.rounding),
-                                   zero_point);
-      r = _mm256_min_epi32(_mm256_max_epi32(r, lo), hi);
+      __m256i r = _mm256_add_epi32(requantize(acc[v]), zero_point);
+      if (!saturate) r = _mm256_min_epi32(_mm256_max_epi32(r, lo), hi);
       const __m128i words = _mm_packs_epi32(_mm256_castsi256_si128(r),
                                             _mm256_extracti128_si256(r, 1));
       _mm_storel_epi64(reinterpret_cast<__m128i*>(y + c * kTile + 8 * v),

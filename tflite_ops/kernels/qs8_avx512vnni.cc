@@ -12,44 +12,71 @@ namespace hybrid_sparse {
 namespace {
 
 
-// (int64) a * m of the even (odd) 32-bit lanes, as eight 64-bit lanes.
-inline void Products(__m512i a, __m512i m, __m512i* even, __m512i* odd) {
-  *even = _mm512_mul_epi32(a, m);
-  *odd = _mm512_mul_epi32(_mm512_srli_epi64(a, 32), m);
-}
-
-// The low 32 bits of the 64-bit lanes of even and odd, interleaved back into 16 lanes.
-inline __m512i Interleave(__m512i even, __m512i odd) {
-  return _mm512_mask_blend_epi32(0xAAAA, even, _mm512_slli_epi64(odd, 32));
-}
-
-// TFLite's double rounding, exactly, in fewer steps. Its rounding doubling high multiply,
-// (p + nudge) / 2^31 truncated with nudge = p >= 0 ? 2^30 : 1 - 2^30, equals the floor of
-// (p + 2^30) / 2^31 for every p (both round half away from zero on positive p and half
-// towards zero on negative p); its rounding divide by 2^r (ties away from zero) equals
-// (h + 2^(r-1) - (h < 0)) >> r. qs8_reference.cc keeps TFLite's literal form; the kernel
-// tests hold the two to each other.
-inline __m512i Requantize(__m512i acc, int32_t multiplier, int32_t shift, Rounding rounding) {
-  const __m512i m = _mm512_set1_epi64(multiplier);
-  __m512i even, odd;
-  if (rounding == Rounding::kSingle) {
-    const int total = 31 - shift;
-    const __m512i round = _mm512_set1_epi64(int64_t{1} << (total - 1));
-    const __m128i count = _mm_cvtsi32_si128(total);
-    Products(acc, m, &even, &odd);
-    return Interleave(_mm512_sra_epi64(_mm512_add_epi64(even, round), count),
-                      _mm512_sra_epi64(_mm512_add_epi64(odd, round), count));
+// TFLite's requantization of one output channel, its constants made once per channel (made
+// per vector, they cost as much as the arithmetic). Double rounding exactly, in fewer steps:
+// its rounding doubling high multiply, (p + nudge) / 2^31 truncated with nudge = p >= 0 ?
+// 2^30 : 1 - 2^30, equals the floor of (p + 2^30) / 2^31 for every p (both round half away
+// from zero on positive p and half towards zero on negative p); its rounding divide by 2^r
+// (ties away from zero) equals (h + 2^(r-1) - (h < 0)) >> r. qs8_reference.cc keeps
+// TFLite's literal form; the kernel tests hold the two to each other.
+class ChannelRequantization {
+ public:
+  ChannelRequantization(int32_t multiplier, int32_t shift, Rounding rounding)
+      : m_(_mm512_set1_epi64(multiplier)), single_(rounding == Rounding::kSingle) {
+    if (single_) {
+      const int total = 31 - shift;
+      round64_ = _mm512_set1_epi64(int64_t{1} << (total - 1));
+      count64_ = _mm_cvtsi32_si128(total);
+      return;
+    }
+    left_ = shift > 0 ? shift : 0;
+    right_ = shift > 0 ? 0 : -shift;
+    round64_ = _mm512_set1_epi64(int64_t{1} << 30);
+    left_count_ = _mm_cvtsi32_si128(left_);
+    right_count_ = _mm_cvtsi32_si128(right_);
+    round32_ = _mm512_set1_epi32(right_ > 0 ? 1 << (right_ - 1) : 0);
   }
-  if (shift > 0) acc = _mm512_sll_epi32(acc, _mm_cvtsi32_si128(shift));
-  Products(acc, m, &even, &odd);
-  const __m512i half = _mm512_set1_epi64(int64_t{1} << 30);
-  const __m512i high = Interleave(_mm512_srai_epi64(_mm512_add_epi64(even, half), 31),
-                                  _mm512_srai_epi64(_mm512_add_epi64(odd, half), 31));
-  const int right = shift > 0 ? 0 : -shift;
-  if (right == 0) return high;
-  const __m512i rounded = _mm512_add_epi32(
-      _mm512_add_epi32(high, _mm512_set1_epi32(1 << (right - 1))), _mm512_srai_epi32(high, 31));
-  return _mm512_sra_epi32(rounded, _mm_cvtsi32_si128(right));
+
+  __m512i operator()(__m512i acc) const {
+    if (single_) {
+      __m512i even, odd;
+      Products(acc, &even, &odd);
+      return Interleave(_mm512_sra_epi64(_mm512_add_epi64(even, round64_), count64_),
+                        _mm512_sra_epi64(_mm512_add_epi64(odd, round64_), count64_));
+    }
+    if (left_ > 0) acc = _mm512_sll_epi32(acc, left_count_);
+    __m512i even, odd;
+    Products(acc, &even, &odd);
+    const __m512i high = Interleave(_mm512_srai_epi64(_mm512_add_epi64(even, round64_), 31),
+                                    _mm512_srai_epi64(_mm512_add_epi64(odd, round64_), 31));
+    if (right_ == 0) return high;
+    const __m512i rounded =
+        _mm512_add_epi32(_mm512_add_epi32(high, round32_), _mm512_srai_epi32(high, 31));
+    return _mm512_sra_epi32(rounded, right_count_);
+  }
+
+ private:
+  // (int64) a * m of the even (odd) 32-bit lanes, as eight 64-bit lanes.
+  void Products(__m512i a, __m512i* even, __m512i* odd) const {
+    *even = _mm512_mul_epi32(a, m_);
+    *odd = _mm512_mul_epi32(_mm512_srli_epi64(a, 32), m_);
+  }
+  // The low 32 bits of the 64-bit lanes of even and odd, interleaved back into 16 lanes.
+  static __m512i Interleave(__m512i even, __m512i odd) {
+    return _mm512_mask_blend_epi32(0xAAAA, even, _mm512_slli_epi64(odd, 32));
+  }
+
+  __m512i m_, round64_, round32_ = _mm512_setzero_si512();
+  __m128i count64_ = _mm_setzero_si128(), left_count_ = _mm_setzero_si128(),
+          right_count_ = _mm_setzero_si128();
+  int left_ = 0, right_ = 0;
+  bool single_;
+};
+
+// acc += dot(x, w) in place. GCC 12's intrinsic is not tied to its accumulator: in the
+// unrolled loop it copied every accumulator out and back around each vpdpbusd.
+inline void Dpbusd(__m512i& acc, __m512i x, __m512i w) {
+  asm("vpdpbusd %2, %1, %0" : "+v"(acc) : "v"(x), "v"(w));
 }
 
 }  // namespace
@@ -64,6 +91,9 @@ void Qs8SpmmVnni(const Qs8SpmmFilter& f, const uint32_t* x, int8_t* y) {
   const Qs8Requantization& q = *f.requantization;
   const __m512i zero_point = _mm512_set1_epi32(q.output_zero_point);
   const __m512i lo = _mm512_set1_epi32(q.min), hi = _mm512_set1_epi32(q.max);
+  // No fused activation, or a ReLU whose output zero point is -128: the clamp is int8's own
+  // range, which the saturating narrow applies.
+  const bool saturate = q.min == -128 && q.max == 127;
   for (int c = 0; c < f.num_channels; ++c) {
     // Unrolled so that the accumulators stay in registers (a loop over them was not).
     __m512i acc[kVectors];
@@ -73,15 +103,15 @@ void Qs8SpmmVnni(const Qs8SpmmFilter& f, const uint32_t* x, int8_t* y) {
       const __m512i w = _mm512_set1_epi32(f.values[j]);
       const uint32_t* p = x + f.offset[j];
 #pragma GCC unroll 8
-      for (int v = 0; v < kVectors; ++v)
-        acc[v] = _mm512_dpbusd_epi32(acc[v], _mm512_loadu_si512(p + 16 * v), w);
+      for (int v = 0; v < kVectors; ++v) Dpbusd(acc[v], _mm512_loadu_si512(p + 16 * v), w);
     }
+    const ChannelRequantization requantize(q.multiplier[c], q.shift[c], q.rounding);
 #pragma GCC unroll 8
     for (int v = 0; v < kVectors; ++v) {
-      __m512i r = _mm512_add_epi32(Requantize(acc[v], q.multiplier[c], q.shift[c], q.rounding),
-                                   zero_point);
-      r = _mm512_min_epi32(_mm512_max_epi32(r, lo), hi);
-      _mm_storeu_si128(reinterpret_cast<__m128i*>(y + c * kTile + 16 * v), _mm512_cvtepi32_epi8(r));
+      __m512i r = _mm512_add_epi32(requantize(acc[v]), zero_point);
+      if (!saturate) r = _mm512_min_epi32(_mm512_max_epi32(r, lo), hi);
+      _mm_storeu_si128(reinterpret_cast<__m128i*>(y + c * kTile + 16 * v),
+                       _mm512_cvtsepi32_epi8(r));
     }
   }
 }

@@ -57,6 +57,7 @@ class Qs8ConvPlan {
   std::vector<int32_t> row_begin_, row_end_, offset_, values_, bias_corrected_;
   Qs8SpmmFilter spmm_;
   std::vector<uint32_t> x_;      // the packed image, slack for a tile's wasted lanes after it
+  uint32_t* x_base_ = nullptr;
   std::vector<int8_t> tile_out_;  // per worker: [out_c][tile]
   TransposeFn transpose_ = nullptr;  // the variant's 32-bit transpose: moves words into X
   Qs8TransposeFn transpose_bytes_ = nullptr;  // results [channel][position] into NHWC

@@ -84,7 +84,9 @@ Layer RandomLayer(std::mt19937* rng) {
   l.requantization.shift = l.shift.data();
   l.requantization.output_zero_point = uniform(-128, 127);
   l.requantization.min = uniform(0, 1) ? -128 : std::max(-128, l.requantization.output_zero_point);
-  l.requantization.max = 127;
+  // Sometimes a ReLU6-like upper bound: kernels that saturate when the clamp is int8's own
+  // range must still clamp below 127.
+  l.requantization.max = uniform(0, 2) == 0 ? std::max(l.requantization.min, uniform(0, 126)) : 127;
 
   // Column-compressed by groups of 4 input channels of a tap.
   const int groups = (s.in_c + 3) / 4;
