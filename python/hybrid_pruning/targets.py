@@ -410,9 +410,12 @@ def int8_tiles(target: str, vlen: int | None = None) -> tuple[int, ...]:
 # measurements (benchmarks/results/conv_bench_int8.md, "modelled ratio"). A tap's input
 # vector starts at any word, so a load of B bytes crosses a 64-byte line with probability
 # (B - 4) / 64 and then takes two load slots (RVV's measured vle32 costs include that).
+# AVX-512's requantization is about 16 instructions, counted as 10 FMA slots: its adds,
+# shifts and blends issue two per cycle on Zen 4 where a zmm FMA issues one (fitted, as
+# the efficiency, to conv_bench_int8.md).
 INT8_KERNELS = {
     "x86_64-avx2": Int8Kernel("avx2", 7, 16, 32.0, 0.72, 32),
-    "x86_64-avx512": Int8Kernel("avx512vnni", 2, 14, 64.0, 0.9, 64),
+    "x86_64-avx512": Int8Kernel("avx512vnni", 2, 10, 64.0, 0.9, 64),
     "arm64-neon": Int8Kernel("neondot", 2, 12, 32.0, 0.8, 16),
     "riscv64-rvv": Int8Kernel("", 12, 14, 16.0, 0.6),
     "generic": Int8Kernel("", 0, 0, 1.0, 0.33),
@@ -488,6 +491,12 @@ class ModelledProfile:
                    key=lambda t: math.ceil(computed / t) * (1 + 2 * t / c.lanes))
         vecs = tile // c.lanes
         split = (k.vector_bytes - 4) / 64 if k.vector_bytes else 0.0
+        oh, ow = _output_hw(shape)
+        if (shape.kh, shape.kw, shape.stride) == (1, 1, (1, 1)) and k.vector_bytes and \
+                oh * ow * 4 % k.vector_bytes == 0:
+            # The plan starts the packed input and every tile on a cache line, so a stride-1
+            # 1x1 conv's taps, whole planes apart, load whole vectors (qs8_conv_plan.cc).
+            split = 0.0
         loads = vecs * c.load * (1 + split) + 2 * c.scalar_load
         alu = vecs * (k.ops_per_vector - 1) * c.fma
         instructions = vecs * k.ops_per_vector + 4
