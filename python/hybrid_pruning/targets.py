@@ -113,15 +113,15 @@ def _cache_dir() -> pathlib.Path:
 
 def random_filter(rng: np.random.Generator, shape: ConvShape, sparsity: float,
                   block: int, input_groups: bool = False) -> np.ndarray:
-    """OHWI weights with `sparsity` zeros, one pattern per block of output channels (with
-    `input_groups`, per group of `block` input channels of a tap: the int8 op's unit)."""
+    """OHWI weights with `sparsity` zeros, one pattern per block of output channels and
+    input channel of a tap (with `input_groups`, per group of 4 input channels: the int8
+    op's unit)."""
     w = rng.standard_normal((shape.out_c, shape.kh, shape.kw, shape.in_c)).astype(np.float32)
-    if input_groups:
-        keep = rng.random((shape.out_c, shape.kh, shape.kw, -(-shape.in_c // block))) >= sparsity
-        return w * np.repeat(keep, block, axis=-1)[..., :shape.in_c]
+    group = 4 if input_groups else 1
     blocks = -(-shape.out_c // block)
-    keep = rng.random((blocks, shape.kh, shape.kw, shape.in_c)) >= sparsity
-    return w * np.repeat(keep, block, axis=0)[:shape.out_c]
+    keep = rng.random((blocks, shape.kh, shape.kw, -(-shape.in_c // group))) >= sparsity
+    keep = np.repeat(np.repeat(keep, block, axis=0)[:shape.out_c], group, axis=-1)
+    return w * keep[..., :shape.in_c]
 
 
 class _MeasuredTable:
@@ -180,7 +180,7 @@ class _MeasuredTable:
         for s in SPARSITY_GRID:
             ours = tflite_model.single_conv_model(x.shape, weights(s, block), bias,
                                                   shape.geometry, "hybrid",
-                                                  block_size=1 if int8 else block, int8=quant)
+                                                  block_size=block, int8=quant)
             invokes.append(timing.invoker(ours, x, ours=True, threads=self.threads,
                                           kernel=self.kernel))
         times = timing.best_times(*invokes, min_seconds=_MIN_SECONDS,
@@ -389,14 +389,24 @@ class Int8Kernel:
     vector_bytes: int = 0  # of one input load at a word offset (0: loads never split lines)
 
 
-def int8_tiles(target: str, vlen: int | None = None) -> tuple[int, ...]:
-    """The tiles our int8 kernel for a target offers (the plan picks one per layer)."""
+def int8_tiles(target: str, vlen: int | None = None, blocks: bool = False) -> tuple[int, ...]:
+    """The tiles our int8 kernel for a target offers (the plan picks one per layer);
+    `blocks`: its block kernel's, for filters in blocks of int8_block_rows() output channels
+    (none: the plan runs them row by row)."""
     family = INT8_KERNELS[target].family
     if family:
-        return tuple(runtime.kernel_geometry()["qs8"][family]["tiles"])
+        return tuple(runtime.kernel_geometry()["qs8"][family]
+                     ["block_tiles" if blocks else "tiles"])
+    if blocks:
+        return ()
     if target == "riscv64-rvv":
         return (_rvv_tile(vlen),)
     return (1,)
+
+
+def int8_block_rows() -> int:
+    """Output channels per block of the int8 block kernels."""
+    return int(runtime.kernel_geometry()["qs8_block_rows"])
 
 
 # Instruction counts are our kernels' (qs8_avx2.cc: load, and, shift, 2 vpmaddwd, 2 adds;
@@ -446,6 +456,7 @@ class ModelledProfile:
         self.target, self.core, self.int8 = target, core, int8
         self.kernel = microkernel(target, vlen)
         self.int8_tiles = int8_tiles(target, vlen)
+        self.int8_block_tiles = int8_tiles(target, vlen, blocks=True)
         self.dtype = dtype
         self.name = target + (f":vlen={vlen}" if vlen else "")
         self.activation_pays = target == "generic"
@@ -472,22 +483,31 @@ class ModelledProfile:
             cycles = macs * c.fma / c.lanes / c.dense_efficiency + c.overhead
         return cycles / (c.ghz * 1e9)
 
-    def _ours_int8(self, shape: ConvShape, sparsity: float) -> float:
+    def _ours_int8(self, shape: ConvShape, sparsity: float, block: int = 1) -> float:
         """Our int8 op: per nonzero word (4 weights of a group of input channels) and tile, a
         weight broadcast, an offset load and ops_per_vector per vector; per tile and channel
-        the requantization; the input packed into words and the int8 results transposed."""
+        the requantization; the input packed into words and the int8 results transposed.
+        A block kernel's nonzero (`block` channels' words) loads each input vector once for
+        its `block` dot products, their weights broadcast from memory; without one, blocks
+        run as rows."""
         c, k = self.core, self.int8
         out, computed = self._positions(shape)
         groups = -(-shape.in_c // 4)
-        words = (1.0 - sparsity) * shape.kh * shape.kw * groups * shape.out_c
+        blocks = -(-shape.out_c // block)
+        nonzero = (1.0 - sparsity) * shape.kh * shape.kw * groups * blocks
         if self.target == "generic":
             # The reference kernel: per output position, per nonzero word 4 MACs and 2 loads;
             # per output its requantization (about 10 instructions).
-            cycles = out * (words * 6 + shape.out_c * 10) + c.overhead
+            cycles = out * (nonzero * block * 6 + shape.out_c * 10) + c.overhead
             return cycles / (c.ghz * 1e9)
+        block_kernel = block == int8_block_rows() and bool(self.int8_block_tiles)
+        rows = block if block_kernel else 1
+        if not block_kernel:
+            nonzero *= block
         # The plan's choice (qs8_conv_plan.cc): the least work per nonzero, a broadcast plus a
         # load and a dot product per vector of every call.
-        tile = min(reversed(self.int8_tiles),
+        tiles_offered = self.int8_block_tiles if block_kernel else self.int8_tiles
+        tile = min(reversed(tiles_offered),
                    key=lambda t: math.ceil(computed / t) * (1 + 2 * t / c.lanes))
         vecs = tile // c.lanes
         split = (k.vector_bytes - 4) / 64 if k.vector_bytes else 0.0
@@ -497,23 +517,23 @@ class ModelledProfile:
             # The plan starts the packed input and every tile on a cache line, so a stride-1
             # 1x1 conv's taps, whole planes apart, load whole vectors (qs8_conv_plan.cc).
             split = 0.0
-        loads = vecs * c.load * (1 + split) + 2 * c.scalar_load
-        alu = vecs * (k.ops_per_vector - 1) * c.fma
-        instructions = vecs * k.ops_per_vector + 4
+        loads = vecs * c.load * (1 + split) + (1 + rows) * c.scalar_load
+        alu = vecs * rows * (k.ops_per_vector - 1) * c.fma
+        instructions = vecs * (1 + rows * (k.ops_per_vector - 1)) + 3 + rows
         bound = loads + alu if c.in_order else max(loads, alu)
-        per_word = max(bound, instructions / c.issue)
+        per_nonzero = max(bound, instructions / c.issue)
         tiles = math.ceil(computed / tile)
-        epilogue = shape.out_c * vecs * k.requantize * c.fma
+        epilogue = blocks * block * vecs * k.requantize * c.fma
         # Packing moves a word per 4 input channels, the byte transpose 16 bytes per vector
         # op where the float transpose moves one float per lane.
         packing = (shape.in_h * shape.in_w * groups + out * shape.out_c / 4) * c.transpose
-        cycles = tiles * (words * per_word + epilogue) + packing + c.overhead
+        cycles = tiles * (nonzero * per_nonzero + epilogue) + packing + c.overhead
         return cycles / (c.ghz * 1e9)
 
     def ours(self, shape: ConvShape, sparsity: float, block: int = 1,
              activation_sparsity: float = 0.0) -> float:
         if self.dtype == "int8":
-            return self._ours_int8(shape, sparsity)
+            return self._ours_int8(shape, sparsity, block)
         c, k = self.core, self.kernel
         out, computed = self._positions(shape)
         cols = shape.kh * shape.kw * shape.in_c

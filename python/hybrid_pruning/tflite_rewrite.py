@@ -142,11 +142,9 @@ def rewrite(model_bytes: bytes, min_sparsity: float = 1e-6, block_sizes: dict[in
             if scales is None or not quantized:
                 record.runs_as = "CONV_2D (int8 quantization our op does not take)"
                 continue
-            # The int8 op's unit is a group of input channels; blocks of output channels
-            # bring its kernels nothing.
             sg.operators[i] = tflite_model.make_hybrid_op(
                 model, sg, name, int(op.inputs[0]), int(op.outputs[0]), geometry, w, bias,
-                1, None, filter_scales=scales)
+                block_sizes.get(i, 1), None, filter_scales=scales)
         else:
             sg.operators[i] = tflite_model.make_hybrid_op(
                 model, sg, name, int(op.inputs[0]), int(op.outputs[0]), geometry, w, bias,

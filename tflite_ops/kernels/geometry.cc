@@ -21,10 +21,14 @@ std::string GeometryJson() {
            std::to_string(k.lanes) + ", \"tiles\": [";
     for (int t = 0; t < kMaxQs8Tiles && k.tiles[t] != 0; ++t)
       out += (t ? ", " : "") + std::to_string(k.tiles[t]);
+    out += "], \"block_tiles\": [";
+    for (int t = 0; t < kMaxQs8Tiles && k.block_tiles[t] != 0; ++t)
+      out += (t ? ", " : "") + std::to_string(k.block_tiles[t]);
     out += "]}";
     first = false;
   }
-  out += "}, \"rvv\": {\"lmul\": " + std::to_string(kRvvLmul) +
+  out += "}, \"qs8_block_rows\": " + std::to_string(kQs8BlockRows) +
+         ", \"rvv\": {\"lmul\": " + std::to_string(kRvvLmul) +
          ", \"max_rows\": " + std::to_string(kRvvMaxRows) + "}}";
   return out;
 }

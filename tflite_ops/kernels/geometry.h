@@ -30,22 +30,28 @@ inline constexpr F32 kNeon{"neon", 4, 16, 16, 4};
 inline constexpr int kRvvLmul = 4;
 inline constexpr int kRvvMaxRows = 4;
 
-// An int8 (qs8) family: `lanes` positions per vector, one microkernel per tile.
+// An int8 (qs8) family: `lanes` positions per vector, one microkernel per tile; block_tiles:
+// its microkernels for filters in blocks of kQs8BlockRows output channels (none: the plan
+// runs such a filter row by row).
 inline constexpr int kMaxQs8Tiles = 8;
+inline constexpr int kQs8BlockRows = 4;
 struct Qs8 {
   const char* name;
   int lanes;
   int tiles[kMaxQs8Tiles];  // 0: unused
+  int block_tiles[kMaxQs8Tiles] = {};
 };
 
-inline constexpr Qs8 kQs8Avx512Vnni{"avx512vnni", 16, {16, 32, 48, 64, 80, 96, 112, 128}};
+// A block's 4 x vectors accumulators stay within the 32 zmm registers up to 64 positions.
+inline constexpr Qs8 kQs8Avx512Vnni{
+    "avx512vnni", 16, {16, 32, 48, 64, 80, 96, 112, 128}, {16, 32, 48, 64}};
 inline constexpr Qs8 kQs8Avx2{"avx2", 8, {8, 16, 24, 32, 40, 48, 56, 64}};
 inline constexpr Qs8 kQs8Neon{"neon", 4, {16, 32}};
 inline constexpr Qs8 kQs8NeonDot{"neondot", 4, {16, 32, 48, 64}};
 inline constexpr Qs8 kQs8RiscvP{"riscv-p", 2, {8, 16}};
 
 // All of the above as JSON: {"f32": {name: {lanes, tile, pass, max_rows}}, "qs8": {name:
-// {lanes, tiles}}, "rvv": {lmul, max_rows}}.
+// {lanes, tiles, block_tiles}}, "qs8_block_rows": rows, "rvv": {lmul, max_rows}}.
 std::string GeometryJson();
 
 }  // namespace geometry

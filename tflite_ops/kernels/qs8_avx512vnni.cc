@@ -79,6 +79,11 @@ inline void Dpbusd(__m512i& acc, __m512i x, __m512i w) {
   asm("vpdpbusd %2, %1, %0" : "+v"(acc) : "v"(x), "v"(w));
 }
 
+// acc += dot(x, w) with the weight word broadcast from memory (no register, no shuffle).
+inline void DpbusdBroadcast(__m512i& acc, __m512i x, const int32_t* w) {
+  asm("vpdpbusd %2%{1to16%}, %1, %0" : "+v"(acc) : "v"(x), "m"(*w));
+}
+
 }  // namespace
 
 namespace {
@@ -116,6 +121,49 @@ void Qs8SpmmVnni(const Qs8SpmmFilter& f, const uint32_t* x, int8_t* y) {
   }
 }
 
+// Blocks of 4 channels sharing a pattern: a nonzero's kVectors input loads each feed 4
+// vpdpbusd, their weights broadcast from memory by the instruction itself. The rows kernel
+// above is bound by its loads (most cross a cache line, load_fma.md); this one by vpdpbusd.
+template <int kVectors>
+void Qs8SpmmVnniBlock(const Qs8SpmmFilter& f, const uint32_t* x, int8_t* y) {
+  constexpr int kTile = 16 * kVectors;
+  constexpr int kRows = geometry::kQs8BlockRows;
+  static_assert(kRows == 4, "the block loop is written for 4 rows");
+  const Qs8Requantization& q = *f.requantization;
+  const __m512i zero_point = _mm512_set1_epi32(q.output_zero_point);
+  const __m512i lo = _mm512_set1_epi32(q.min), hi = _mm512_set1_epi32(q.max);
+  const bool saturate = q.min == -128 && q.max == 127;
+  for (int b = 0; b < f.num_channels / kRows; ++b) {
+    __m512i acc[kRows][kVectors];
+#pragma GCC unroll 4
+    for (int r = 0; r < kRows; ++r)
+#pragma GCC unroll 4
+      for (int v = 0; v < kVectors; ++v) acc[r][v] = _mm512_set1_epi32(f.bias[b * kRows + r]);
+    for (int32_t j = f.row_begin[b]; j < f.row_end[b]; ++j) {
+      const uint32_t* p = x + f.offset[j];
+      const int32_t* w = f.values + static_cast<size_t>(j) * kRows;
+#pragma GCC unroll 4
+      for (int v = 0; v < kVectors; ++v) {
+        const __m512i in = _mm512_loadu_si512(p + 16 * v);
+#pragma GCC unroll 4
+        for (int r = 0; r < kRows; ++r) DpbusdBroadcast(acc[r][v], in, w + r);
+      }
+    }
+#pragma GCC unroll 4
+    for (int r = 0; r < kRows; ++r) {
+      const int c = b * kRows + r;
+      const ChannelRequantization requantize(q.multiplier[c], q.shift[c], q.rounding);
+#pragma GCC unroll 4
+      for (int v = 0; v < kVectors; ++v) {
+        __m512i out = _mm512_add_epi32(requantize(acc[r][v]), zero_point);
+        if (!saturate) out = _mm512_min_epi32(_mm512_max_epi32(out, lo), hi);
+        _mm_storeu_si128(reinterpret_cast<__m128i*>(y + c * kTile + 16 * v),
+                         _mm512_cvtsepi32_epi8(out));
+      }
+    }
+  }
+}
+
 }  // namespace
 
 static constexpr const geometry::Qs8& kG = geometry::kQs8Avx512Vnni;
@@ -133,7 +181,12 @@ const Qs8Kernels kQs8Avx512Vnni = {
     kG.lanes,
     true,
     Qs8TransposeAvx512,
+    {{kG.block_tiles[0], Qs8SpmmVnniBlock<kG.block_tiles[0] / kG.lanes>},
+     {kG.block_tiles[1], Qs8SpmmVnniBlock<kG.block_tiles[1] / kG.lanes>},
+     {kG.block_tiles[2], Qs8SpmmVnniBlock<kG.block_tiles[2] / kG.lanes>},
+     {kG.block_tiles[3], Qs8SpmmVnniBlock<kG.block_tiles[3] / kG.lanes>}},
 };
+static_assert(kG.block_tiles[4] == 0, "four block tiles");
 
 // 32 xmm registers (AVX-512VL): a round's 16 rows and 16 temporaries need no stack.
 void Qs8TransposeAvx512(const int8_t* src, int src_stride, int rows, int cols, int8_t* dst,

@@ -52,8 +52,13 @@ std::string Qs8ConvPlan::Build(const ConvShape& shape, const Qs8SparseFilter& fi
   scratch_.assign(static_cast<size_t>(max_workers_) * filter.num_blocks * filter.block_size, 0);
   microkernel_ = nullptr;
   tile_ = 0;
-  if (filter.block_size != 1 || variant.qs8 == nullptr) return "";
+  if (variant.qs8 == nullptr) return "";
   const Qs8Kernels& family = *variant.qs8;
+  // Blocks of the family's block kernel run as blocks; any other filter runs row by row
+  // (a block expanded into its channels' nonzero words).
+  const int rows = filter.block_size == geometry::kQs8BlockRows &&
+                   family.block_tilings[0].tile != 0 ? filter.block_size : 1;
+  const Qs8Tiling* tilings = rows > 1 ? family.block_tilings : family.tilings;
 
   const ConvShape& s = shape;
   groups_ = (s.in_c + 3) / 4;
@@ -66,7 +71,7 @@ std::string Qs8ConvPlan::Build(const ConvShape& shape, const Qs8SparseFilter& fi
   const int64_t positions = static_cast<int64_t>(s.out_h) * wq_;
   double best = 0.0;
   for (int t = 0; t < kMaxQs8Tilings; ++t) {
-    const Qs8Tiling& tiling = family.tilings[t];
+    const Qs8Tiling& tiling = tilings[t];
     if (tiling.tile == 0) continue;
     const double cost = static_cast<double>((positions + tiling.tile - 1) / tiling.tile) *
                         (1.0 + 2.0 * tiling.tile / family.lanes);
@@ -88,20 +93,40 @@ std::string Qs8ConvPlan::Build(const ConvShape& shape, const Qs8SparseFilter& fi
   transpose_ = variant.transpose;
   transpose_bytes_ = family.transpose != nullptr ? family.transpose : TransposeBytesPortable;
   input_offset_ = family.unsigned_input ? 128 : 0;
+  // Channels as the microkernel computes them: whole blocks (the last one padded).
+  const int channels = rows > 1 ? filter.num_blocks * rows : s.out_c;
   row_buffer_.assign(static_cast<size_t>(max_workers_) * s.in_w * groups_, 0);
-  tile_out_.assign(static_cast<size_t>(max_workers_) * s.out_c * tile_, 0);
+  tile_out_.assign(static_cast<size_t>(max_workers_) * channels * tile_, 0);
+  BuildRows(filter, rows, channels);
+  return "";
+}
 
-  // Rows per output channel, each nonzero's patch column turned into its word offset in X.
-  row_begin_.assign(s.out_c, 0);
-  row_end_.assign(s.out_c, 0);
-  std::vector<int32_t> count(s.out_c, 0);
-  for (int j = 0; j < filter.num_nonzero_blocks; ++j) ++count[filter.row_block[j]];
-  for (int c = 1; c < s.out_c; ++c) row_begin_[c] = row_begin_[c - 1] + count[c - 1];
-  offset_.assign(filter.num_nonzero_blocks, 0);
-  values_.assign(filter.num_nonzero_blocks, 0);
-  bias_corrected_.assign(s.out_c, 0);
-  std::vector<int64_t> weight_sum(s.out_c, 0);
-  for (int c = 0; c < s.out_c; ++c) row_end_[c] = row_begin_[c];
+void Qs8ConvPlan::BuildRows(const Qs8SparseFilter& filter, int rows, int channels) {
+  const ConvShape& s = shape_;
+  const int bs = filter.block_size;
+  const int num_rows = channels / rows;
+  // Which row each (nonzero block, channel of it) lands in, -1 for none: rows > 1 keeps the
+  // blocks; otherwise each channel's nonzero words become its own row.
+  auto row_of = [&](int32_t j, int r) {
+    const int c = filter.row_block[j] * bs + r;
+    if (rows > 1) return r == 0 ? static_cast<int>(filter.row_block[j]) : -1;
+    if (c >= s.out_c) return -1;
+    int32_t word;
+    std::memcpy(&word, filter.values + (static_cast<size_t>(j) * bs + r) * 4, 4);
+    return word != 0 ? c : -1;
+  };
+  row_begin_.assign(num_rows, 0);
+  row_end_.assign(num_rows, 0);
+  std::vector<int32_t> count(num_rows, 0);
+  for (int32_t j = 0; j < filter.num_nonzero_blocks; ++j)
+    for (int r = 0; r < bs; ++r)
+      if (const int row = row_of(j, r); row >= 0) ++count[row];
+  for (int b = 1; b < num_rows; ++b) row_begin_[b] = row_begin_[b - 1] + count[b - 1];
+  const int64_t entries = num_rows > 0 ? row_begin_[num_rows - 1] + count[num_rows - 1] : 0;
+  offset_.assign(entries, 0);
+  values_.assign(entries * rows, 0);
+  std::vector<int64_t> weight_sum(channels, 0);
+  row_end_ = row_begin_;
   for (int col = 0; col < filter.num_cols; ++col) {
     const int tap = col / groups_, g = col % groups_;
     const int dy = (tap / s.kernel_w) * s.dilation_h, dx = (tap % s.kernel_w) * s.dilation_w;
@@ -109,29 +134,42 @@ std::string Qs8ConvPlan::Build(const ConvShape& shape, const Qs8SparseFilter& fi
         ((static_cast<int64_t>(g) * s.stride_h + dy % s.stride_h) * s.stride_w +
          dx % s.stride_w) * plane_ + static_cast<int64_t>(dy / s.stride_h) * wq_ +
         dx / s.stride_w;
-    for (int32_t j = filter.col_ptr[col]; j < filter.col_ptr[col + 1]; ++j) {
-      const int c = filter.row_block[j];
-      const int8_t* w = filter.values + static_cast<size_t>(j) * 4;
-      int32_t word = 0;
-      std::memcpy(&word, w, 4);
-      offset_[row_end_[c]] = static_cast<int32_t>(offset);
-      values_[row_end_[c]] = word;
-      ++row_end_[c];
-      weight_sum[c] += w[0] + w[1] + w[2] + w[3];
-    }
+    for (int32_t j = filter.col_ptr[col]; j < filter.col_ptr[col + 1]; ++j)
+      for (int r = 0; r < bs; ++r) {
+        const int row = row_of(j, r);
+        if (row < 0) continue;
+        const int32_t e = row_end_[row]++;
+        offset_[e] = static_cast<int32_t>(offset);
+        // rows > 1: the block's words in order (bs == rows); else the channel's word.
+        for (int k = 0; k < rows; ++k) {
+          const int8_t* w = filter.values + (static_cast<size_t>(j) * bs + (rows > 1 ? k : r)) * 4;
+          std::memcpy(&values_[static_cast<size_t>(e) * rows + k], w, 4);
+          weight_sum[rows > 1 ? row * rows + k : row] += w[0] + w[1] + w[2] + w[3];
+        }
+      }
   }
-  for (int c = 0; c < s.out_c; ++c)
-    bias_corrected_[c] = static_cast<int32_t>((bias != nullptr ? bias[c] : 0) -
-                                              (input_offset_ + int64_t{input_zero_point}) *
+  // Padding channels of the last block: any valid requantization, never stored.
+  bias_corrected_.assign(channels, 0);
+  multiplier_.assign(channels, int32_t{1} << 30);
+  shift_.assign(channels, 0);
+  for (int c = 0; c < s.out_c; ++c) {
+    bias_corrected_[c] = static_cast<int32_t>((bias_ != nullptr ? bias_[c] : 0) -
+                                              (input_offset_ + int64_t{input_zero_point_}) *
                                                   weight_sum[c]);
-  spmm_.num_channels = s.out_c;
+    multiplier_[c] = requantization_.multiplier[c];
+    shift_[c] = requantization_.shift[c];
+  }
+  spmm_requantization_ = requantization_;
+  spmm_requantization_.multiplier = multiplier_.data();
+  spmm_requantization_.shift = shift_.data();
+  spmm_.num_channels = channels;
+  spmm_.block_rows = rows;
   spmm_.row_begin = row_begin_.data();
   spmm_.row_end = row_end_.data();
   spmm_.offset = offset_.data();
   spmm_.values = values_.data();
   spmm_.bias = bias_corrected_.data();
-  spmm_.requantization = &requantization_;
-  return "";
+  spmm_.requantization = &spmm_requantization_;
 }
 
 void Qs8ConvPlan::Pack(const int8_t* image, int row_begin, int row_end, int worker) {
@@ -209,7 +247,7 @@ void Qs8ConvPlan::Run(const int8_t* input, int8_t* output, Parallel* parallel, i
              worker);
       });
       parallel->For(num_tiles_, workers, [&](int t, int worker) {
-        int8_t* y = tile_out_.data() + static_cast<size_t>(worker) * s.out_c * tile_;
+        int8_t* y = tile_out_.data() + static_cast<size_t>(worker) * spmm_.num_channels * tile_;
         const int q0 = t * tile_;
         microkernel_(spmm_, x_base_ + q0, y);
         // The tile's positions, one output row's stretch at a time.

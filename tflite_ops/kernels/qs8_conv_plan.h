@@ -1,7 +1,8 @@
 // An int8 (qs8) layer made ready to run: the driver around the qs8 kernels, as ConvPlan is
 // for float32. Plain C++, no TFLite types.
 //
-// Fast path (a variant with a qs8 microkernel, filters of block_size 1): each image is packed
+// Fast path (a variant with a qs8 family; blocks of its block kernel's rows run as blocks,
+// other filters row by row, a block expanded into its channels): each image is packed
 // into words of 4 input channels (int8, or uint8 = int8 + 128 for a family that multiplies
 // unsigned inputs; padding is the input zero point),
 // channel-group-major and split into stride phases like ConvPlan's X: word
@@ -36,6 +37,9 @@ class Qs8ConvPlan {
   int tile() const { return tile_; }
 
  private:
+  // The microkernel's rows: `rows` channels each (a block kernel's blocks, or 1), `channels`
+  // in all (out_c rounded up to whole rows).
+  void BuildRows(const Qs8SparseFilter& filter, int rows, int channels);
   // Packs padded rows [row_begin, row_end) (y = yq * stride_h + py) of one image into X.
   void Pack(const int8_t* image, int row_begin, int row_end, int worker);
   ConvShape shape_;
@@ -55,10 +59,12 @@ class Qs8ConvPlan {
   int64_t plane_ = 0;      // words of one (group, phase) plane
   int num_tiles_ = 0;
   std::vector<int32_t> row_begin_, row_end_, offset_, values_, bias_corrected_;
+  std::vector<int32_t> multiplier_, shift_;  // the requantization's, padded to whole rows
+  Qs8Requantization spmm_requantization_;
   Qs8SpmmFilter spmm_;
   std::vector<uint32_t> x_;      // the packed image, slack for a tile's wasted lanes after it
   uint32_t* x_base_ = nullptr;
-  std::vector<int8_t> tile_out_;  // per worker: [out_c][tile]
+  std::vector<int8_t> tile_out_;  // per worker: [spmm_.num_channels][tile]
   TransposeFn transpose_ = nullptr;  // the variant's 32-bit transpose: moves words into X
   Qs8TransposeFn transpose_bytes_ = nullptr;  // results [channel][position] into NHWC
   std::vector<uint32_t> row_buffer_;  // per worker: one input row as packed words

@@ -112,12 +112,14 @@ void Qs8SparseConvRowsReference(const Qs8ConvArgs& a, int row_begin, int row_end
 
 void Qs8SpmmReference(const Qs8SpmmFilter& f, const uint32_t* x, int8_t* y, int tile,
                       bool unsigned_input) {
+  const int rows = f.block_rows;
   for (int c = 0; c < f.num_channels; ++c) {
+    const int b = c / rows, r = c % rows;
     for (int i = 0; i < tile; ++i) {
       int32_t acc = f.bias[c];
-      for (int32_t j = f.row_begin[c]; j < f.row_end[c]; ++j) {
+      for (int32_t j = f.row_begin[b]; j < f.row_end[b]; ++j) {
         const uint32_t in = x[f.offset[j] + i];
-        const uint32_t w = static_cast<uint32_t>(f.values[j]);
+        const uint32_t w = static_cast<uint32_t>(f.values[static_cast<size_t>(j) * rows + r]);
         for (int t = 0; t < 4; ++t)
           acc += (unsigned_input ? static_cast<int32_t>((in >> (8 * t)) & 0xff)
                                  : static_cast<int8_t>((in >> (8 * t)) & 0xff)) *

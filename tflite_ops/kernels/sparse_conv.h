@@ -203,18 +203,24 @@ void Qs8SparseConvRowsReference(const Qs8ConvArgs& args, int row_begin, int row_
 // channels, stored as int8 or, for a family with unsigned_input, as uint8 (int8 + 128). The
 // correction for that offset o (0 or 128) and for the input zero point is in `bias`:
 // bias[c] - (o + input_zero_point) * (sum of channel c's weights).
+// A block microkernel takes rows of block_rows (geometry::kQs8BlockRows) channels sharing
+// one pattern: nonzero j of row b holds the words values[j * block_rows + r] of channels
+// b * block_rows + r, so each input load feeds block_rows dot products.
 struct Qs8SpmmFilter {
-  int num_channels = 0;                  // block_size 1: one row per output channel
-  const int32_t* row_begin = nullptr;    // [num_channels]
-  const int32_t* row_end = nullptr;      // [num_channels]
+  int num_channels = 0;                  // a multiple of block_rows
+  int block_rows = 1;                    // channels per row: 1, or a block kernel's
+  const int32_t* row_begin = nullptr;    // [num_channels / block_rows]
+  const int32_t* row_end = nullptr;      // [num_channels / block_rows]
   const int32_t* offset = nullptr;       // [nonzeros]: input offset in words
-  const int32_t* values = nullptr;       // [nonzeros]: 4 int8 weights
+  const int32_t* values = nullptr;       // [nonzeros * block_rows]: 4 int8 weights each
   const int32_t* bias = nullptr;         // [num_channels], corrected as above
-  const Qs8Requantization* requantization = nullptr;
+  const Qs8Requantization* requantization = nullptr;  // its arrays [num_channels]
 };
 
-// For one tile of `tile` output positions whose packed input words start at x:
-//   y[c * tile + i] = Requantize(bias[c] + sum over the row of c of dot4(values[j], x[offset[j] + i]))
+// For one tile of `tile` output positions whose packed input words start at x, channel c
+// in row b = c / block_rows, r = c % block_rows:
+//   y[c * tile + i] = Requantize(bias[c] + sum over row b's nonzeros j of
+//                                dot4(values[j * block_rows + r], x[offset[j] + i]))
 // Reads x only at offsets + [0, tile).
 using Qs8SpmmMicrokernelFn = void (*)(const Qs8SpmmFilter& filter, const uint32_t* x, int8_t* y);
 
@@ -241,6 +247,9 @@ struct Qs8Kernels {
   // itself (int8: sdot, smlal, RVV, P). The plan folds the offset into the bias.
   bool unsigned_input = false;
   Qs8TransposeFn transpose = nullptr;  // nullptr: a portable loop
+  // For filters in blocks of geometry::kQs8BlockRows channels; none: the plan expands
+  // blocks into rows.
+  Qs8Tiling block_tilings[kMaxQs8Tilings];
 };
 
 // Families by ISA (each built only for its architecture; see dispatch.cc for which a CPU gets).

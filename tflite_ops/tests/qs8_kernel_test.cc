@@ -34,7 +34,8 @@ struct Layer {
   std::vector<int32_t> bias, multiplier, shift;
   int32_t input_zero_point = 0;
   Qs8Requantization requantization;
-  // The qs8 format (sparse_conv.h), block_size 1.
+  // The qs8 format (sparse_conv.h).
+  int block_size = 1;
   std::vector<int32_t> col_ptr;
   std::vector<int16_t> row_block;
   std::vector<int8_t> values;
@@ -47,15 +48,21 @@ struct Layer {
            std::to_string(s.kernel_h) + "x" + std::to_string(s.kernel_w) + " s" +
            std::to_string(s.stride_h) + "x" + std::to_string(s.stride_w) + " d" +
            std::to_string(s.dilation_h) + "x" + std::to_string(s.dilation_w) +
-           (padding == Padding::kSame ? " SAME" : " VALID") + " zp " +
+           (padding == Padding::kSame ? " SAME" : " VALID") + " block " +
+           std::to_string(block_size) + " zp " +
            std::to_string(input_zero_point) + " rounding " +
            std::to_string(static_cast<int>(requantization.rounding));
   }
 };
 
-Layer RandomLayer(std::mt19937* rng) {
+// block_size 0: drawn from 1, 2 and 4 (blocks of kQs8BlockRows run on block kernels, others
+// row by row).
+Layer RandomLayer(std::mt19937* rng, int block_size = 0) {
   auto uniform = [rng](int lo, int hi) { return std::uniform_int_distribution<int>(lo, hi)(*rng); };
   Layer l;
+  static const int kBlockSizes[] = {1, 2, geometry::kQs8BlockRows, geometry::kQs8BlockRows};
+  l.block_size = block_size > 0 ? block_size : kBlockSizes[uniform(0, 3)];
+  const int bs = l.block_size;
   ConvShape& s = l.shape;
   // Widths from 1 (every edge case of the packing) past 16 (the byte transpose's blocks).
   s = testing::RandomGeometry(rng, {24, 40, 40, 3, 3, 2}, &l.padding);
@@ -63,11 +70,15 @@ Layer RandomLayer(std::mt19937* rng) {
   std::bernoulli_distribution zero(sparsity), zero_group(sparsity / 2);
   l.dense.resize(static_cast<size_t>(s.out_c) * s.kernel_h * s.kernel_w * s.in_c);
   for (auto& w : l.dense) w = zero(*rng) ? 0 : static_cast<int8_t>(uniform(-127, 127));
-  // Whole groups of 4 input channels of a tap too, as int8 pruning leaves them.
-  for (size_t row = 0; row < l.dense.size(); row += s.in_c)
-    for (int g = 0; g < s.in_c; g += 4)
-      if (zero_group(*rng))
-        for (int t = g; t < g + 4 && t < s.in_c; ++t) l.dense[row + t] = 0;
+  // Whole groups of 4 input channels of a tap and a block of output channels too, as int8
+  // pruning leaves them.
+  const size_t patch = static_cast<size_t>(s.kernel_h) * s.kernel_w * s.in_c;
+  for (int c0 = 0; c0 < s.out_c; c0 += bs)
+    for (size_t k = 0; k < patch; k += s.in_c)
+      for (int g = 0; g < s.in_c; g += 4)
+        if (zero_group(*rng))
+          for (int c = c0; c < c0 + bs && c < s.out_c; ++c)
+            for (int t = g; t < g + 4 && t < s.in_c; ++t) l.dense[c * patch + k + t] = 0;
   l.input.resize(static_cast<size_t>(s.batch) * s.in_h * s.in_w * s.in_c);
   for (auto& x : l.input) x = static_cast<int8_t>(uniform(-128, 127));
   l.input_zero_point = uniform(-128, 127);
@@ -88,23 +99,25 @@ Layer RandomLayer(std::mt19937* rng) {
   // range must still clamp below 127.
   l.requantization.max = uniform(0, 2) == 0 ? std::max(l.requantization.min, uniform(0, 126)) : 127;
 
-  // Column-compressed by groups of 4 input channels of a tap.
+  // Column-compressed by groups of 4 input channels of a tap, in blocks of bs channels.
   const int groups = (s.in_c + 3) / 4;
   const int cols = s.kernel_h * s.kernel_w * groups;
+  const int num_blocks = (s.out_c + bs - 1) / bs;
   l.col_ptr.assign(cols + 1, 0);
   for (int col = 0; col < cols; ++col) {
     const int tap = col / groups, g = col % groups;
-    for (int c = 0; c < s.out_c; ++c) {
-      int8_t word[4] = {0, 0, 0, 0};
+    for (int b = 0; b < num_blocks; ++b) {
+      std::vector<int8_t> words(static_cast<size_t>(bs) * 4, 0);
       bool any = false;
-      for (int t = 0; t < 4 && 4 * g + t < s.in_c; ++t) {
-        word[t] = l.dense[(static_cast<size_t>(c) * s.kernel_h * s.kernel_w + tap) * s.in_c +
-                          4 * g + t];
-        any |= word[t] != 0;
-      }
+      for (int r = 0; r < bs && b * bs + r < s.out_c; ++r)
+        for (int t = 0; t < 4 && 4 * g + t < s.in_c; ++t) {
+          words[4 * r + t] = l.dense[(static_cast<size_t>(b * bs + r) * s.kernel_h * s.kernel_w +
+                                      tap) * s.in_c + 4 * g + t];
+          any |= words[4 * r + t] != 0;
+        }
       if (!any) continue;
-      l.row_block.push_back(static_cast<int16_t>(c));
-      l.values.insert(l.values.end(), word, word + 4);
+      l.row_block.push_back(static_cast<int16_t>(b));
+      l.values.insert(l.values.end(), words.begin(), words.end());
     }
     l.col_ptr[col + 1] = static_cast<int32_t>(l.row_block.size());
   }
@@ -113,8 +126,8 @@ Layer RandomLayer(std::mt19937* rng) {
   Qs8SparseFilter& f = l.filter;
   f.out_c = s.out_c;
   f.num_cols = cols;
-  f.block_size = 1;
-  f.num_blocks = s.out_c;
+  f.block_size = bs;
+  f.num_blocks = num_blocks;
   f.num_nonzero_blocks = static_cast<int>(l.row_block.size());
   f.col_ptr = l.col_ptr.data();
   f.row_block = l.row_block.empty() ? &kNoIndex : l.row_block.data();
@@ -177,7 +190,7 @@ TEST(Qs8Reference, MatchesTheDenseDefinition) {
     ASSERT_EQ(ValidateSparseFilter(l.filter), "") << l.Describe();
     const ConvShape& s = l.shape;
     std::vector<int8_t> out(static_cast<size_t>(s.batch) * s.out_h * s.out_w * s.out_c);
-    std::vector<int32_t> scratch(s.out_c);
+    std::vector<int32_t> scratch(static_cast<size_t>(l.filter.num_blocks) * l.block_size);
     Qs8ConvArgs args{&l.shape, &l.filter, l.input.data(), l.input_zero_point, l.bias.data(),
                      &l.requantization, out.data(), scratch.data()};
     Qs8SparseConvRowsReference(args, 0, s.batch * s.out_h);
@@ -219,19 +232,32 @@ TEST(Qs8Families, EveryTilingOfEveryFamilyIsBitExact) {
   for (int k = 0; k < count; ++k) {
     const Qs8Kernels& family = *all[k];
     std::printf("qs8 family %s\n", family.name);
-    for (int t = 0; t < kMaxQs8Tilings; ++t) {
-      if (family.tilings[t].tile == 0) continue;
-      Qs8Kernels one = family;
-      for (int u = 0; u < kMaxQs8Tilings; ++u) one.tilings[u] = u == 0 ? family.tilings[t] : Qs8Tiling{};
-      KernelVariant variant{family.name, TransposeReference};
-      variant.qs8 = &one;
-      std::mt19937 rng(22 + t);
-      for (int i = 0; i < NumCases() / 4; ++i) {
-        const Layer l = RandomLayer(&rng);
-        int tile = 0;
-        const std::vector<int8_t> got = RunPlan(l, variant, &tile);
-        ASSERT_EQ(tile, family.tilings[t].tile);
-        ASSERT_EQ(got, DenseConv(l)) << family.name << " tile " << tile << ": " << l.Describe();
+    // Row tilings on filters of block_size 1 and 2 (4 too where the family has no block
+    // kernel), block tilings on blocks of kQs8BlockRows.
+    for (const bool blocks : {false, true}) {
+      const Qs8Tiling* tilings = blocks ? family.block_tilings : family.tilings;
+      if (blocks && tilings[0].tile == 0) continue;
+      for (int t = 0; t < kMaxQs8Tilings; ++t) {
+        if (tilings[t].tile == 0) continue;
+        Qs8Kernels one = family;
+        for (int u = 0; u < kMaxQs8Tilings; ++u) {
+          one.tilings[u] = u == 0 && !blocks ? tilings[t] : Qs8Tiling{};
+          one.block_tilings[u] = u == 0 && blocks ? tilings[t] : Qs8Tiling{};
+        }
+        if (blocks) one.tilings[0] = family.tilings[0];
+        KernelVariant variant{family.name, TransposeReference};
+        variant.qs8 = &one;
+        std::mt19937 rng(22 + t + 50 * blocks);
+        for (int i = 0; i < NumCases() / 4; ++i) {
+          const int bs = blocks ? geometry::kQs8BlockRows
+                                : (family.block_tilings[0].tile != 0 ? 1 + i % 2 : 0);
+          const Layer l = RandomLayer(&rng, bs);
+          int tile = 0;
+          const std::vector<int8_t> got = RunPlan(l, variant, &tile);
+          ASSERT_EQ(tile, tilings[t].tile);
+          ASSERT_EQ(got, DenseConv(l)) << family.name << (blocks ? " block" : "") << " tile "
+                                       << tile << ": " << l.Describe();
+        }
       }
     }
   }
@@ -251,9 +277,12 @@ TEST(Qs8Families, TilesAreTheExportedGeometry) {
     if (std::string(family.name) == "packed-twin") g = &geometry::kQs8RiscvP;
     if (g == nullptr) continue;  // RVV: its tile follows VLEN
     EXPECT_EQ(family.lanes, g->lanes) << family.name;
-    for (int t = 0; t < kMaxQs8Tilings; ++t)
+    for (int t = 0; t < kMaxQs8Tilings; ++t) {
       EXPECT_EQ(family.tilings[t].tile, t < geometry::kMaxQs8Tiles ? g->tiles[t] : 0)
           << family.name << " tiling " << t;
+      EXPECT_EQ(family.block_tilings[t].tile, t < geometry::kMaxQs8Tiles ? g->block_tiles[t] : 0)
+          << family.name << " block tiling " << t;
+    }
   }
 }
 

@@ -96,21 +96,18 @@ def _stats(layer: PrunableLayer, sample: statistics.LayerSample, w2: np.ndarray)
 def block_scores(kernel_2d: np.ndarray, block_size: int, in_c: int | None = None) -> np.ndarray:
     """L2 norm of each block of `block_size` consecutive output channels sharing an input
     index, broadcast back to every weight of the block: kernel_2d is [K, out_c]. With `in_c`
-    (the conv's input channels; K = taps * in_c) a block is instead `block_size` consecutive
-    input channels of one tap and one output channel: the int8 op's unit (sparse_conv.h)."""
-    if in_c is not None and block_size > 1:
-        taps = kernel_2d.shape[0] // in_c
-        groups = -(-in_c // block_size)
-        padded = np.zeros((taps, groups * block_size, kernel_2d.shape[1]))
-        padded[:, :in_c] = np.abs(kernel_2d).reshape(taps, in_c, -1)
-        norms = np.sqrt(np.square(padded.reshape(taps, groups, block_size, -1)).sum(2))
-        return np.repeat(norms, block_size, axis=1)[:, :in_c].reshape(kernel_2d.shape)
+    (the conv's input channels; K = taps * in_c) a block also spans a group of 4 consecutive
+    input channels of one tap: the int8 op's unit (sparse_conv.h)."""
     k, out_c = kernel_2d.shape
-    nb = -(-out_c // block_size)
-    padded = np.zeros((k, nb * block_size))
-    padded[:, :out_c] = np.abs(kernel_2d)
-    norms = np.sqrt(np.square(padded.reshape(k, nb, block_size)).sum(-1))
-    return np.repeat(norms, block_size, axis=1)[:, :out_c]
+    group = 4 if in_c is not None else 1
+    in_c = in_c or k
+    taps, groups, nb = k // in_c, -(-in_c // group), -(-out_c // block_size)
+    padded = np.zeros((taps, groups * group, nb * block_size))
+    padded[:, :in_c, :out_c] = np.abs(kernel_2d).reshape(taps, in_c, out_c)
+    norms = np.sqrt(np.square(padded.reshape(taps, groups, group, nb, block_size))
+                    .sum(axis=(2, 4)))
+    full = np.repeat(np.repeat(norms, group, axis=1), block_size, axis=2)
+    return full[:, :in_c, :out_c].reshape(k, out_c)
 
 
 # Up to this many weights per output channel the re-fit solves each channel directly; above
@@ -174,8 +171,8 @@ class LayerPruner:
                  input_groups: bool = False):
         """`x`: the layer's input on the probes, as a statistics.LayerSample or an array;
         `input_scaled`: magnitudes times their inputs' spread (else plain |w|);
-        `input_groups`: blocks are consecutive input channels of a tap (the int8 op's),
-        not output channels."""
+        `input_groups`: blocks also span a group of 4 input channels of a tap (the int8
+        op's unit)."""
         self.layer = layer
         w = layer.folded_kernel.astype(np.float64)
         self.shape = w.shape
