@@ -387,6 +387,7 @@ class Int8Kernel:
                                  # per cycle
     dense_efficiency: float  # the fraction of that peak it reaches
     vector_bytes: int = 0  # of one input load at a word offset (0: loads never split lines)
+    block_efficiency: float = 1.0  # the block kernel's fraction of its bound, where it has one
 
 
 def int8_tiles(target: str, vlen: int | None = None, blocks: bool = False) -> tuple[int, ...]:
@@ -422,10 +423,11 @@ def int8_block_rows() -> int:
 # (B - 4) / 64 and then takes two load slots (RVV's measured vle32 costs include that).
 # AVX-512's requantization is about 16 instructions, counted as 10 FMA slots: its adds,
 # shifts and blends issue two per cycle on Zen 4 where a zmm FMA issues one (fitted, as
-# the efficiency, to conv_bench_int8.md).
+# the efficiency, to conv_bench_int8.md). Its block kernel reaches about 0.8 of its vpdpbusd
+# bound (fitted likewise).
 INT8_KERNELS = {
     "x86_64-avx2": Int8Kernel("avx2", 7, 16, 32.0, 0.72, 32),
-    "x86_64-avx512": Int8Kernel("avx512vnni", 2, 10, 64.0, 0.9, 64),
+    "x86_64-avx512": Int8Kernel("avx512vnni", 2, 10, 64.0, 0.9, 64, 0.8),
     "arm64-neon": Int8Kernel("neondot", 2, 12, 32.0, 0.8, 16),
     "riscv64-rvv": Int8Kernel("", 12, 14, 16.0, 0.6),
     "generic": Int8Kernel("", 0, 0, 1.0, 0.33),
@@ -517,11 +519,14 @@ class ModelledProfile:
             # The plan starts the packed input and every tile on a cache line, so a stride-1
             # 1x1 conv's taps, whole planes apart, load whole vectors (qs8_conv_plan.cc).
             split = 0.0
-        loads = vecs * c.load * (1 + split) + (1 + rows) * c.scalar_load
+        # A block kernel's dot products each broadcast their weight word from memory.
+        broadcasts = vecs * rows if block_kernel else 1
+        loads = vecs * c.load * (1 + split) + (1 + broadcasts) * c.scalar_load
         alu = vecs * rows * (k.ops_per_vector - 1) * c.fma
         instructions = vecs * (1 + rows * (k.ops_per_vector - 1)) + 3 + rows
         bound = loads + alu if c.in_order else max(loads, alu)
-        per_nonzero = max(bound, instructions / c.issue)
+        per_nonzero = max(bound, instructions / c.issue) / (
+            k.block_efficiency if block_kernel else 1.0)
         tiles = math.ceil(computed / tile)
         epilogue = blocks * block * vecs * k.requantize * c.fma
         # Packing moves a word per 4 input channels, the byte transpose 16 bytes per vector

@@ -155,19 +155,23 @@ MODEL_VARIANTS = [
 ]
 
 
-def _int8_layer(rng, hw: int, cin: int, cout: int, k: int, stride: int, sparsity: float):
+def _int8_layer(rng, hw: int, cin: int, cout: int, k: int, stride: int, sparsity: float,
+                block: int):
     """Random int8 layer quantized as the converter does, its filter sparse in groups of 4
-    input channels (what our int8 op's dot products take), and a random int8 input."""
+    input channels (what our int8 op's dot products take) of blocks of `block` output
+    channels, and a random int8 input."""
     g = op_format.ConvGeometry(k, k, cin, cout, stride, stride, 1, 1, "SAME", "RELU")
     w = rng.integers(-127, 128, (cout, k, k, cin)).astype(np.int8)
-    keep = rng.random((cout, k, k, -(-cin // 4))) >= sparsity
-    w *= np.repeat(keep, 4, axis=-1)[..., :cin].astype(np.int8)
+    keep = rng.random((-(-cout // block), k, k, -(-cin // 4))) >= sparsity
+    keep = np.repeat(np.repeat(keep, block, axis=0)[:cout], 4, axis=-1)[..., :cin]
+    w *= keep.astype(np.int8)
     quant = {"input": (0.02, -5), "output": (0.05, -128),
              "filter_scales": np.full(cout, 1e-3, np.float32)}
     bias = rng.integers(-5000, 5000, cout).astype(np.int32)
     x = rng.integers(-128, 128, (1, hw, hw, cin)).astype(np.int8)
     return (tflite_model.single_conv_model(x.shape, w, bias, g, "builtin", int8=quant),
-            tflite_model.single_conv_model(x.shape, w, bias, g, "hybrid", int8=quant), x)
+            tflite_model.single_conv_model(x.shape, w, bias, g, "hybrid", block, int8=quant),
+            x)
 
 
 def _int8_variants() -> list[str]:
@@ -187,7 +191,9 @@ def int8_table(rng, lines: list[str]) -> None:
         "## int8: our int8 op against the builtin int8 CONV_2D (XNNPACK), 1 thread",
         "",
         "Both on the same int8 weights (per-channel scales), sparse in groups of 4 input "
-        "channels (the unit of our int8 format); builtin = the stock interpreter's int8 "
+        "channels (the unit of our int8 format) of one output channel (block 1) or of "
+        "blocks of 4 output channels sharing a pattern (block 4: what the avx512 variant's "
+        "VNNI block kernel runs; the avx2 variant runs blocks as rows); builtin = the stock interpreter's int8 "
         "CONV_2D, which XNNPACK runs. Ours: each delegate variant this CPU runs with its int8 "
         "microkernels (avx2: vpmaddwd; avx512: " + ("VNNI vpdpbusd" if vnni else
                                                      "no VNNI here, so AVX2's") + "), "
@@ -197,23 +203,25 @@ def int8_table(rng, lines: list[str]) -> None:
         f"{isa or 'this ISA'} (targets.ModelledProfile, at the measured clock), its ratio for "
         "the same layer: how far the model that prices other devices is from a measurement.",
         "",
-        "| layer | sparsity (groups of 4) | builtin int8 ms | "
+        "| layer | block | sparsity (blocks) | builtin int8 ms | "
         + " | ".join(f"{v} ms | {v} ratio" for v in variants)
         + " | modelled ratio | FLOP-limit ratio |",
-        "| --- | ---: | ---: | " + " | ".join("---: | ---:" for _ in variants) + " | ---: | ---: |",
+        "| --- | ---: | ---: | ---: | " + " | ".join("---: | ---:" for _ in variants)
+        + " | ---: | ---: |",
     ]
     for name, hw, cin, cout, k, stride in SHAPES:
         shape = targets.ConvShape(hw, hw, cin, cout, k, k, (stride, stride), (1, 1), "SAME")
-        for sparsity in (0.5, 0.7, 0.8, 0.9):
-            builtin, ours, x = _int8_layer(rng, hw, cin, cout, k, stride, sparsity)
-            times = _times(timing.invoker(builtin, x, False, 1),
-                           *(timing.invoker(ours, x, True, 1, v) for v in variants))
-            cells = " | ".join(f"{t * 1e3:.3f} | {times[0] / t:.2f}" for t in times[1:])
-            modelled = (f"{model.builtin(shape) / model.ours(shape, sparsity, 4):.2f}"
-                        if model else "-")
-            lines.append(f"| {name} | {sparsity:.0%} | {times[0] * 1e3:.3f} | {cells} | "
-                         f"{modelled} | {1 / (1 - sparsity):.1f} |")
-            print(lines[-1], flush=True)
+        for block in (1, 4):
+            for sparsity in (0.3, 0.5, 0.7, 0.9):
+                builtin, ours, x = _int8_layer(rng, hw, cin, cout, k, stride, sparsity, block)
+                times = _times(timing.invoker(builtin, x, False, 1),
+                               *(timing.invoker(ours, x, True, 1, v) for v in variants))
+                cells = " | ".join(f"{t * 1e3:.3f} | {times[0] / t:.2f}" for t in times[1:])
+                modelled = (f"{model.builtin(shape) / model.ours(shape, sparsity, block):.2f}"
+                            if model else "-")
+                lines.append(f"| {name} | {block} | {sparsity:.0%} | {times[0] * 1e3:.3f} | "
+                             f"{cells} | {modelled} | {1 / (1 - sparsity):.1f} |")
+                print(lines[-1], flush=True)
     lines.append("")
 
 
@@ -263,7 +271,8 @@ def main(argv):
         f"{bench_results.machine()} Our kernel: {FLAGS.kernel or 'fastest available'}.",
         "Command: `./bazelw run //tests/bench:conv_bench -- "
         + "".join(f"--{name}={FLAGS[name].value} " for name in ("kernel",) if FLAGS[name].value)
-        + ("" if FLAGS.model else "--nomodel ") + "--output=...`",
+        + "".join("" if FLAGS[name].value else f"--no{name} "
+                  for name in ("layers", "int8", "model")) + "--output=...`",
         "",
         "Ratio = builtin time / our time (> 1: ours is faster). FLOP-limit ratio = 1 / (1 - "
         "weight sparsity). Times are the best of alternating rounds.",
