@@ -388,6 +388,7 @@ class Int8Kernel:
     dense_efficiency: float  # the fraction of that peak it reaches
     vector_bytes: int = 0  # of one input load at a word offset (0: loads never split lines)
     block_efficiency: float = 1.0  # the block kernel's fraction of its bound, where it has one
+    broadcast_per_dot: bool = False  # its block kernel loads a weight word per dot product
 
 
 def int8_tiles(target: str, vlen: int | None = None, blocks: bool = False) -> tuple[int, ...]:
@@ -427,7 +428,7 @@ def int8_block_rows() -> int:
 # bound (fitted likewise).
 INT8_KERNELS = {
     "x86_64-avx2": Int8Kernel("avx2", 7, 16, 32.0, 0.72, 32),
-    "x86_64-avx512": Int8Kernel("avx512vnni", 2, 10, 64.0, 0.9, 64, 0.8),
+    "x86_64-avx512": Int8Kernel("avx512vnni", 2, 10, 64.0, 0.9, 64, 0.8, True),
     "arm64-neon": Int8Kernel("neondot", 2, 12, 32.0, 0.8, 16),
     "riscv64-rvv": Int8Kernel("", 12, 14, 16.0, 0.6),
     "generic": Int8Kernel("", 0, 0, 1.0, 0.33),
@@ -519,8 +520,9 @@ class ModelledProfile:
             # The plan starts the packed input and every tile on a cache line, so a stride-1
             # 1x1 conv's taps, whole planes apart, load whole vectors (qs8_conv_plan.cc).
             split = 0.0
-        # A block kernel's dot products each broadcast their weight word from memory.
-        broadcasts = vecs * rows if block_kernel else 1
+        # The weight loads of a nonzero: a broadcast, or in a block kernel one per dot
+        # product (VNNI's memory broadcasts) or one vector of the block's words (NEON).
+        broadcasts = (vecs * rows if k.broadcast_per_dot else 1) if block_kernel else 1
         loads = vecs * c.load * (1 + split) + (1 + broadcasts) * c.scalar_load
         alu = vecs * rows * (k.ops_per_vector - 1) * c.fma
         instructions = vecs * (1 + rows * (k.ops_per_vector - 1)) + 3 + rows

@@ -47,7 +47,8 @@ inline constexpr Qs8 kQs8Avx512Vnni{
     "avx512vnni", 16, {16, 32, 48, 64, 80, 96, 112, 128}, {16, 32, 48, 64}};
 inline constexpr Qs8 kQs8Avx2{"avx2", 8, {8, 16, 24, 32, 40, 48, 56, 64}};
 inline constexpr Qs8 kQs8Neon{"neon", 4, {16, 32}};
-inline constexpr Qs8 kQs8NeonDot{"neondot", 4, {16, 32, 48, 64}};
+// A block's 4 x vectors accumulators, its loads and weights in the 32 q registers: up to 24.
+inline constexpr Qs8 kQs8NeonDot{"neondot", 4, {16, 32, 48, 64}, {8, 16, 24}};
 inline constexpr Qs8 kQs8RiscvP{"riscv-p", 2, {8, 16}};
 
 // All of the above as JSON: {"f32": {name: {lanes, tile, pass, max_rows}}, "qs8": {name:
