@@ -128,8 +128,20 @@ class ModelledInt8Test(absltest.TestCase):
         # vector); dense, it is not.
         for name in ("x86_64-avx512", "arm64-neon"):
             p = targets.ModelledProfile(name, dtype="int8")
-            self.assertLess(p.ours(_3X3, 0.9, 4), p.builtin(_3X3), name)
-            self.assertGreater(p.ours(_3X3, 0.0, 4), p.builtin(_3X3), name)
+            self.assertLess(p.ours(_3X3, 0.9, 1), p.builtin(_3X3), name)
+            self.assertGreater(p.ours(_3X3, 0.0, 1), p.builtin(_3X3), name)
+
+    def test_block_kernels_reuse_input_loads(self):
+        # Blocks of 4 output channels: one input load feeds 4 dot products where the ISA's
+        # family has a block kernel; elsewhere blocks run as rows, the same words.
+        for name in ("x86_64-avx512", "arm64-neon"):
+            p = targets.ModelledProfile(name, dtype="int8")
+            self.assertTrue(p.int8_block_tiles, name)
+            self.assertLess(p.ours(_3X3, 0.7, 4), 0.9 * p.ours(_3X3, 0.7, 1), name)
+        for name in ("x86_64-avx2", "riscv64-rvv"):
+            p = targets.ModelledProfile(name, dtype="int8")
+            self.assertFalse(p.int8_block_tiles, name)
+            self.assertAlmostEqual(p.ours(_3X3, 0.7, 4) / p.ours(_3X3, 0.7, 1), 1.0, 6, name)
 
     def test_rvv_int8_tile_follows_vlen(self):
         short = targets.ModelledProfile("riscv64-rvv", vlen=128, dtype="int8")
