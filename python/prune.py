@@ -57,7 +57,8 @@ flags.DEFINE_list("target", ["host"],
 flags.DEFINE_float("max_sparsity", 0.99, "Upper bound of any layer's weight sparsity.",
                    lower_bound=0.0, upper_bound=1.0)
 flags.DEFINE_integer("block_size", 1, "Prune blocks of this many consecutive output channels "
-                     "(1 = unstructured).", lower_bound=1, upper_bound=64)
+                     "(1 = unstructured; --dtype=int8: of groups of 4 input channels).",
+                     lower_bound=1, upper_bound=64)
 flags.DEFINE_float("dense_below", 0.0, "Dense fallback: a Conv2D whose weight sparsity ends up "
                    "below this stays TFLite's builtin CONV_2D (faster there) and keeps no "
                    "activation thresholds. Measured break-even on x86 (benchmarks/results/"

@@ -12,7 +12,8 @@ import tempfile
 import numpy as np
 from absl.testing import absltest
 
-from hybrid_pruning import budget, graph, io, op_format, pipeline, targets, tflite_model
+from hybrid_pruning import (budget, convert, graph, io, op_format, pipeline, targets,
+                            tflite_model)
 
 import test_models
 
@@ -192,6 +193,23 @@ class MeasuredFallbackTest(absltest.TestCase):
         for name in reverted:
             self.assertEqual(rows[name]["weight_sparsity"], 0.0, name)
             self.assertEqual(np.count_nonzero(layers[name].kernel), layers[name].kernel.size)
+
+
+    def test_candidates_are_timed_in_the_same_rounds_as_one_original(self):
+        # The fallback compares the model as it stands with a trial: both against one
+        # timing of the original, per thread count.
+        model = io.load_keras_model(str(io.DEMO_MODEL))
+        flat = convert.to_tflite(model)
+        probes = np.random.default_rng(0).uniform(0, 1, (2, *model.inputs[0].shape[1:]))
+        rows = pipeline._measure_side_by_side(flat, [flat, flat], probes.astype(np.float32),
+                                              (1, 2))
+        self.assertLen(rows, 2)
+        for row in rows:
+            self.assertEqual([r["threads"] for r in row["by_threads"]], [1, 2])
+            self.assertGreater(row["pruned_seconds"], 0)
+        for a, b in zip(rows[0]["by_threads"], rows[1]["by_threads"]):
+            self.assertEqual(a["original_seconds"], b["original_seconds"])
+            self.assertAlmostEqual(b["speedup"], b["original_seconds"] / b["pruned_seconds"])
 
 
 def _count_hybrid(tflite: bytes) -> int:
