@@ -413,11 +413,12 @@ def int8_block_rows() -> int:
 
 # Instruction counts are our kernels' (qs8_avx2.cc: load, and, shift, 2 vpmaddwd, 2 adds;
 # qs8_avx512vnni.cc: load, vpdpbusd; qs8_neondot.cc: ld1, sdot; qs8_rvv.cc: vle32, 7 shifts,
-# 4 vmacc.vx). XNNPACK's dense int8 peaks: AVX2 vpmaddwd (16 MACs, 2/cycle on Zen 3), Zen 4
-# vpdpbusd zmm (64 MACs, one per cycle on two 256-bit pipes), A76 sdot (16 MACs,
-# 2/cycle: Arm's optimization guides give SDOT throughput 2 on V0/V1). RVV has no int8 dot
-# product: XNNPACK's widening multiply-adds on 16-bit lanes are assumed at twice the fp32
-# FMA rate (not measured, not published). The generic scalar core: one MAC per cycle. Dense
+# 4 vmacc.vx; the block kernels: a load per vector, then per channel a vpdpbusd with its
+# weight broadcast from memory, or an sdot by element). XNNPACK's dense int8 peaks: AVX2
+# vpmaddwd (16 MACs, 2/cycle on Zen 3), Zen 4 vpdpbusd zmm (64 MACs, one per cycle on two
+# 256-bit pipes), A76 sdot (16 MACs, 2/cycle: Arm's optimization guides give SDOT
+# throughput 2 on V0/V1). RVV has no int8 dot product: XNNPACK's widening multiply-adds
+# on 16-bit lanes are assumed at twice the fp32 FMA rate (not measured, not published). The generic scalar core: one MAC per cycle. Dense
 # efficiency: the float fits' (CORES) except AVX-512, fitted to this kind of host's int8
 # measurements (benchmarks/results/conv_bench_int8.md, "modelled ratio"). A tap's input
 # vector starts at any word, so a load of B bytes crosses a 64-byte line with probability
@@ -491,8 +492,8 @@ class ModelledProfile:
         weight broadcast, an offset load and ops_per_vector per vector; per tile and channel
         the requantization; the input packed into words and the int8 results transposed.
         A block kernel's nonzero (`block` channels' words) loads each input vector once for
-        its `block` dot products, their weights broadcast from memory; without one, blocks
-        run as rows."""
+        its `block` dot products (and its weights per dot product where broadcast_per_dot,
+        else once); without one, blocks run as rows."""
         c, k = self.core, self.int8
         out, computed = self._positions(shape)
         groups = -(-shape.in_c // 4)
