@@ -96,7 +96,9 @@ std::string Qs8ConvPlan::Build(const ConvShape& shape, const Qs8SparseFilter& fi
   // Channels as the microkernel computes them: whole blocks (the last one padded).
   const int channels = rows > 1 ? filter.num_blocks * rows : s.out_c;
   row_buffer_.assign(static_cast<size_t>(max_workers_) * s.in_w * groups_, 0);
-  tile_out_.assign(static_cast<size_t>(max_workers_) * channels * tile_, 0);
+  // Each worker's results, with the slack the byte transpose may read past them.
+  tile_out_stride_ = static_cast<size_t>(channels) * tile_ + kQs8TransposeSlack;
+  tile_out_.assign(static_cast<size_t>(max_workers_) * tile_out_stride_, 0);
   BuildRows(filter, rows, channels);
   return "";
 }
@@ -247,7 +249,7 @@ void Qs8ConvPlan::Run(const int8_t* input, int8_t* output, Parallel* parallel, i
              worker);
       });
       parallel->For(num_tiles_, workers, [&](int t, int worker) {
-        int8_t* y = tile_out_.data() + static_cast<size_t>(worker) * spmm_.num_channels * tile_;
+        int8_t* y = tile_out_.data() + static_cast<size_t>(worker) * tile_out_stride_;
         const int q0 = t * tile_;
         microkernel_(spmm_, x_base_ + q0, y);
         // The tile's positions, one output row's stretch at a time.

@@ -65,6 +65,7 @@ class Qs8ConvPlan {
   std::vector<uint32_t> x_;      // the packed image, slack for a tile's wasted lanes after it
   uint32_t* x_base_ = nullptr;
   std::vector<int8_t> tile_out_;  // per worker: [spmm_.num_channels][tile]
+  size_t tile_out_stride_ = 0;
   TransposeFn transpose_ = nullptr;  // the variant's 32-bit transpose: moves words into X
   Qs8TransposeFn transpose_bytes_ = nullptr;  // results [channel][position] into NHWC
   std::vector<uint32_t> row_buffer_;  // per worker: one input row as packed words

@@ -6,6 +6,7 @@
 #include <emmintrin.h>
 
 #include <cstdint>
+#include <cstring>
 
 namespace hybrid_sparse {
 // Internal linkage: each ISA file gets its own copy, compiled with its flags (one inline
@@ -34,36 +35,74 @@ inline __m128i Hi32(__m128i a, __m128i b) { return _mm_unpackhi_epi32(a, b); }
 inline __m128i Lo64(__m128i a, __m128i b) { return _mm_unpacklo_epi64(a, b); }
 inline __m128i Hi64(__m128i a, __m128i b) { return _mm_unpackhi_epi64(a, b); }
 
-// 16x16 blocks: four rounds of interleaves in xmm registers. Inline so that each ISA file
-// compiles it for its own register file.
+// One 16x16 block, its rows loaded in bit-reversed order: four rounds of interleaving rows i
+// and i + 8 leave row i's bytes in bit-reversed lane order, so the result is the transpose.
+inline void TransposeBlock16(__m128i* r) {
+  Interleave16<Lo8, Hi8>(r);
+  Interleave16<Lo16, Hi16>(r);
+  Interleave16<Lo32, Hi32>(r);
+  Interleave16<Lo64, Hi64>(r);
+}
+
+constexpr int kBitReversed16[16] = {0, 8, 4, 12, 2, 10, 6, 14, 1, 9, 5, 13, 3, 11, 7, 15};
+
+// A whole 16x16 block: its rows stay in registers (fully unrolled, constant indices).
+inline void TransposeWhole16(const int8_t* src, int src_stride, int8_t* dst,
+                             int64_t dst_stride) {
+  __m128i r[16];
+#pragma GCC unroll 16
+  for (int i = 0; i < 16; ++i)
+    r[i] = _mm_loadu_si128(
+        reinterpret_cast<const __m128i*>(src + kBitReversed16[i] * src_stride));
+  TransposeBlock16(r);
+#pragma GCC unroll 16
+  for (int i = 0; i < 16; ++i)
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(dst + i * dst_stride), r[i]);
+}
+
+// A block at an edge (fewer than 16 channels or positions): loads whole rows of the channels
+// there are (reading up to 15 bytes past the last position, which Qs8TransposeFn allows),
+// transposes through a buffer and copies out only the bytes that belong to the block (a
+// whole row would write over the next position's first channels). Apart from the whole
+// blocks: indexed at run time, their registers would go to the stack.
+__attribute__((noinline)) inline void TransposeEdge16(const int8_t* src, int src_stride,
+                                                      int channels, int positions, int8_t* dst,
+                                                      int64_t dst_stride) {
+  __m128i r[16];
+  for (int i = 0; i < 16; ++i)
+    r[i] = kBitReversed16[i] < channels
+               ? _mm_loadu_si128(reinterpret_cast<const __m128i*>(
+                     src + kBitReversed16[i] * src_stride))
+               : _mm_setzero_si128();
+  TransposeBlock16(r);
+  alignas(16) int8_t t[16][16];
+  for (int i = 0; i < 16; ++i) _mm_store_si128(reinterpret_cast<__m128i*>(t[i]), r[i]);
+  for (int i = 0; i < positions; ++i) std::memcpy(dst + i * dst_stride, t[i], channels);
+}
+
+// [channel][position] -> NHWC in 16x16 blocks, the edges too: done a byte at a time they
+// cost as much as the rest, since a tile's runs of positions are rarely multiples of 16
+// (rows of 34 positions cut into tiles of 64). Inline so that each ISA file compiles it for
+// its own register file.
 inline void Qs8TransposeBytes16(const int8_t* src, int src_stride, int rows, int cols,
                                 int8_t* dst, int64_t dst_stride) {
-  int c = 0;
-  for (; c + 16 <= rows; c += 16) {
+  for (int c = 0; c < rows; c += 16) {
+    const int channels = rows - c < 16 ? rows - c : 16;
     int p = 0;
-    for (; p + 16 <= cols; p += 16) {
-      // Four rounds of interleaving rows i and i + 8 leave row i's bytes in bit-reversed
-      // lane order: loading row bitrev(i) into r[i] makes the result the transpose.
-      static constexpr int kBitReversed[16] = {0, 8, 4, 12, 2, 10, 6, 14,
-                                               1, 9, 5, 13, 3, 11, 7, 15};
-      __m128i r[16];
+    if (channels == 16)
+      for (; p + 16 <= cols; p += 16)
+        TransposeWhole16(src + c * src_stride + p, src_stride, dst + p * dst_stride + c,
+                         dst_stride);
+    if (cols - p < 8 && channels == 16) {  // a few positions: byte moves cost less
+      for (; p < cols; ++p)
 #pragma GCC unroll 16
-      for (int i = 0; i < 16; ++i)
-        r[i] = _mm_loadu_si128(
-            reinterpret_cast<const __m128i*>(src + (c + kBitReversed[i]) * src_stride + p));
-      Interleave16<Lo8, Hi8>(r);
-      Interleave16<Lo16, Hi16>(r);
-      Interleave16<Lo32, Hi32>(r);
-      Interleave16<Lo64, Hi64>(r);
-#pragma GCC unroll 16
-      for (int i = 0; i < 16; ++i)
-        _mm_storeu_si128(reinterpret_cast<__m128i*>(dst + (p + i) * dst_stride + c), r[i]);
+        for (int i = 0; i < 16; ++i) dst[p * dst_stride + c + i] = src[(c + i) * src_stride + p];
+      continue;
     }
-    for (; p < cols; ++p)
-      for (int i = 0; i < 16; ++i) dst[p * dst_stride + c + i] = src[(c + i) * src_stride + p];
+    for (; p < cols; p += 16)
+      TransposeEdge16(src + c * src_stride + p, src_stride, channels,
+                      cols - p < 16 ? cols - p : 16, dst + p * dst_stride + c, dst_stride);
   }
-  for (int p = 0; p < cols; ++p)
-    for (int cc = c; cc < rows; ++cc) dst[p * dst_stride + cc] = src[cc * src_stride + p];
 }
 
 }  // namespace

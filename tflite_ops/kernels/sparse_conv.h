@@ -232,6 +232,9 @@ constexpr int kMaxQs8Tilings = geometry::kMaxQs8Tiles;
 
 // The qs8 results' layout change, [channel][position] -> NHWC:
 //   dst[p * dst_stride + c] = src[c * src_stride + p]   for c < rows, p < cols.
+// It may read up to kQs8TransposeSlack bytes past any row's `cols` (vector loads of a
+// block's edge): src must stay readable that far past its last row.
+constexpr int kQs8TransposeSlack = 16;
 using Qs8TransposeFn = void (*)(const int8_t* src, int src_stride, int rows, int cols,
                                 int8_t* dst, int64_t dst_stride);
 

@@ -68,8 +68,13 @@ Layer RandomLayer(std::mt19937* rng, int block_size = 0) {
   s = testing::RandomGeometry(rng, {24, 40, 40, 3, 3, 2}, &l.padding);
   const double sparsity = std::uniform_real_distribution<double>(0.0, 0.95)(*rng);
   std::bernoulli_distribution zero(sparsity), zero_group(sparsity / 2);
+  // A third of the layers have small weights, inputs and biases, and multipliers above 1 as
+  // well as below (shift > 0: the requantization's left shift): their results land inside
+  // int8 instead of saturating, so every step of the requantization shows.
+  const bool small = uniform(0, 2) == 0;
+  const int w_max = small ? 2 : 127, x_max = small ? 3 : 127, b_max = small ? 100 : 30000;
   l.dense.resize(static_cast<size_t>(s.out_c) * s.kernel_h * s.kernel_w * s.in_c);
-  for (auto& w : l.dense) w = zero(*rng) ? 0 : static_cast<int8_t>(uniform(-127, 127));
+  for (auto& w : l.dense) w = zero(*rng) ? 0 : static_cast<int8_t>(uniform(-w_max, w_max));
   // Whole groups of 4 input channels of a tap and a block of output channels too, as int8
   // pruning leaves them.
   const size_t patch = static_cast<size_t>(s.kernel_h) * s.kernel_w * s.in_c;
@@ -80,15 +85,16 @@ Layer RandomLayer(std::mt19937* rng, int block_size = 0) {
           for (int c = c0; c < c0 + bs && c < s.out_c; ++c)
             for (int t = g; t < g + 4 && t < s.in_c; ++t) l.dense[c * patch + k + t] = 0;
   l.input.resize(static_cast<size_t>(s.batch) * s.in_h * s.in_w * s.in_c);
-  for (auto& x : l.input) x = static_cast<int8_t>(uniform(-128, 127));
-  l.input_zero_point = uniform(-128, 127);
+  for (auto& x : l.input) x = static_cast<int8_t>(uniform(-x_max - 1, x_max));
+  l.input_zero_point = uniform(-x_max - 1, x_max);
   l.bias.resize(s.out_c);
-  for (auto& b : l.bias) b = uniform(-30000, 30000);
+  for (auto& b : l.bias) b = uniform(-b_max, b_max);
   l.requantization.rounding = uniform(0, 1) ? Rounding::kSingle : Rounding::kDouble;
   l.multiplier.resize(s.out_c);
   l.shift.resize(s.out_c);
   for (int c = 0; c < s.out_c; ++c) {
-    const double real = std::exp(std::uniform_real_distribution<double>(-12.0, 0.0)(*rng));
+    const double real = std::exp(small ? std::uniform_real_distribution<double>(-2.0, 2.0)(*rng)
+                                       : std::uniform_real_distribution<double>(-12.0, 0.0)(*rng));
     QuantizeMultiplier(real, l.requantization.rounding, &l.multiplier[c], &l.shift[c]);
   }
   l.requantization.multiplier = l.multiplier.data();
@@ -324,7 +330,9 @@ TEST(Qs8RiscvP, KernelHoldsPm4AddaB) {
 }
 #endif
 
-// The families' byte transposes against the portable loop, on every block edge.
+// The families' byte transposes against the portable loop, on every block edge, with rows
+// packed tight (the edge loads read into the next row) and NHWC tight (a channel edge must not
+// write into the next position's channels).
 TEST(Qs8Families, ByteTransposesMoveEveryByte) {
   int count = 0;
   const Qs8Kernels* const* all = AvailableQs8Kernels(&count);
@@ -332,16 +340,17 @@ TEST(Qs8Families, ByteTransposesMoveEveryByte) {
   for (int k = 0; k < count; ++k) {
     if (all[k]->transpose == nullptr) continue;
     for (int rows : {1, 15, 16, 17, 40})
-      for (int cols : {1, 15, 16, 33, 64}) {
-        const int src_stride = cols + 3, dst_stride = rows + 5;
-        std::vector<int8_t> src(static_cast<size_t>(rows) * src_stride);
-        for (auto& v : src) v = static_cast<int8_t>(rng());
-        std::vector<int8_t> got(static_cast<size_t>(cols) * dst_stride, 7), want = got;
-        all[k]->transpose(src.data(), src_stride, rows, cols, got.data(), dst_stride);
-        for (int p = 0; p < cols; ++p)
-          for (int c = 0; c < rows; ++c) want[p * dst_stride + c] = src[c * src_stride + p];
-        ASSERT_EQ(got, want) << all[k]->name << " " << rows << "x" << cols;
-      }
+      for (int cols : {1, 15, 16, 33, 64})
+        for (int pad : {0, 3}) {
+          const int src_stride = cols + pad, dst_stride = rows + 2 * pad;
+          std::vector<int8_t> src(static_cast<size_t>(rows) * src_stride + kQs8TransposeSlack);
+          for (auto& v : src) v = static_cast<int8_t>(rng());
+          std::vector<int8_t> got(static_cast<size_t>(cols) * dst_stride, 7), want = got;
+          all[k]->transpose(src.data(), src_stride, rows, cols, got.data(), dst_stride);
+          for (int p = 0; p < cols; ++p)
+            for (int c = 0; c < rows; ++c) want[p * dst_stride + c] = src[c * src_stride + p];
+          ASSERT_EQ(got, want) << all[k]->name << " " << rows << "x" << cols << " pad " << pad;
+        }
   }
 }
 #endif
