@@ -119,7 +119,7 @@ void Qs8SpmmAvx2(const Qs8SpmmFilter& f, const uint32_t* x, int8_t* y) {
 // 16 xmm registers: the compiler keeps part of a round on the stack.
 void Qs8TransposeSse2(const int8_t* src, int src_stride, int rows, int cols, int8_t* dst,
                       int64_t dst_stride) {
-  Qs8TransposeBytes16(src, src_stride, rows, cols, dst, dst_stride);
+  Qs8TransposeBytes16<Sse2Bytes>(src, src_stride, rows, cols, dst, dst_stride);
 }
 
 static constexpr const geometry::Qs8& kG = geometry::kQs8Avx2;

@@ -191,7 +191,7 @@ static_assert(kG.block_tiles[4] == 0, "four block tiles");
 // 32 xmm registers (AVX-512VL): a round's 16 rows and 16 temporaries need no stack.
 void Qs8TransposeAvx512(const int8_t* src, int src_stride, int rows, int cols, int8_t* dst,
                         int64_t dst_stride) {
-  Qs8TransposeBytes16(src, src_stride, rows, cols, dst, dst_stride);
+  Qs8TransposeBytes16<Sse2Bytes>(src, src_stride, rows, cols, dst, dst_stride);
 }
 
 }  // namespace hybrid_sparse

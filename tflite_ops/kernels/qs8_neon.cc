@@ -6,6 +6,7 @@
 
 #include "tflite_ops/kernels/geometry.h"
 #include "tflite_ops/kernels/qs8_neon.h"
+#include "tflite_ops/kernels/qs8_transpose_bytes.h"
 #include "tflite_ops/kernels/sparse_conv.h"
 
 namespace hybrid_sparse {
@@ -38,6 +39,40 @@ void Qs8SpmmNeon(const Qs8SpmmFilter& f, const uint32_t* x, int8_t* y) {
 
 }  // namespace
 
+namespace {
+
+struct NeonBytes {
+  using T = int8x16_t;
+  static T Load(const int8_t* p) { return vld1q_s8(p); }
+  static void Store(int8_t* p, T v) { vst1q_s8(p, v); }
+  static T Zero() { return vdupq_n_s8(0); }
+  template <int kBits>
+  static T Lo(T a, T b) {
+    if (kBits == 8) return vzip1q_s8(a, b);
+    if (kBits == 16)
+      return vreinterpretq_s8_s16(vzip1q_s16(vreinterpretq_s16_s8(a), vreinterpretq_s16_s8(b)));
+    if (kBits == 32)
+      return vreinterpretq_s8_s32(vzip1q_s32(vreinterpretq_s32_s8(a), vreinterpretq_s32_s8(b)));
+    return vreinterpretq_s8_s64(vzip1q_s64(vreinterpretq_s64_s8(a), vreinterpretq_s64_s8(b)));
+  }
+  template <int kBits>
+  static T Hi(T a, T b) {
+    if (kBits == 8) return vzip2q_s8(a, b);
+    if (kBits == 16)
+      return vreinterpretq_s8_s16(vzip2q_s16(vreinterpretq_s16_s8(a), vreinterpretq_s16_s8(b)));
+    if (kBits == 32)
+      return vreinterpretq_s8_s32(vzip2q_s32(vreinterpretq_s32_s8(a), vreinterpretq_s32_s8(b)));
+    return vreinterpretq_s8_s64(vzip2q_s64(vreinterpretq_s64_s8(a), vreinterpretq_s64_s8(b)));
+  }
+};
+
+}  // namespace
+
+void Qs8TransposeNeon(const int8_t* src, int src_stride, int rows, int cols, int8_t* dst,
+                      int64_t dst_stride) {
+  Qs8TransposeBytes16<NeonBytes>(src, src_stride, rows, cols, dst, dst_stride);
+}
+
 static constexpr const geometry::Qs8& kG = geometry::kQs8Neon;
 static_assert(kG.lanes == 4, "q register lanes");
 const Qs8Kernels kQs8Neon = {
@@ -46,7 +81,7 @@ const Qs8Kernels kQs8Neon = {
      {kG.tiles[1], Qs8SpmmNeon<kG.tiles[1] / kG.lanes>}},
     kG.lanes,
     false,
-    nullptr,
+    Qs8TransposeNeon,
 };
 
 }  // namespace hybrid_sparse

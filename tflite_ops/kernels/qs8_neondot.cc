@@ -73,7 +73,7 @@ const Qs8Kernels kQs8NeonDot = {
      {kG.tiles[3], Qs8SpmmNeonDot<kG.tiles[3] / kG.lanes>}},
     kG.lanes,
     false,
-    nullptr,
+    Qs8TransposeNeon,
     {{kG.block_tiles[0], Qs8SpmmNeonDotBlock<kG.block_tiles[0] / kG.lanes>},
      {kG.block_tiles[1], Qs8SpmmNeonDotBlock<kG.block_tiles[1] / kG.lanes>},
      {kG.block_tiles[2], Qs8SpmmNeonDotBlock<kG.block_tiles[2] / kG.lanes>}},
