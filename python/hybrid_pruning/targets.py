@@ -4,8 +4,8 @@ sparsity and block size), its latency on the target.
 
 The host is measured, not modelled: single-layer models of the layer's own shape, with random
 weights at a grid of sparsities, are timed in the interpreter side by side (our op against the
-builtin, in one process), and latency at other sparsities is interpolated (log-linear) between
-grid points. Measurements are cached on disk, keyed by the CPU, the thread count and the
+builtin, in one process; at several threads between two builtin convs, where a model has it),
+and latency at other sparsities is interpolated (log-linear) between grid points. Measurements are cached on disk, keyed by the CPU, the thread count and the
 delegate library's contents, so a second run costs nothing and a rebuilt kernel library is
 measured afresh. With several thread counts (the default: one and all cores) our op is priced
 at its worst ratio to the builtin over them.
