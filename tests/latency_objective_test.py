@@ -12,8 +12,8 @@ import tempfile
 import numpy as np
 from absl.testing import absltest
 
-from hybrid_pruning import (budget, convert, graph, io, op_format, pipeline, runtime,
-                            targets, tflite_model)
+from hybrid_pruning import (budget, convert, graph, io, op_format, pipeline, targets,
+                            tflite_model)
 
 import test_models
 
@@ -274,29 +274,6 @@ class HostProfileTest(absltest.TestCase):
         single = targets.HostProfile(1, cache_dir=self.dir)  # one count: its own time
         single._tables[0]._table[key] = {"builtin": 2e-4, "ours": [1e-4] * grid}
         self.assertAlmostEqual(single.ours(self.shape, 0.8), 1e-4)
-
-    def test_in_model_tables_time_the_layer_between_identity_convs(self):
-        # At several threads the tables time the conv between two builtin 1x1 convs: they
-        # must pass the data through unchanged, so that our op there does the same work.
-        rng = np.random.default_rng(3)
-        shape = targets.ConvShape(6, 6, 8, 12, 3, 3, (1, 1), (1, 1), "SAME")
-        w = targets.random_filter(rng, shape, 0.5, 1, input_groups=True)
-        x = rng.standard_normal((1, 6, 6, 8)).astype(np.float32)
-        quant = {"input": (0.05, 3), "output": (0.1, -2),
-                 "filter_scales": np.full(12, 1e-2, np.float32)}
-        xq = rng.integers(-128, 128, x.shape).astype(np.int8)
-        wq = np.clip(np.round(w * 40), -127, 127).astype(np.int8)
-        for int8, weights, inputs in ((None, w, x), (quant, wq, xq)):
-            for op in ("builtin", "hybrid"):
-                alone, in_model = (tflite_model.single_conv_model(
-                    inputs.shape, weights, None, shape.geometry, op, int8=int8, in_model=m)
-                    for m in (False, True))
-                self.assertLen(tflite_model.read(in_model).subgraphs[0].operators, 3)
-                want = runtime.predict(alone, inputs).astype(np.float64)
-                got = runtime.predict(in_model, inputs).astype(np.float64)
-                # int8: a requantization by 1/127 x 127 rounds some values by one.
-                np.testing.assert_allclose(got, want, atol=1.0 if int8 else 1e-5,
-                                           err_msg=f"{op}, {'int8' if int8 else 'float32'}")
 
     def test_thread_counts(self):
         cores = len(os.sched_getaffinity(0))

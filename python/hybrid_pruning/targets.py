@@ -4,8 +4,8 @@ sparsity and block size), its latency on the target.
 
 The host is measured, not modelled: single-layer models of the layer's own shape, with random
 weights at a grid of sparsities, are timed in the interpreter side by side (our op against the
-builtin, in one process; at several threads between two builtin convs, where a model has it),
-and latency at other sparsities is interpolated (log-linear) between grid points. Measurements are cached on disk, keyed by the CPU, the thread count and the
+builtin, in one process), and latency at other sparsities is interpolated (log-linear) between
+grid points. Measurements are cached on disk, keyed by the CPU, the thread count and the
 delegate library's contents, so a second run costs nothing and a rebuilt kernel library is
 measured afresh. With several thread counts (the default: one and all cores) our op is priced
 at its worst ratio to the builtin over them.
@@ -46,13 +46,6 @@ _ROUNDS, _MIN_SECONDS = 3, 0.01
 # re-measured on the same machine moved by up to 2x on small layers; twice the rounds give
 # the best-of more chances (codesign.md: the end point depends on these tables).
 _ROUNDS_THREADED = 6
-# At one thread our op alone in the interpreter costs what it costs in a model. At several it
-# does not: between XNNPACK's nodes it splits XNNPACK's graph, and a node of ours that runs
-# longer than about 20 us cost a model 10-40 us more than the layer's own time on the 2-vCPU
-# VM of benchmarks/results/node_overhead.md, more than most layers save. So at several
-# threads the tables time our op between two builtin 1x1 convs, against the builtin there.
-# Part of each cache file's key: tables measured otherwise are measured again.
-_TABLE_FORMAT = "in-model-2"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -141,8 +134,7 @@ class _MeasuredTable:
         self.cpu = cpu
         self.library = library
         self.dtype = dtype
-        key = f"{cpu}|{library}|{threads}|{kernel}|{_TABLE_FORMAT}" + (
-            "" if dtype == "float32" else f"|{dtype}")
+        key = f"{cpu}|{library}|{threads}|{kernel}" + ("" if dtype == "float32" else f"|{dtype}")
         tag = hashlib.sha256(key.encode()).hexdigest()[:16]
         self.path = directory / f"host-{tag}.json"
         self._table: dict = {}
@@ -182,34 +174,20 @@ class _MeasuredTable:
             w = random_filter(rng, shape, sparsity, b, input_groups=int8)
             return np.clip(np.round(w * 40), -127, 127).astype(np.int8) if int8 else w
 
-        dense = weights(0.0, 1)
-        base = tflite_model.single_conv_model(x.shape, dense, bias, shape.geometry, "builtin",
-                                              int8=quant)
+        base = tflite_model.single_conv_model(x.shape, weights(0.0, 1), bias, shape.geometry,
+                                              "builtin", int8=quant)
         invokes = [timing.invoker(base, x, ours=False, threads=self.threads)]
-        # Several threads: our op is timed where a model has it, between builtin convs
-        # (_TABLE_FORMAT), against the builtin there.
-        in_model = self.threads > 1
-        if in_model:
-            invokes.append(timing.invoker(tflite_model.single_conv_model(
-                x.shape, dense, bias, shape.geometry, "builtin", int8=quant, in_model=True),
-                x, ours=False, threads=self.threads))
         for s in SPARSITY_GRID:
             ours = tflite_model.single_conv_model(x.shape, weights(s, block), bias,
                                                   shape.geometry, "hybrid",
-                                                  block_size=block, int8=quant,
-                                                  in_model=in_model)
+                                                  block_size=block, int8=quant)
             invokes.append(timing.invoker(ours, x, ours=True, threads=self.threads,
                                           kernel=self.kernel))
         times = timing.best_times(*invokes, min_seconds=_MIN_SECONDS,
                                   rounds=_ROUNDS if self.threads == 1 else _ROUNDS_THREADED)
-        builtin, ours_times = times[0], times[1:]
-        if in_model:
-            # The builtin alone plus what our op adds to the model in its place (at least a
-            # twentieth of the builtin: a difference of noisy times may come out negative).
-            ours_times = [max(builtin + t - times[1], builtin / 20) for t in times[2:]]
         logging.info("measured %s %s block %d, %d thread(s): builtin %.3g s, ours %s",
-                     self.dtype, shape.key(), block, self.threads, builtin, ours_times)
-        return {"builtin": builtin, "ours": ours_times}
+                     self.dtype, shape.key(), block, self.threads, times[0], times[1:])
+        return {"builtin": times[0], "ours": times[1:]}
 
     def _save(self) -> None:
         try:

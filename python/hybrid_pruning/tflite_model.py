@@ -274,52 +274,16 @@ def remove_unused_tensors(model: schema.ModelT) -> None:
             t.buffer = buffer_remap[t.buffer]
 
 
-def _builtin_conv(model: schema.ModelT, sg: schema.SubGraphT, name: str, x: int, y: int,
-                  g: op_format.ConvGeometry, filter_ohwi: np.ndarray, bias: np.ndarray | None,
-                  int8: dict | None, input_scale: float = 0.0) -> schema.OperatorT:
-    """A builtin CONV_2D from tensor x to y; int8: filter_ohwi int8 with int8["filter_scales"],
-    bias int32 at input_scale x filter scale."""
-    conv = schema.OperatorT()
-    conv.opcodeIndex = opcode_index(model, BuiltinOperator.CONV_2D)
-    if int8:
-        w = add_tensor(model, sg, f"{name}/filter", filter_ohwi.shape, TensorType.INT8,
-                       np.asarray(filter_ohwi, np.int8))
-        quantize_tensor(sg, w, int8["filter_scales"], np.zeros(g.out_channels))
-        b = add_tensor(model, sg, f"{name}/bias", [g.out_channels], TensorType.INT32,
-                       np.zeros(g.out_channels, np.int32) if bias is None
-                       else np.asarray(bias, np.int32))
-        quantize_tensor(sg, b, np.asarray(int8["filter_scales"], np.float64) * input_scale,
-                        np.zeros(g.out_channels))
-    else:
-        w = add_tensor(model, sg, f"{name}/filter", filter_ohwi.shape, TensorType.FLOAT32,
-                       np.asarray(filter_ohwi, np.float32))
-        b = add_tensor(model, sg, f"{name}/bias", [g.out_channels], TensorType.FLOAT32,
-                       np.zeros(g.out_channels, np.float32) if bias is None
-                       else np.asarray(bias, np.float32))
-    conv.inputs = np.asarray([x, w, b], np.int32)
-    conv.outputs = np.asarray([y], np.int32)
-    opts = schema.Conv2DOptionsT()
-    opts.padding = {v: k for k, v in _PADDINGS.items()}[g.padding]
-    opts.strideH, opts.strideW = g.stride_h, g.stride_w
-    opts.dilationHFactor, opts.dilationWFactor = g.dilation_h, g.dilation_w
-    opts.fusedActivationFunction = {v: k for k, v in _FUSED_ACTIVATIONS.items()}[g.activation]
-    conv.builtinOptionsType = schema.BuiltinOptions.Conv2DOptions
-    conv.builtinOptions = opts
-    return conv
-
-
 def single_conv_model(
     input_shape, filter_ohwi: np.ndarray, bias: np.ndarray | None,
     geometry: op_format.ConvGeometry, op: str = "builtin", block_size: int = 1,
     thresholds: np.ndarray | None = None, int8: dict | None = None,
-    in_model: bool = False,
 ) -> bytes:
     """A one-operator model: builtin CONV_2D, or our op ("hybrid") on the same weights.
     int8: {"input": (scale, zero point), "output": (scale, zero point), "filter_scales":
     [out_c], "rounding": "double"|"single"} makes both int8 (filter_ohwi int8, bias int32),
     quantized as TFLite's converter does (per-channel symmetric filter, bias at input scale
-    x filter scale). `in_model`: the conv between two builtin 1x1 convs (channels kept, the
-    same quantization), as a layer sits in a model: our op there splits XNNPACK's graph."""
+    x filter scale)."""
     g = geometry
     model = schema.ModelT()
     model.version = 3
@@ -336,16 +300,33 @@ def single_conv_model(
     if int8:
         quantize_tensor(sg, x, *int8["input"])
         quantize_tensor(sg, y, *int8["output"])
-    first, last = x, y
-    if in_model:
-        x = add_tensor(model, sg, "before", [batch, in_h, in_w, in_c], act_type)
-        y = add_tensor(model, sg, "after", [batch, 1, 1, g.out_channels], act_type)
-        if int8:
-            quantize_tensor(sg, x, *int8["input"])
-            quantize_tensor(sg, y, *int8["output"])
     if op == "builtin":
-        conv = _builtin_conv(model, sg, "conv", x, y, g, filter_ohwi, bias, int8,
-                             int8["input"][0] if int8 else 0.0)
+        conv = schema.OperatorT()
+        conv.opcodeIndex = opcode_index(model, BuiltinOperator.CONV_2D)
+        if int8:
+            w = add_tensor(model, sg, "filter", filter_ohwi.shape, TensorType.INT8,
+                           np.asarray(filter_ohwi, np.int8))
+            quantize_tensor(sg, w, int8["filter_scales"], np.zeros(g.out_channels))
+            b = add_tensor(model, sg, "bias", [g.out_channels], TensorType.INT32,
+                           np.zeros(g.out_channels, np.int32) if bias is None
+                           else np.asarray(bias, np.int32))
+            quantize_tensor(sg, b, np.asarray(int8["filter_scales"], np.float64)
+                            * int8["input"][0], np.zeros(g.out_channels))
+        else:
+            w = add_tensor(model, sg, "filter", filter_ohwi.shape, TensorType.FLOAT32,
+                           np.asarray(filter_ohwi, np.float32))
+            b = add_tensor(model, sg, "bias", [g.out_channels], TensorType.FLOAT32,
+                           np.zeros(g.out_channels, np.float32) if bias is None
+                           else np.asarray(bias, np.float32))
+        conv.inputs = np.asarray([x, w, b], np.int32)
+        conv.outputs = np.asarray([y], np.int32)
+        opts = schema.Conv2DOptionsT()
+        opts.padding = {v: k for k, v in _PADDINGS.items()}[g.padding]
+        opts.strideH, opts.strideW = g.stride_h, g.stride_w
+        opts.dilationHFactor, opts.dilationWFactor = g.dilation_h, g.dilation_w
+        opts.fusedActivationFunction = {v: k for k, v in _FUSED_ACTIVATIONS.items()}[g.activation]
+        conv.builtinOptionsType = schema.BuiltinOptions.Conv2DOptions
+        conv.builtinOptions = opts
     elif op == "hybrid":
         conv = make_hybrid_op(
             model, sg, "conv", x, y, g, filter_ohwi, bias, block_size, thresholds,
@@ -353,25 +334,8 @@ def single_conv_model(
             rounding=int8.get("rounding", "double") if int8 else "double")
     else:
         raise ValueError(f"op must be 'builtin' or 'hybrid', got {op!r}")
-    if in_model:
-        for name, src, dst, c, scale in (
-                ("before", first, x, in_c, int8["input"][0] if int8 else 0.0),
-                ("after", y, last, g.out_channels, int8["output"][0] if int8 else 0.0)):
-            one = op_format.ConvGeometry(1, 1, c, c)
-            w = np.eye(c, dtype=np.float32).reshape(c, 1, 1, c)
-            neighbour_int8 = None
-            if int8:
-                neighbour_int8 = {"filter_scales": np.full(c, 1.0 / 127, np.float32)}
-                w = (w * 127).astype(np.int8)
-            neighbour = _builtin_conv(model, sg, name, src, dst, one, w, None, neighbour_int8,
-                                      scale)
-            if name == "before":
-                sg.operators.append(neighbour)
-            else:
-                sg.operators.extend([conv, neighbour])
-    else:
-        sg.operators.append(conv)
-    sg.inputs = np.asarray([first], np.int32)
-    sg.outputs = np.asarray([last], np.int32)
+    sg.operators.append(conv)
+    sg.inputs = np.asarray([x], np.int32)
+    sg.outputs = np.asarray([y], np.int32)
     model.subgraphs.append(sg)
     return write(model)
