@@ -124,6 +124,25 @@ def random_filter(rng: np.random.Generator, shape: ConvShape, sparsity: float,
     return w * keep[..., :shape.in_c]
 
 
+def timing_layer_data(rng: np.random.Generator, shape: ConvShape, dtype: str
+                      ) -> tuple[np.ndarray, np.ndarray, dict | None]:
+    """The input, bias and (int8) quantization the latency tables time a layer with: int8
+    ops on int8 weights, quantized as the converter does."""
+    x = rng.standard_normal((1, shape.in_h, shape.in_w, shape.in_c)).astype(np.float32)
+    bias = rng.standard_normal(shape.out_c).astype(np.float32)
+    if dtype != "int8":
+        return x, bias, None
+    return (rng.integers(-128, 128, x.shape).astype(np.int8),
+            rng.integers(-5000, 5000, shape.out_c).astype(np.int32),
+            {"input": (0.02, -5), "output": (0.05, -128),
+             "filter_scales": np.full(shape.out_c, 1e-2, np.float32)})
+
+
+def timing_weights(w: np.ndarray, dtype: str) -> np.ndarray:
+    """A random_filter as the latency tables time it (int8: at timing_layer_data's scales)."""
+    return np.clip(np.round(w * 40), -127, 127).astype(np.int8) if dtype == "int8" else w
+
+
 class _MeasuredTable:
     """One thread count's measurements (batch 1), cached on disk."""
 
@@ -160,19 +179,11 @@ class _MeasuredTable:
         from hybrid_pruning import tflite_model
 
         rng = np.random.default_rng(0)
-        int8 = self.dtype == "int8"
-        x = rng.standard_normal((1, shape.in_h, shape.in_w, shape.in_c)).astype(np.float32)
-        bias = rng.standard_normal(shape.out_c).astype(np.float32)
-        quant = None
-        if int8:  # the int8 ops on int8 weights, quantized as the converter does
-            x = rng.integers(-128, 128, x.shape).astype(np.int8)
-            bias = rng.integers(-5000, 5000, shape.out_c).astype(np.int32)
-            quant = {"input": (0.02, -5), "output": (0.05, -128),
-                     "filter_scales": np.full(shape.out_c, 1e-2, np.float32)}
+        x, bias, quant = timing_layer_data(rng, shape, self.dtype)
 
         def weights(sparsity: float, b: int) -> np.ndarray:
-            w = random_filter(rng, shape, sparsity, b, input_groups=int8)
-            return np.clip(np.round(w * 40), -127, 127).astype(np.int8) if int8 else w
+            return timing_weights(random_filter(rng, shape, sparsity, b,
+                                                input_groups=self.dtype == "int8"), self.dtype)
 
         base = tflite_model.single_conv_model(x.shape, weights(0.0, 1), bias, shape.geometry,
                                               "builtin", int8=quant)
@@ -418,7 +429,8 @@ def int8_block_rows() -> int:
 # vpmaddwd (16 MACs, 2/cycle on Zen 3), Zen 4 vpdpbusd zmm (64 MACs, one per cycle on two
 # 256-bit pipes), A76 sdot (16 MACs, 2/cycle: Arm's optimization guides give SDOT
 # throughput 2 on V0/V1). RVV has no int8 dot product: XNNPACK's widening multiply-adds
-# on 16-bit lanes are assumed at twice the fp32 FMA rate (not measured, not published). The generic scalar core: one MAC per cycle. Dense
+# on 16-bit lanes are assumed at twice the fp32 FMA rate (not measured, not published).
+# The generic scalar core: one MAC per cycle. Dense
 # efficiency: the float fits' (CORES) except AVX-512, fitted to this kind of host's int8
 # measurements (benchmarks/results/conv_bench_int8.md, "modelled ratio"). A tap's input
 # vector starts at any word, so a load of B bytes crosses a 64-byte line with probability

@@ -57,8 +57,8 @@ def _row(dtype: str, threads: int, size: int, sparsity: float) -> str:
     block = 4 if int8 else 1
     shape = targets.ConvShape(size, size, CHANNELS, CHANNELS, 3, 3, (1, 1), (1, 1), "SAME")
     rng = np.random.default_rng(1)
-    ohwi = targets.random_filter(rng, shape, sparsity, block, input_groups=int8) * 0.1
-    model = _chain(keras, size, ohwi.transpose(1, 2, 3, 0))
+    ohwi = targets.random_filter(rng, shape, sparsity, block, input_groups=int8)
+    model = _chain(keras, size, ohwi.transpose(1, 2, 3, 0) * 0.1)
     probes = rng.random((16, size, size, CHANNELS)).astype(np.float32)
     stock = convert.to_tflite(model, dtype, probes)
     parsed = tflite_model.read(stock)
@@ -67,15 +67,8 @@ def _row(dtype: str, threads: int, size: int, sparsity: float) -> str:
     ours, _ = tflite_rewrite.rewrite(stock, min_sparsity=0.0, only={convs[1]},
                                      block_sizes={convs[1]: block})
     # The middle conv alone, as the latency tables time it.
-    x = rng.standard_normal((1, size, size, CHANNELS)).astype(np.float32)
-    bias = rng.standard_normal(CHANNELS).astype(np.float32)
-    quant, w = None, ohwi
-    if int8:
-        x = rng.integers(-128, 128, x.shape).astype(np.int8)
-        bias = rng.integers(-5000, 5000, CHANNELS).astype(np.int32)
-        quant = {"input": (0.02, -5), "output": (0.05, -128),
-                 "filter_scales": np.full(CHANNELS, 1e-2, np.float32)}
-        w = np.clip(np.round(ohwi * 400), -127, 127).astype(np.int8)
+    x, bias, quant = targets.timing_layer_data(rng, shape, dtype)
+    w = targets.timing_weights(ohwi, dtype)
     alone_builtin = tflite_model.single_conv_model(x.shape, w, bias, shape.geometry, "builtin",
                                                    int8=quant)
     alone_ours = tflite_model.single_conv_model(x.shape, w, bias, shape.geometry, "hybrid",

@@ -37,32 +37,25 @@ void Qs8SpmmNeon(const Qs8SpmmFilter& f, const uint32_t* x, int8_t* y) {
   }
 }
 
-}  // namespace
-
-namespace {
-
+// The byte transpose's vectors (qs8_transpose_bytes.h): zip1/zip2 are x86's unpacks.
 struct NeonBytes {
   using T = int8x16_t;
   static T Load(const int8_t* p) { return vld1q_s8(p); }
   static void Store(int8_t* p, T v) { vst1q_s8(p, v); }
   static T Zero() { return vdupq_n_s8(0); }
-  template <int kBits>
-  static T Lo(T a, T b) {
-    if (kBits == 8) return vzip1q_s8(a, b);
-    if (kBits == 16)
-      return vreinterpretq_s8_s16(vzip1q_s16(vreinterpretq_s16_s8(a), vreinterpretq_s16_s8(b)));
-    if (kBits == 32)
-      return vreinterpretq_s8_s32(vzip1q_s32(vreinterpretq_s32_s8(a), vreinterpretq_s32_s8(b)));
-    return vreinterpretq_s8_s64(vzip1q_s64(vreinterpretq_s64_s8(a), vreinterpretq_s64_s8(b)));
-  }
-  template <int kBits>
-  static T Hi(T a, T b) {
-    if (kBits == 8) return vzip2q_s8(a, b);
-    if (kBits == 16)
-      return vreinterpretq_s8_s16(vzip2q_s16(vreinterpretq_s16_s8(a), vreinterpretq_s16_s8(b)));
-    if (kBits == 32)
-      return vreinterpretq_s8_s32(vzip2q_s32(vreinterpretq_s32_s8(a), vreinterpretq_s32_s8(b)));
-    return vreinterpretq_s8_s64(vzip2q_s64(vreinterpretq_s64_s8(a), vreinterpretq_s64_s8(b)));
+  template <int kBits, bool kHigh>
+  static T Zip(T a, T b) {
+    if (kBits == 8) return kHigh ? vzip2q_s8(a, b) : vzip1q_s8(a, b);
+    if (kBits == 16) {
+      const int16x8_t x = vreinterpretq_s16_s8(a), y = vreinterpretq_s16_s8(b);
+      return vreinterpretq_s8_s16(kHigh ? vzip2q_s16(x, y) : vzip1q_s16(x, y));
+    }
+    if (kBits == 32) {
+      const int32x4_t x = vreinterpretq_s32_s8(a), y = vreinterpretq_s32_s8(b);
+      return vreinterpretq_s8_s32(kHigh ? vzip2q_s32(x, y) : vzip1q_s32(x, y));
+    }
+    const int64x2_t x = vreinterpretq_s64_s8(a), y = vreinterpretq_s64_s8(b);
+    return vreinterpretq_s8_s64(kHigh ? vzip2q_s64(x, y) : vzip1q_s64(x, y));
   }
 };
 

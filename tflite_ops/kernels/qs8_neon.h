@@ -1,6 +1,7 @@
 // What the two NEON qs8 microkernels (qs8_neon.cc, qs8_neondot.cc) share: TFLite's
-// requantization of 4 int32 lanes, the store of 8 int8 results and the byte transpose. Internal linkage, so that
-// the dotprod file's copy (built with its own -march) never stands in for the baseline one.
+// requantization of 4 int32 lanes, the store of 8 int8 results (internal linkage, so that
+// the dotprod file's copy, built with its own -march, never stands in for the baseline one)
+// and the byte transpose (defined once, in the baseline file).
 #ifndef TFLITE_OPS_KERNELS_QS8_NEON_H_
 #define TFLITE_OPS_KERNELS_QS8_NEON_H_
 
@@ -44,8 +45,6 @@ inline void Qs8Store8(int32x4_t a, int32x4_t b, int c, const Qs8Requantization& 
 
 }  // namespace
 
-// The byte transpose of both NEON families (qs8_neon.cc, baseline NEON): zip1/zip2 are x86's
-// unpacklo/unpackhi.
 void Qs8TransposeNeon(const int8_t* src, int src_stride, int rows, int cols, int8_t* dst,
                       int64_t dst_stride);
 

@@ -3,9 +3,9 @@
 //   V::T                           the vector type
 //   V::Load(p), V::Store(p, v)     unaligned 16-byte load and store
 //   V::Zero()
-//   V::Lo<bits>(a, b), V::Hi<bits>(a, b)   interleave the low (high) halves of a and b in
-//                                  elements of 8, 16, 32 or 64 bits (x86 unpacklo/unpackhi,
-//                                  NEON zip1/zip2)
+//   V::Zip<bits, high>(a, b)       interleave the low (high) halves of a and b in elements
+//                                  of 8, 16, 32 or 64 bits (x86 unpacklo/unpackhi, NEON
+//                                  zip1/zip2)
 // The ISA file defines V and instantiates Qs8TransposeBytes16<V> as its family's transpose.
 #ifndef TFLITE_OPS_KERNELS_QS8_TRANSPOSE_BYTES_H_
 #define TFLITE_OPS_KERNELS_QS8_TRANSPOSE_BYTES_H_
@@ -24,8 +24,8 @@ inline void Interleave16(typename V::T* r) {
   typename V::T t[16];
 #pragma GCC unroll 8
   for (int i = 0; i < 8; ++i) {
-    t[2 * i] = V::template Lo<kBits>(r[i], r[i + 8]);
-    t[2 * i + 1] = V::template Hi<kBits>(r[i], r[i + 8]);
+    t[2 * i] = V::template Zip<kBits, false>(r[i], r[i + 8]);
+    t[2 * i + 1] = V::template Zip<kBits, true>(r[i], r[i + 8]);
   }
 #pragma GCC unroll 16
   for (int i = 0; i < 16; ++i) r[i] = t[i];

@@ -17,19 +17,12 @@ struct Sse2Bytes {
   static T Load(const int8_t* p) { return _mm_loadu_si128(reinterpret_cast<const T*>(p)); }
   static void Store(int8_t* p, T v) { _mm_storeu_si128(reinterpret_cast<T*>(p), v); }
   static T Zero() { return _mm_setzero_si128(); }
-  template <int kBits>
-  static T Lo(T a, T b) {
-    if (kBits == 8) return _mm_unpacklo_epi8(a, b);
-    if (kBits == 16) return _mm_unpacklo_epi16(a, b);
-    if (kBits == 32) return _mm_unpacklo_epi32(a, b);
-    return _mm_unpacklo_epi64(a, b);
-  }
-  template <int kBits>
-  static T Hi(T a, T b) {
-    if (kBits == 8) return _mm_unpackhi_epi8(a, b);
-    if (kBits == 16) return _mm_unpackhi_epi16(a, b);
-    if (kBits == 32) return _mm_unpackhi_epi32(a, b);
-    return _mm_unpackhi_epi64(a, b);
+  template <int kBits, bool kHigh>
+  static T Zip(T a, T b) {
+    if (kBits == 8) return kHigh ? _mm_unpackhi_epi8(a, b) : _mm_unpacklo_epi8(a, b);
+    if (kBits == 16) return kHigh ? _mm_unpackhi_epi16(a, b) : _mm_unpacklo_epi16(a, b);
+    if (kBits == 32) return kHigh ? _mm_unpackhi_epi32(a, b) : _mm_unpacklo_epi32(a, b);
+    return kHigh ? _mm_unpackhi_epi64(a, b) : _mm_unpacklo_epi64(a, b);
   }
 };
 
