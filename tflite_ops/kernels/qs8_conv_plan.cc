@@ -28,6 +28,22 @@ void FlipWords(uint32_t* words, int64_t n) {
   if (i < n) words[i] ^= 0x80808080u;
 }
 
+// n words of kBytes channels each, src advancing by step bytes, over the padding's other
+// bytes. A constant size compiles to plain loads; the variable-length memcpy this replaces
+// was a libc call per word, most of a few-channel layer's time (an RGB or grey stem).
+template <int kBytes>
+void PackWords(const int8_t* src, int64_t step, int n, uint32_t pad_word, uint32_t flip,
+               uint32_t* dst) {
+  constexpr uint32_t kMask = kBytes == 4 ? 0xffffffffu : (1u << (8 * kBytes)) - 1;
+  const uint32_t pad = pad_word & ~kMask;
+  const uint32_t bits = flip & kMask;
+  for (int i = 0; i < n; ++i) {
+    uint32_t word = 0;
+    std::memcpy(&word, src + i * step, kBytes);
+    dst[i] = (word | pad) ^ bits;
+  }
+}
+
 }  // namespace
 
 
@@ -216,15 +232,16 @@ void Qs8ConvPlan::Pack(const int8_t* image, int row_begin, int row_end, int work
                    reinterpret_cast<float*>(dst + lo), group_stride);
         continue;
       }
+      // Channels past in_c are padding; they meet zero weights.
+      const int8_t* src = in_row + static_cast<int64_t>(first_ix) * s.in_c;
+      const int64_t step = static_cast<int64_t>(s.stride_w) * s.in_c;
       for (int g = 0; g < groups_; ++g) {
-        const int channels = std::min(4, s.in_c - 4 * g);
-        const uint32_t partial_flip = flip & (0xffffffffu >> (8 * (4 - channels)));
-        uint32_t* row = dst + g * group_stride;
-        for (int xq = lo; xq < hi; ++xq) {
-          const int ix = xq * s.stride_w + px - s.pad_left;
-          uint32_t word = pad_word;  // channels past in_c meet zero weights
-          std::memcpy(&word, in_row + static_cast<int64_t>(ix) * s.in_c + 4 * g, channels);
-          row[xq] = word ^ partial_flip;
+        uint32_t* row = dst + g * group_stride + lo;
+        switch (std::min(4, s.in_c - 4 * g)) {
+          case 1: PackWords<1>(src + 4 * g, step, hi - lo, pad_word, flip, row); break;
+          case 2: PackWords<2>(src + 4 * g, step, hi - lo, pad_word, flip, row); break;
+          case 3: PackWords<3>(src + 4 * g, step, hi - lo, pad_word, flip, row); break;
+          default: PackWords<4>(src + 4 * g, step, hi - lo, pad_word, flip, row);
         }
       }
     }
