@@ -146,8 +146,7 @@ def main(argv):
         "# Test architectures pruned at default flags",
         "",
         bench_results.machine(),
-        "Command: `./bazelw run //tests/bench:architectures_bench -- "
-        "--output=$PWD/benchmarks/results/architectures.md --vgg`",
+        bench_results.command("architectures_bench"),
         "",
         "Each model is saved to disk and reloaded, then pruned with default flags (probes "
         "chosen automatically). MACs: whole network before -> effective after (what the "

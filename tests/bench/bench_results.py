@@ -6,6 +6,8 @@ from __future__ import annotations
 import datetime
 import os
 import platform
+import shlex
+import sys
 
 
 def machine() -> str:
@@ -17,6 +19,14 @@ def machine() -> str:
            else platform.machine())
     return (f"Machine: {targets.cpu_model()}, {os.cpu_count()} vCPUs, {isa}; "
             f"{datetime.date.today().isoformat()}.")
+
+
+def command(target: str) -> str:
+    """'Command: `./bazelw run //tests/bench:<target> -- <this run's flags>`', paths under the
+    directory bazel was called from written as $PWD."""
+    cwd = os.environ.get("BUILD_WORKING_DIRECTORY", os.getcwd())
+    args = " ".join(shlex.quote(a).replace(cwd + "/", "$PWD/") for a in sys.argv[1:])
+    return f"Command: `./bazelw run //tests/bench:{target} -- {args}`".replace(" -- `", "`")
 
 
 def emit(lines: list[str], output: str | None) -> None:

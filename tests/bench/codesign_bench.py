@@ -163,8 +163,7 @@ def main(argv):
         "",
         f"{bench_results.machine()} Clock {targets.host_ghz() or 0:.2f} GHz measured "
         f"(/proc/cpuinfo reports {targets.reported_ghz() or 0:.2f} GHz).",
-        "Command: `./bazelw run //tests/bench:codesign_bench -- "
-        "--output=$PWD/benchmarks/results/codesign.md`",
+        bench_results.command("codesign_bench"),
         "",
         f"Each model is pruned once for {', '.join(FLAGS.targets)} (probes, channel removal, "
         "statistics and re-fits shared; levels chosen per target) at default flags. "

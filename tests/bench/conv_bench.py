@@ -269,10 +269,7 @@ def main(argv):
         "# HybridSparseConv2D vs builtin CONV_2D (XNNPACK)",
         "",
         f"{bench_results.machine()} Our kernel: {FLAGS.kernel or 'fastest available'}.",
-        "Command: `./bazelw run //tests/bench:conv_bench -- "
-        + "".join(f"--{name}={FLAGS[name].value} " for name in ("kernel",) if FLAGS[name].value)
-        + "".join("" if FLAGS[name].value else f"--no{name} "
-                  for name in ("layers", "int8", "model")) + "--output=...`",
+        bench_results.command("conv_bench"),
         "",
         "Ratio = builtin time / our time (> 1: ours is faster). FLOP-limit ratio = 1 / (1 - "
         "weight sparsity). Times are the best of alternating rounds.",

@@ -198,8 +198,7 @@ def main(argv):
     console.quiet_libraries()
     lines = ["# Fidelity guard: probe metrics against real accuracy", "",
              bench_results.machine(),
-             "Command: `./bazelw run //tests/bench:fidelity_proxy_bench -- "
-             "--output=$PWD/benchmarks/results/fidelity_proxy.md`", "",
+             bench_results.command("fidelity_proxy_bench"), "",
              "Each model's latency search (host profile, default flags) is run once per "
              "guard; every candidate it judges is also scored on the digits test split. "
              "The guard's metrics come from the 128 data-free probes only.", ""]

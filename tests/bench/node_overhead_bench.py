@@ -94,8 +94,7 @@ def main(argv):
         "# A node of ours in a model: what it costs beyond its own time",
         "",
         bench_results.machine(),
-        "Command: `./bazelw run //tests/bench:node_overhead_bench -- "
-        "--output=$PWD/benchmarks/results/node_overhead.md`",
+        bench_results.command("node_overhead_bench"),
         "",
         "Three 3x3 convs in a row (stride 1, SAME, ReLU, "
         f"{CHANNELS} channels), converted by the stock converter (int8: full-integer, "

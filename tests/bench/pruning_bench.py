@@ -113,8 +113,7 @@ def main(argv):
         "",
         f"Date: {datetime.date.today()}. Machine: {platform.machine()}, {platform.processor() or 'cpu'}, "
         f"Python {platform.python_version()}.",
-        "Command: `./bazelw run //tests/bench:pruning_bench -- "
-        "--output=$PWD/benchmarks/results/pruning_demo.md`",
+        bench_results.command("pruning_bench"),
         "",
         "Top-1 on the 450-image digits test split, of the .tflite running HybridSparseConv2D. "
         "MACs are effective: zero weights and zero or below-threshold input activations that "

@@ -82,8 +82,7 @@ def main(argv):
         "# Baseline: stock quantization against ours",
         "",
         bench_results.machine(),
-        "Command: `./bazelw run //tests/bench:quantization_bench -- "
-        "--output=$PWD/benchmarks/results/quantization.md`",
+        bench_results.command("quantization_bench"),
         "",
         "What a user who wants a faster, smaller model without data picks today, on the "
         "committed digits models (digits_cnn: the 16x16 demo; digits_resnet: the ResNet-style "

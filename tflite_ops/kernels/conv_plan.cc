@@ -303,9 +303,11 @@ void ConvPlan::PackRow(const float* image, int row, int yq0, float* x) {
   const ConvShape& s = shape_;
   const int sh = s.stride_h, sw = s.stride_w;
   const int yq = row / sh, py = row % sh;
+  if (!PhaseRead(py, s.kernel_h, sh, s.dilation_h)) return;
   const int iy = yq * sh + py - s.pad_top;
   const int64_t channel_stride = plane_ * sh * sw * shifts_;
   for (int px = 0; px < sw; ++px) {
+    if (!PhaseRead(px, s.kernel_w, sw, s.dilation_w)) continue;
     float* dst_row = x + (static_cast<int64_t>(py) * sw + px) * shifts_ * plane_ +
                      static_cast<int64_t>(yq - yq0) * wq_;
     if (iy < 0 || iy >= s.in_h) {  // a padding row: the buffer may hold another band's row

@@ -201,6 +201,7 @@ void Qs8ConvPlan::Pack(const int8_t* image, int row_begin, int row_end, int work
   uint32_t* row_buffer = row_buffer_.data() + static_cast<size_t>(worker) * s.in_w * groups_;
   for (int y = row_begin; y < row_end; ++y) {  // padded rows: y = yq * stride_h + py
     const int yq = y / s.stride_h, py = y % s.stride_h;
+    if (!PhaseRead(py, s.kernel_h, s.stride_h, s.dilation_h)) continue;
     const int iy = y - s.pad_top;
     const int8_t* in_row = image + static_cast<int64_t>(iy) * s.in_w * s.in_c;
     if (words && iy >= 0 && iy < s.in_h) {
@@ -210,6 +211,7 @@ void Qs8ConvPlan::Pack(const int8_t* image, int row_begin, int row_end, int work
       if (flip != 0) FlipWords(row_buffer, n);
     }
     for (int px = 0; px < s.stride_w; ++px) {
+      if (!PhaseRead(px, s.kernel_w, s.stride_w, s.dilation_w)) continue;
       uint32_t* dst = x_base_ + (static_cast<int64_t>(py) * s.stride_w + px) * plane_ +
                       static_cast<int64_t>(yq) * wq_;
       // Columns xq whose input column ix = xq * stride_w + px - pad_left is in the image.

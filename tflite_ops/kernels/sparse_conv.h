@@ -45,6 +45,15 @@ struct ConvShape {
 // padding row/column at the bottom/right). Returns false if the output would be empty.
 bool ComputeConvShape(Padding padding, ConvShape* shape);
 
+// Whether some tap of a kernel dimension reads stride phase `phase` of the padded input
+// (positions phase, phase + stride, ...). The plans pack only the phases read: a 1x1 conv of
+// stride 2 reads one in four.
+inline bool PhaseRead(int phase, int kernel, int stride, int dilation) {
+  for (int k = 0; k < kernel; ++k)
+    if (k * dilation % stride == phase) return true;
+  return false;
+}
+
 struct SparseFilter {
   int out_c = 0;
   int num_cols = 0;  // kernel_h * kernel_w * in_c
