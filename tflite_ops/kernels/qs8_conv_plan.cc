@@ -15,17 +15,25 @@ void TransposeBytesPortable(const int8_t* src, int src_stride, int rows, int col
     for (int c = 0; c < rows; ++c) dst[p * dst_stride + c] = src[c * src_stride + p];
 }
 
-// x ^ 0x80 per byte: int8 -> uint8 (x + 128). Eight bytes at a time; -O2's vectorizer left
-// a word-at-a-time loop that cost most of a small layer's packing.
-void FlipWords(uint32_t* words, int64_t n) {
+// n words from src to dst, each xor flip (0x80808080: int8 -> uint8, x + 128), 16 bytes at
+// a time with the compiler's generic vectors (SSE2 / NEON, baseline on x86-64 / AArch64).
+// The copy then an 8-byte read-modify-write of the copy this replaces was most of a
+// mid-sized layer's packing on an Intel Xeon.
+void CopyFlipWords(const int8_t* src, int64_t n, uint32_t flip, uint32_t* dst) {
+  typedef uint32_t Words4 __attribute__((vector_size(16)));
+  const Words4 mask = {flip, flip, flip, flip};
   int64_t i = 0;
-  for (; i + 2 <= n; i += 2) {
-    uint64_t pair;
-    std::memcpy(&pair, words + i, 8);
-    pair ^= 0x8080808080808080ull;
-    std::memcpy(words + i, &pair, 8);
+  for (; i + 4 <= n; i += 4) {
+    Words4 v;
+    std::memcpy(&v, src + 4 * i, 16);
+    v ^= mask;
+    std::memcpy(dst + i, &v, 16);
   }
-  if (i < n) words[i] ^= 0x80808080u;
+  for (; i < n; ++i) {
+    uint32_t w;
+    std::memcpy(&w, src + 4 * i, 4);
+    dst[i] = w ^ flip;
+  }
 }
 
 // n words of kBytes channels each, src advancing by step bytes, over the padding's other
@@ -207,8 +215,7 @@ void Qs8ConvPlan::Pack(const int8_t* image, int row_begin, int row_end, int work
     if (words && iy >= 0 && iy < s.in_h) {
       // in_c % 4 == 0: the row is whole words.
       const int64_t n = static_cast<int64_t>(s.in_w) * s.in_c / 4;
-      std::memcpy(row_buffer, in_row, n * 4);
-      if (flip != 0) FlipWords(row_buffer, n);
+      CopyFlipWords(in_row, n, flip, row_buffer);
     }
     for (int px = 0; px < s.stride_w; ++px) {
       if (!PhaseRead(px, s.kernel_w, s.stride_w, s.dilation_w)) continue;
