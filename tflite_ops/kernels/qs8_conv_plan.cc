@@ -15,10 +15,10 @@ void TransposeBytesPortable(const int8_t* src, int src_stride, int rows, int col
     for (int c = 0; c < rows; ++c) dst[p * dst_stride + c] = src[c * src_stride + p];
 }
 
-// n words from src to dst, each xor flip (0x80808080: int8 -> uint8, x + 128), 16 bytes at
-// a time with the compiler's generic vectors (SSE2 / NEON, baseline on x86-64 / AArch64).
-// The copy then an 8-byte read-modify-write of the copy this replaces was most of a
-// mid-sized layer's packing on an Intel Xeon.
+// n words from src to dst, each xor flip (0x80808080: int8 -> uint8, x + 128), in one pass
+// of the compiler's generic 16-byte vectors (SSE2 / NEON, baseline on x86-64 / AArch64):
+// -O2 does not vectorise the byte loop, and a narrower one was most of a mid-sized layer's
+// packing (docs/int8.md).
 void CopyFlipWords(const int8_t* src, int64_t n, uint32_t flip, uint32_t* dst) {
   typedef uint32_t Words4 __attribute__((vector_size(16)));
   const Words4 mask = {flip, flip, flip, flip};
