@@ -58,6 +58,10 @@ struct Table {
         __builtin_cpu_supports("avx512vl"))
       qs8[qs8_count++] = best_qs8 = &kQs8Avx512Vnni;
 #endif
+#if defined(HYBRID_SPARSE_HAVE_QS8_AMX)
+    if (best_qs8 == &kQs8Avx512Vnni && Qs8AmxUsable())
+      qs8[qs8_count++] = best_qs8 = &Qs8Avx512AmxKernels();
+#endif
 #if defined(HYBRID_SPARSE_HAVE_QS8_AVX2)
     for (int i = 1; i < count; ++i)  // avx2 runs AVX2's family, avx512 the best
       variants[i].qs8 = std::strcmp(variants[i].name, "avx2") == 0 ? &kQs8Avx2 : best_qs8;

@@ -27,7 +27,11 @@ std::string GeometryJson() {
     out += "]}";
     first = false;
   }
-  out += "}, \"qs8_block_rows\": " + std::to_string(kQs8BlockRows) +
+  const Qs8Tiles& t = kQs8Amx;
+  out += std::string("}, \"qs8_tiles\": {\"") + t.name + "\": {\"positions\": " +
+         std::to_string(t.positions) + ", \"channels\": " + std::to_string(t.channels) +
+         ", \"chunk_bytes\": " + std::to_string(t.chunk_bytes) + "}}";
+  out += ", \"qs8_block_rows\": " + std::to_string(kQs8BlockRows) +
          ", \"rvv\": {\"lmul\": " + std::to_string(kRvvLmul) +
          ", \"max_rows\": " + std::to_string(kRvvMaxRows) + "}}";
   return out;

@@ -51,6 +51,15 @@ inline constexpr Qs8 kQs8Neon{"neon", 4, {16, 32}};
 inline constexpr Qs8 kQs8NeonDot{"neondot", 4, {16, 32, 48, 64}, {8, 16, 24}};
 inline constexpr Qs8 kQs8RiscvP{"riscv-p", 2, {8, 16}};
 
+// An int8 family on matrix tiles (Intel AMX: 16 rows x 64 bytes; one tdpbssd multiplies 16
+// positions x 64 input bytes by 64 bytes x 16 channels): a call computes blocks of
+// `positions` x `channels` as 2 x 2 int32 tiles, over chunks of `chunk_bytes` input bytes.
+struct Qs8Tiles {
+  const char* name;
+  int positions, channels, chunk_bytes;
+};
+inline constexpr Qs8Tiles kQs8Amx{"avx512amx", 32, 32, 64};
+
 // All of the above as JSON: {"f32": {name: {lanes, tile, pass, max_rows}}, "qs8": {name:
 // {lanes, tiles, block_tiles}}, "qs8_block_rows": rows, "rvv": {lmul, max_rows}}.
 std::string GeometryJson();

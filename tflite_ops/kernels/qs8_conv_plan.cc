@@ -3,11 +3,22 @@
 #include <algorithm>
 #include <cstring>
 
+#include "tflite_ops/kernels/geometry.h"
+
 namespace hybrid_sparse {
 namespace {
 
 constexpr size_t kSerialPackWords = 8192;
 constexpr int kAlignWords = 16;
+
+constexpr int kTilePositions = geometry::kQs8Amx.positions;
+constexpr int kTileChannels = geometry::kQs8Amx.channels;
+constexpr int kChunkBytes = geometry::kQs8Amx.chunk_bytes;
+// Blocks of positions per tile call: its int8 results (8 KB) stay in L1 until copied out.
+constexpr int kTileBlocksPerCall = 8;
+// A tile product's time in vector dot products of 16 lanes, fitted to one-thread timings of
+// both paths on the digits ResNet's int8 layers (docs/int8.md).
+constexpr double kTileProductCost = 48.0;
 
 void TransposeBytesPortable(const int8_t* src, int src_stride, int rows, int cols, int8_t* dst,
                             int64_t dst_stride) {
@@ -75,9 +86,28 @@ std::string Qs8ConvPlan::Build(const ConvShape& shape, const Qs8SparseFilter& fi
           shape.out_h * shape.out_w;
   scratch_.assign(static_cast<size_t>(max_workers_) * filter.num_blocks * filter.block_size, 0);
   microkernel_ = nullptr;
+  tile_microkernel_ = nullptr;
   tile_ = 0;
   if (variant.qs8 == nullptr) return "";
   const Qs8Kernels& family = *variant.qs8;
+  if (family.tile_microkernel != nullptr && shape.dilation_h == 1 && shape.dilation_w == 1) {
+    const int64_t products = BuildTiles(filter);
+    // A vector microkernel's work: a dot product of `lanes` positions per nonzero word.
+    const double vector_work = static_cast<double>(macs_) / (4.0 * family.lanes);
+    const double tile_work = static_cast<double>(products) * num_position_blocks_ *
+                             shape.batch * kTileProductCost;
+    if (family.tilings[0].tile == 0 || tile_work < vector_work) {
+      tile_microkernel_ = family.tile_microkernel;
+      tile_ = kTilePositions;
+      block_out_.assign(static_cast<size_t>(max_workers_) * kTileBlocksPerCall *
+                            kTilePositions * kTileChannels, 0);
+      return "";
+    }
+    b_.clear();
+    b_.shrink_to_fit();
+    planes_.clear();
+    planes_.shrink_to_fit();
+  }
   // Blocks of the family's block kernel run as blocks; any other filter runs row by row
   // (a block expanded into its channels' nonzero words).
   const int rows = filter.block_size == geometry::kQs8BlockRows &&
@@ -105,6 +135,7 @@ std::string Qs8ConvPlan::Build(const ConvShape& shape, const Qs8SparseFilter& fi
       tile_ = tiling.tile;
     }
   }
+  if (microkernel_ == nullptr) return "";  // no vector tiling: the reference
   plane_ = static_cast<int64_t>(hq_) * wq_;
   const int64_t words = plane_ * groups_ * s.stride_h * s.stride_w;
   if (words + tile_ > (int64_t{1} << 31)) return "the packed int8 input would exceed 2^31 words";
@@ -125,6 +156,182 @@ std::string Qs8ConvPlan::Build(const ConvShape& shape, const Qs8SparseFilter& fi
   tile_out_.assign(static_cast<size_t>(max_workers_) * tile_out_stride_, 0);
   BuildRows(filter, rows, channels);
   return "";
+}
+
+int64_t Qs8ConvPlan::BuildTiles(const Qs8SparseFilter& filter) {
+  const ConvShape& s = shape_;
+  const int c_in = s.in_c, taps = s.kernel_h * s.kernel_w, groups4 = (c_in + 3) / 4;
+  const int padded_h = (s.out_h - 1) * s.stride_h + s.kernel_h;
+  const int padded_w = (s.out_w - 1) * s.stride_w + s.kernel_w;
+  hq_ = (padded_h + s.stride_h - 1) / s.stride_h;
+  wq_ = (padded_w + s.stride_w - 1) / s.stride_w;
+  plane_bytes_ = static_cast<int64_t>(hq_) * wq_ * c_in;
+  num_position_blocks_ = static_cast<int>(
+      (static_cast<int64_t>(s.out_h) * wq_ + kTilePositions - 1) / kTilePositions);
+  // The last block reads up to a block, a kernel row's run and a chunk past the planes.
+  planes_.assign(plane_bytes_ * s.stride_h * s.stride_w +
+                     static_cast<int64_t>(kTilePositions + s.kernel_w) * c_in + 2 * kChunkBytes,
+                 0);
+  // The filter densely, [out_c][tap][in_c].
+  std::vector<int8_t> dense(static_cast<size_t>(s.out_c) * taps * c_in, 0);
+  const int bs = filter.block_size;
+  for (int col = 0; col < filter.num_cols; ++col) {
+    const int tap = col / groups4, g = col % groups4;
+    for (int32_t j = filter.col_ptr[col]; j < filter.col_ptr[col + 1]; ++j)
+      for (int r = 0; r < bs; ++r) {
+        const int c = filter.row_block[j] * bs + r;
+        if (c >= s.out_c) continue;
+        for (int t = 0; t < 4 && 4 * g + t < c_in; ++t)
+          dense[(static_cast<size_t>(c) * taps + tap) * c_in + 4 * g + t] =
+              filter.values[(static_cast<size_t>(j) * bs + r) * 4 + t];
+      }
+  }
+  const int num_groups = (s.out_c + kTileChannels - 1) / kTileChannels;
+  entry_begin_.assign(num_groups, 0);
+  entry_end_.assign(num_groups, 0);
+  a_offset_.clear();
+  halves_.clear();
+  b_.clear();
+  int64_t products = 0;
+  std::vector<int8_t> b(2 * 1024);
+  for (int group = 0; group < num_groups; ++group) {
+    entry_begin_[group] = static_cast<int32_t>(halves_.size());
+    // A run: the taps dx = px, px + stride_w, ... of kernel row dy, adjacent in phase px.
+    for (int dy = 0; dy < s.kernel_h; ++dy)
+      for (int px = 0; px < s.stride_w && px < s.kernel_w; ++px) {
+        const int run_taps = (s.kernel_w - px + s.stride_w - 1) / s.stride_w;
+        const int64_t run_bytes = static_cast<int64_t>(run_taps) * c_in;
+        const int64_t run_start =
+            ((static_cast<int64_t>(dy % s.stride_h) * s.stride_w + px) * hq_ +
+             dy / s.stride_h) * wq_ * c_in;
+        for (int64_t chunk = 0; chunk * kChunkBytes < run_bytes; ++chunk) {
+          std::fill(b.begin(), b.end(), 0);
+          int halves = 0;
+          for (int k = 0; k < kChunkBytes && chunk * kChunkBytes + k < run_bytes; ++k) {
+            const int64_t rb = chunk * kChunkBytes + k;
+            const int dx = px + static_cast<int>(rb / c_in) * s.stride_w;
+            const int ic = static_cast<int>(rb % c_in);
+            for (int r = 0; r < kTileChannels; ++r) {
+              const int c = group * kTileChannels + r;
+              if (c >= s.out_c) break;
+              const int8_t w = dense[(static_cast<size_t>(c) * taps + dy * s.kernel_w + dx) *
+                                     c_in + ic];
+              if (w == 0) continue;
+              b[(r / 16) * 1024 + (k / 4) * 64 + (r % 16) * 4 + k % 4] = w;
+              halves |= 1 << (r / 16);
+            }
+          }
+          if (halves == 0) continue;
+          a_offset_.push_back(run_start + chunk * kChunkBytes);
+          halves_.push_back(static_cast<uint8_t>(halves));
+          b_.insert(b_.end(), b.begin(), b.end());
+          products += 2 * ((halves & 1) + (halves >> 1));
+        }
+      }
+    entry_end_[group] = static_cast<int32_t>(halves_.size());
+  }
+  // Signed inputs (no offset); the zero point's share of each sum goes into the bias, and
+  // channels past out_c get any valid requantization (never stored).
+  const int channels = num_groups * kTileChannels;
+  bias_corrected_.assign(channels, 0);
+  multiplier_.assign(channels, int32_t{1} << 30);
+  shift_.assign(channels, 0);
+  for (int c = 0; c < s.out_c; ++c) {
+    int64_t sum = 0;
+    for (int k = 0; k < taps * c_in; ++k) sum += dense[static_cast<size_t>(c) * taps * c_in + k];
+    bias_corrected_[c] = static_cast<int32_t>((bias_ != nullptr ? bias_[c] : 0) -
+                                              int64_t{input_zero_point_} * sum);
+    multiplier_[c] = requantization_.multiplier[c];
+    shift_[c] = requantization_.shift[c];
+  }
+  spmm_requantization_ = requantization_;
+  spmm_requantization_.multiplier = multiplier_.data();
+  spmm_requantization_.shift = shift_.data();
+  static const int8_t kNoTile[2048] = {};
+  tile_filter_.num_groups = num_groups;
+  tile_filter_.a_stride = c_in;
+  tile_filter_.entry_begin = entry_begin_.data();
+  tile_filter_.entry_end = entry_end_.data();
+  tile_filter_.a_offset = a_offset_.data();
+  tile_filter_.halves = halves_.data();
+  tile_filter_.b = b_.empty() ? kNoTile : b_.data();
+  tile_filter_.bias = bias_corrected_.data();
+  tile_filter_.requantization = &spmm_requantization_;
+  return products;
+}
+
+void Qs8ConvPlan::PackPlanes(const int8_t* image, int row_begin, int row_end) {
+  const ConvShape& s = shape_;
+  const int c_in = s.in_c;
+  const int8_t pad = static_cast<int8_t>(input_zero_point_);
+  for (int y = row_begin; y < row_end; ++y) {  // padded rows: y = yq * stride_h + py
+    const int yq = y / s.stride_h, py = y % s.stride_h;
+    if (!PhaseRead(py, s.kernel_h, s.stride_h, 1)) continue;
+    const int iy = y - s.pad_top;
+    const int8_t* in_row = image + static_cast<int64_t>(iy) * s.in_w * c_in;
+    for (int px = 0; px < s.stride_w; ++px) {
+      if (!PhaseRead(px, s.kernel_w, s.stride_w, 1)) continue;
+      int8_t* dst = planes_.data() + (static_cast<int64_t>(py) * s.stride_w + px) * plane_bytes_ +
+                    static_cast<int64_t>(yq) * wq_ * c_in;
+      int lo = 0, hi = 0;  // columns xq whose ix = xq * stride_w + px - pad_left is inside
+      const int last = s.in_w - 1 + s.pad_left - px;
+      if (iy >= 0 && iy < s.in_h && last >= 0) {
+        lo = std::max(0, (s.pad_left - px + s.stride_w - 1) / s.stride_w);
+        hi = std::max(lo, std::min(wq_, last / s.stride_w + 1));
+      }
+      std::memset(dst, pad, static_cast<size_t>(lo) * c_in);
+      std::memset(dst + static_cast<int64_t>(hi) * c_in, pad,
+                  static_cast<size_t>(wq_ - hi) * c_in);
+      if (hi == lo) continue;
+      const int8_t* src = in_row + static_cast<int64_t>(lo * s.stride_w + px - s.pad_left) * c_in;
+      if (s.stride_w == 1) {
+        std::memcpy(dst + static_cast<int64_t>(lo) * c_in, src,
+                    static_cast<size_t>(hi - lo) * c_in);
+        continue;
+      }
+      for (int xq = lo; xq < hi; ++xq)
+        std::memcpy(dst + static_cast<int64_t>(xq) * c_in,
+                    src + static_cast<int64_t>(xq - lo) * s.stride_w * c_in, c_in);
+    }
+  }
+}
+
+void Qs8ConvPlan::RunTiles(const int8_t* input, int8_t* output, Parallel* parallel,
+                           int workers) {
+  const ConvShape& s = shape_;
+  const int64_t image_in = static_cast<int64_t>(s.in_h) * s.in_w * s.in_c;
+  const int64_t image_out = static_cast<int64_t>(s.out_h) * s.out_w * s.out_c;
+  const int calls = (num_position_blocks_ + kTileBlocksPerCall - 1) / kTileBlocksPerCall;
+  const int padded_rows = hq_ * s.stride_h;
+  for (int n = 0; n < s.batch; ++n) {
+    const int8_t* image = input + n * image_in;
+    int8_t* out_image = output + n * image_out;
+    const int pack_tasks =
+        planes_.size() < 4 * kSerialPackWords ? 1 : std::min(padded_rows, workers);
+    parallel->For(pack_tasks, workers, [&](int task, int) {
+      PackPlanes(image, padded_rows * task / pack_tasks, padded_rows * (task + 1) / pack_tasks);
+    });
+    parallel->For(tile_filter_.num_groups * calls, workers, [&](int task, int worker) {
+      const int group = task / calls, block = task % calls * kTileBlocksPerCall;
+      const int blocks = std::min(kTileBlocksPerCall, num_position_blocks_ - block);
+      int8_t* y = block_out_.data() +
+                  static_cast<size_t>(worker) * kTileBlocksPerCall * kTilePositions * kTileChannels;
+      const int64_t q0 = static_cast<int64_t>(block) * kTilePositions;
+      tile_microkernel_(tile_filter_, planes_.data() + q0 * s.in_c, group, blocks, y);
+      const int c0 = group * kTileChannels, channels = std::min(kTileChannels, s.out_c - c0);
+      for (int i = 0; i < blocks * kTilePositions; ++i) {
+        const int64_t q = q0 + i;
+        const int oy = static_cast<int>(q / wq_), ox = static_cast<int>(q % wq_);
+        if (oy >= s.out_h) break;
+        if (ox >= s.out_w) continue;
+        int8_t* dst = out_image + (static_cast<int64_t>(oy) * s.out_w + ox) * s.out_c + c0;
+        if (channels == kTileChannels)  // a constant size: plain moves, no libc call
+          std::memcpy(dst, y + i * kTileChannels, kTileChannels);
+        else
+          std::memcpy(dst, y + i * kTileChannels, channels);
+      }
+    });
+  }
 }
 
 void Qs8ConvPlan::BuildRows(const Qs8SparseFilter& filter, int rows, int channels) {
@@ -259,6 +466,10 @@ void Qs8ConvPlan::Pack(const int8_t* image, int row_begin, int row_end, int work
 
 void Qs8ConvPlan::Run(const int8_t* input, int8_t* output, Parallel* parallel, int workers) {
   workers = std::max(1, std::min(workers, max_workers_));
+  if (tile_microkernel_ != nullptr) {
+    RunTiles(input, output, parallel, workers);
+    return;
+  }
   if (tile_ > 0) {
     const ConvShape& s = shape_;
     const int64_t image_in = static_cast<int64_t>(s.in_h) * s.in_w * s.in_c;

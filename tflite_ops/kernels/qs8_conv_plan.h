@@ -10,6 +10,11 @@
 // channels 4g..4g+3. Output position q = oy * wq + ox (ox >= out_w: wasted lanes, never
 // stored); each nonzero's offset makes x + offset + q the word its tap reads. Tiles of
 // positions are the tasks; each writes its [channel][tile] int8 results into the NHWC output.
+//
+// Tile path (a family with matrix tiles, undilated layers where they are expected to do less
+// work): the image is packed as int8 NHWC stride-phase planes (Qs8TileFilter), position
+// q = oy * wq + ox of each plane as above; blocks of positions x a group of channels are the
+// tasks, their NHWC rows copied into the output.
 #ifndef TFLITE_OPS_KERNELS_QS8_CONV_PLAN_H_
 #define TFLITE_OPS_KERNELS_QS8_CONV_PLAN_H_
 
@@ -35,6 +40,8 @@ class Qs8ConvPlan {
   int64_t macs() const { return macs_; }
   // Output positions per microkernel call; 0: the reference kernel runs the layer.
   int tile() const { return tile_; }
+  // Whether the layer runs on the family's matrix tiles.
+  bool tiles() const { return tile_microkernel_ != nullptr; }
 
  private:
   // The microkernel's rows: `rows` channels each (a block kernel's blocks, or 1), `channels`
@@ -42,6 +49,11 @@ class Qs8ConvPlan {
   void BuildRows(const Qs8SparseFilter& filter, int rows, int channels);
   // Packs padded rows [row_begin, row_end) (y = yq * stride_h + py) of one image into X.
   void Pack(const int8_t* image, int row_begin, int row_end, int worker);
+  // The tile path's filter (entries of nonzero chunks) and its total tile products per block
+  // of positions.
+  int64_t BuildTiles(const Qs8SparseFilter& filter);
+  void PackPlanes(const int8_t* image, int row_begin, int row_end);
+  void RunTiles(const int8_t* input, int8_t* output, Parallel* parallel, int workers);
   ConvShape shape_;
   Qs8SparseFilter filter_;
   const int32_t* bias_ = nullptr;
@@ -70,6 +82,18 @@ class Qs8ConvPlan {
   Qs8TransposeFn transpose_bytes_ = nullptr;  // results [channel][position] into NHWC
   std::vector<uint32_t> row_buffer_;  // per worker: one input row as packed words
   int32_t input_offset_ = 0;          // 128 where the words hold x + 128
+
+  // Tile path.
+  Qs8TileMicrokernelFn tile_microkernel_ = nullptr;
+  Qs8TileFilter tile_filter_;
+  std::vector<int32_t> entry_begin_, entry_end_;
+  std::vector<int64_t> a_offset_;
+  std::vector<uint8_t> halves_;
+  std::vector<int8_t> b_;
+  std::vector<int8_t> planes_;  // the packed image, slack for the last block's reads after it
+  int64_t plane_bytes_ = 0;
+  int num_position_blocks_ = 0;
+  std::vector<int8_t> block_out_;  // per worker: [kTileBlocksPerCall * positions][channels]
 };
 
 }  // namespace hybrid_sparse

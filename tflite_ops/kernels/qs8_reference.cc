@@ -5,6 +5,7 @@
 #include <cstring>
 #include <limits>
 
+#include "tflite_ops/kernels/geometry.h"
 #include "tflite_ops/kernels/sparse_conv.h"
 
 namespace hybrid_sparse {
@@ -128,6 +129,27 @@ void Qs8SpmmReference(const Qs8SpmmFilter& f, const uint32_t* x, int8_t* y, int 
       y[c * tile + i] = Requantize(acc, c, *f.requantization);
     }
   }
+}
+
+// The tile microkernel's definition, reading exactly the bytes the tile loads read.
+void Qs8TileReference(const Qs8TileFilter& f, const int8_t* a, int group, int num_blocks,
+                      int8_t* y) {
+  constexpr int kPositions = geometry::kQs8Amx.positions, kChannels = geometry::kQs8Amx.channels;
+  constexpr int kChunk = geometry::kQs8Amx.chunk_bytes;
+  const Qs8Requantization& q = *f.requantization;
+  for (int i = 0; i < num_blocks * kPositions; ++i)
+    for (int r = 0; r < kChannels; ++r) {
+      const int c = group * kChannels + r, h = r / 16;
+      int32_t acc = f.bias[c];
+      for (int32_t e = f.entry_begin[group]; e < f.entry_end[group]; ++e) {
+        const int8_t* row = a + i * f.a_stride + f.a_offset[e];
+        const int8_t* b = f.b + (static_cast<size_t>(e) * 2 + h) * 1024 + (r % 16) * 4;
+        int32_t sum = 0;
+        for (int k = 0; k < kChunk; ++k) sum += row[k] * b[(k / 4) * 64 + k % 4];
+        if (f.halves[e] >> h & 1) acc += sum;
+      }
+      y[i * kChannels + r] = Requantize(acc, c, q);
+    }
 }
 
 }  // namespace hybrid_sparse

@@ -237,6 +237,38 @@ struct Qs8Tiling {
   int tile = 0;  // output positions per call; 0: an unused entry
   Qs8SpmmMicrokernelFn microkernel = nullptr;
 };
+
+// The qs8 op on matrix tiles (geometry::Qs8Tiles; Intel AMX). The image is packed as int8
+// NHWC stride-phase planes (positions a_stride = in_c bytes apart), so the taps of one
+// kernel row in one phase are a contiguous run of bytes at every position; runs are cut
+// into chunks of chunk_bytes (the last zero-padded in the weights, not in the input: a chunk
+// reads on into the next position's bytes, which meet zero weights). An entry is one nonzero
+// chunk of a group of channels: the A rows of position q start at a + q * a_stride +
+// a_offset[e]; its B tiles hold the group's weights for those bytes as the tile instruction
+// takes them (b[(e * 2 + h) * 1024 + (k / 4) * 64 + r * 4 + k % 4] = weight of channel
+// group * 32 + 16 * h + r on chunk byte k), halves[e] bit h set where that half has one.
+// Empty chunks are not entries: what the pruner removes in whole chunks is skipped.
+struct Qs8TileFilter {
+  int num_groups = 0;  // ceil(out_c / channels)
+  int64_t a_stride = 0;
+  const int32_t* entry_begin = nullptr;  // [num_groups]
+  const int32_t* entry_end = nullptr;    // [num_groups]
+  const int64_t* a_offset = nullptr;     // [entries]
+  const uint8_t* halves = nullptr;       // [entries]
+  const int8_t* b = nullptr;             // [entries * 2 * 1024]
+  const int32_t* bias = nullptr;         // [num_groups * channels]: corrected for the zero point
+  const Qs8Requantization* requantization = nullptr;  // its arrays [num_groups * channels]
+};
+
+// Blocks [0, num_blocks) of `positions` consecutive positions from a, channel group `group`:
+// y[(block * positions + i) * channels + r] = Requantize(bias + sum of chunk dot products)
+// of channel group * channels + r at position i of the block.
+using Qs8TileMicrokernelFn = void (*)(const Qs8TileFilter& filter, const int8_t* a, int group,
+                                      int num_blocks, int8_t* y);
+// Its definition in portable C (tests: the tile path's driver on every CPU and under the
+// sanitizers).
+void Qs8TileReference(const Qs8TileFilter& filter, const int8_t* a, int group, int num_blocks,
+                      int8_t* y);
 constexpr int kMaxQs8Tilings = geometry::kMaxQs8Tiles;
 
 // The qs8 results' layout change, [channel][position] -> NHWC:
@@ -262,11 +294,18 @@ struct Qs8Kernels {
   // For filters in blocks of geometry::kQs8BlockRows channels; none: the plan expands
   // blocks into rows.
   Qs8Tiling block_tilings[kMaxQs8Tilings];
+  // Matrix tiles (geometry::kQs8Amx), for layers where the plan expects them to do less
+  // work than the vector microkernels; nullptr: none.
+  Qs8TileMicrokernelFn tile_microkernel = nullptr;
 };
 
 // Families by ISA (each built only for its architecture; see dispatch.cc for which a CPU gets).
 extern const Qs8Kernels kQs8Avx512Vnni;  // vpdpbusd, 16-128 positions
 extern const Qs8Kernels kQs8Avx2;        // vpmaddwd on bytes widened in place, 8-64 positions
+// AVX-512 VNNI's family plus AMX tiles (tdpbssd), for CPUs with AMX-INT8 whose kernel lets
+// this process use the tile registers (Qs8AmxUsable asks it, once).
+const Qs8Kernels& Qs8Avx512AmxKernels();
+bool Qs8AmxUsable();
 extern const Qs8Kernels kQs8Neon;        // smull + sadalp (ARMv8.0), 16 and 32 positions
 extern const Qs8Kernels kQs8NeonDot;     // sdot (ARMv8.2 dotprod), 16-64 positions
 const Qs8Kernels& Qs8RvvKernels();       // vmacc on sign-extended bytes; tiles follow VLEN

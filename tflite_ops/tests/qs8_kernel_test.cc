@@ -227,7 +227,48 @@ TEST(Qs8Driver, PackedPathWithThePortableMicrokernelIsBitExact) {
   }
 }
 
+// A tile microkernel alone (no vector tilings: the plan takes the tiles for every undilated
+// layer), on random layers whose groups of channels and chunks are partly empty; two workers
+// where max_workers allows (each its own block of results).
+void ExpectTilePathBitExact(const char* name, Qs8TileMicrokernelFn microkernel) {
+  Qs8Kernels tiles_only;
+  tiles_only.name = name;
+  tiles_only.tile_microkernel = microkernel;
+  KernelVariant variant{name, TransposeReference};
+  variant.qs8 = &tiles_only;
+  std::mt19937 rng(24);
+  for (int i = 0; i < NumCases(); ++i) {
+    const Layer l = RandomLayer(&rng);
+    Qs8ConvPlan plan;
+    const int workers = 1 + i % 2;
+    ASSERT_EQ(plan.Build(l.shape, l.filter, l.bias.data(), l.input_zero_point,
+                         l.requantization, variant, workers), "");
+    ASSERT_EQ(plan.tiles(), l.shape.dilation_h == 1 && l.shape.dilation_w == 1)
+        << l.Describe();
+    const ConvShape& s = l.shape;
+    std::vector<int8_t> got(static_cast<size_t>(s.batch) * s.out_h * s.out_w * s.out_c, 99);
+    SerialParallel serial;
+    plan.Run(l.input.data(), got.data(), &serial, workers);
+    ASSERT_EQ(got, DenseConv(l)) << name << " tiles: " << l.Describe();
+  }
+}
+
+TEST(Qs8Driver, TilePathWithThePortableTileKernelIsBitExact) {
+  ExpectTilePathBitExact("portable tiles", Qs8TileReference);
+}
+
 #ifndef QS8_DRIVER_ONLY
+TEST(Qs8Families, MatrixTilesAreBitExact) {
+  int count = 0, tested = 0;
+  const Qs8Kernels* const* all = AvailableQs8Kernels(&count);
+  for (int k = 0; k < count; ++k) {
+    if (all[k]->tile_microkernel == nullptr) continue;
+    ++tested;
+    ExpectTilePathBitExact(all[k]->name, all[k]->tile_microkernel);
+  }
+  if (tested == 0) GTEST_SKIP() << "no family with matrix tiles on this CPU";
+}
+
 // Every family this CPU runs (not only each variant's best: the ARMv8.0 kernel under a qemu
 // with dotprod, the P kernel's portable twin), every tiling alone (the plan's choice would
 // leave some unreached by small random layers), then with the plan choosing.
@@ -251,6 +292,7 @@ TEST(Qs8Families, EveryTilingOfEveryFamilyIsBitExact) {
           one.block_tilings[u] = u == 0 && blocks ? tilings[t] : Qs8Tiling{};
         }
         if (blocks) one.tilings[0] = family.tilings[0];
+        one.tile_microkernel = nullptr;  // the tile path is tested on its own below
         KernelVariant variant{family.name, TransposeReference};
         variant.qs8 = &one;
         std::mt19937 rng(22 + t + 50 * blocks);
