@@ -48,6 +48,7 @@ class LaneRequantization {
       return;
     }
     left_ = _mm512_max_epi32(s, zero);
+    any_left_ = _mm512_test_epi32_mask(left_, left_) != 0;
     right_ = _mm512_max_epi32(_mm512_sub_epi32(zero, s), zero);
     shifted_ = _mm512_cmpgt_epi32_mask(right_, zero);
     round32_ = _mm512_maskz_sllv_epi32(shifted_, one, _mm512_sub_epi32(right_, one));
@@ -60,7 +61,7 @@ class LaneRequantization {
       return Interleave(_mm512_srav_epi64(_mm512_add_epi64(even, round_even_), total_even_),
                         _mm512_srav_epi64(_mm512_add_epi64(odd, round_odd_), total_odd_));
     }
-    acc = _mm512_sllv_epi32(acc, left_);
+    if (any_left_) acc = _mm512_sllv_epi32(acc, left_);
     const __m512i nudge = _mm512_set1_epi64(int64_t{1} << 30);
     const __m512i even = _mm512_mul_epi32(acc, m_);
     const __m512i odd = _mm512_mul_epi32(_mm512_srli_epi64(acc, 32), m_odd_);
@@ -82,6 +83,7 @@ class LaneRequantization {
   __m512i total_even_{}, total_odd_{}, round_even_{}, round_odd_{};
   __m512i left_{}, right_{}, round32_{};
   __mmask16 shifted_ = 0;
+  bool any_left_ = false;  // multipliers above 1 (rare): a left shift first
 };
 
 void Qs8TilesAmx(const Qs8TileFilter& f, const int8_t* a, int group, int num_blocks,
@@ -100,6 +102,9 @@ void Qs8TilesAmx(const Qs8TileFilter& f, const int8_t* a, int group, int num_blo
   const __m512i bias[2] = {_mm512_loadu_si512(f.bias + c0), _mm512_loadu_si512(f.bias + c0 + 16)};
   const __m512i zero_point = _mm512_set1_epi32(q.output_zero_point);
   const __m512i lo = _mm512_set1_epi32(q.min), hi = _mm512_set1_epi32(q.max);
+  // No fused activation, or a ReLU whose output zero point is -128: the clamp is int8's own
+  // range, which the saturating narrow applies.
+  const bool saturate = q.min == -128 && q.max == 127;
   const int64_t stride = f.a_stride;
   alignas(64) int32_t sums[kPositions * kChannels];
   for (int block = 0; block < num_blocks; ++block) {
@@ -136,7 +141,7 @@ void Qs8TilesAmx(const Qs8TileFilter& f, const int8_t* a, int group, int num_blo
         const __m512i acc = _mm512_add_epi32(_mm512_load_si512(sums + i * kChannels + 16 * h),
                                              bias[h]);
         __m512i r = _mm512_add_epi32(requantize[h](acc), zero_point);
-        r = _mm512_min_epi32(_mm512_max_epi32(r, lo), hi);
+        if (!saturate) r = _mm512_min_epi32(_mm512_max_epi32(r, lo), hi);
         _mm_storeu_si128(reinterpret_cast<__m128i*>(out + i * kChannels + 16 * h),
                          _mm512_cvtsepi32_epi8(r));
       }

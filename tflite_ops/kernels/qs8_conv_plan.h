@@ -90,7 +90,9 @@ class Qs8ConvPlan {
   std::vector<int64_t> a_offset_;
   std::vector<uint8_t> halves_;
   std::vector<int8_t> b_;
+  int8_t* b_base_ = nullptr;    // b_'s first cache line
   std::vector<int8_t> planes_;  // the packed image, slack for the last block's reads after it
+  int8_t* planes_base_ = nullptr;
   int64_t plane_bytes_ = 0;
   int num_position_blocks_ = 0;
   std::vector<int8_t> block_out_;  // per worker: [kTileBlocksPerCall * positions][channels]
