@@ -70,6 +70,27 @@ class OptimiserTest(absltest.TestCase):
         self.assertEqual([r["weight_sparsity"] for r in dense], [0.0])
         self.assertIsNone(result.fidelity_miss)
 
+    def test_unpruned_layers_run_ours_where_it_is_faster_dense(self):
+        # Our op twice as fast as the builtin whatever is pruned (an AMX CPU's tiles on
+        # layers XNNPACK runs poorly): nothing is worth pruning, and every conv still runs on
+        # our op, unpruned, in both dtypes.
+        for dtype in ("float32", "int8"):
+            result = pipeline.compress(self.model, pipeline.PruneConfig(
+                quiet=True, probe_count=32, profile=_Profile(lambda s, b: 0.5),
+                measure_latency=False, sequential_refit=False, dtype=dtype))
+            convs = [r for r in result.report["layers"] if r["kind"] == "conv2d"]
+            self.assertNotEmpty(convs)
+            for row in convs:
+                self.assertEqual(row["weight_sparsity"], 0.0, (dtype, row))
+                self.assertEqual(row["runs_as"], op_format.OP_NAME, (dtype, row))
+            self.assertEqual(_count_hybrid(result.tflite), len(convs), dtype)
+            search = result.report["global_budget_search"]
+            self.assertEqual(search["unpruned_ours"], sorted(r["layer"] for r in convs))
+            totals = result.report["totals"]
+            self.assertAlmostEqual(totals["predicted_conv_seconds_after"],
+                                   0.5 * totals["predicted_conv_seconds_before"])
+            self.assertIsNone(result.fidelity_miss)
+
     def test_picks_blocks_where_they_pay_and_meets_the_guard(self):
         # Blocks of 4 are five times faster than unstructured sparsity; both beat the
         # builtin only when sparse enough.

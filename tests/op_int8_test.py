@@ -16,7 +16,8 @@ def _cpu_flags() -> set[str]:
 
 
 # The delegate's variants this CPU runs: each runs int8 with its ISA's int8 kernels (avx2:
-# AVX2's; avx512: VNNI where the CPU has it, else AVX2's), the reference with its own.
+# AVX2's; avx512: VNNI where the CPU has it, else AVX2's, and AMX tiles on the layers the
+# plan expects them to suit where it has AMX-INT8), the reference with its own.
 KERNELS = ["reference"] + [k for k, flag in (("avx2", "avx2"), ("avx512", "avx512f"))
                            if flag in _cpu_flags()]
 

@@ -45,8 +45,10 @@ class LayerTable:
     sensitivity: float  # predicted damage at relative output error 1 ...
     weights: list  # [(kernel, err, sparsity, block size)] per level
     activations: list  # [(thresholds, err, sparsity)] per QUANTILES (one entry for Dense)
-    # Latency objective: seconds of level (i, j) on the target, in place of MACs.
+    # Latency objective: seconds of level (i, j) on the target, in place of MACs; and the
+    # builtin kernel's, which the unpruned level beats where our op is faster even dense.
     seconds: np.ndarray | None = None
+    builtin_seconds: float | None = None
     exponent: float = 2.0  # ... and its growth: damage = sensitivity * error^exponent
 
     def best(self, lam: float) -> tuple[int, int]:
@@ -77,22 +79,24 @@ class LayerTable:
         return self.macs * (1 - self.weights[i][2]) * (1 - self.activations[j][2])
 
 
-def _seconds(profile, pl: graph.PrunableLayer, weights: list, acts: list) -> np.ndarray:
-    """[weight level, activation level] seconds on the target: the unpruned level runs the
-    builtin kernel; a pruned one the faster of ours and the builtin (which gains nothing from
-    its zeros, so the optimiser will not pay fidelity for it)."""
+def _seconds(profile, pl: graph.PrunableLayer, weights: list, acts: list
+             ) -> tuple[np.ndarray, float | None]:
+    """[weight level, activation level] seconds on the target, and the builtin kernel's: each
+    level runs the faster of ours and the builtin (which gains nothing from zeros, so the
+    optimiser will not pay fidelity for them). The unpruned level too: a kernel of ours may
+    beat the builtin on a layer it runs poorly even with nothing pruned (an AMX CPU's
+    XNNPACK on 32 channels, docs/int8.md)."""
     from hybrid_pruning import targets
 
     out = np.zeros((len(weights), len(acts)))
     if pl.kind != "conv2d":
-        return out
+        return out, None
     shape = targets.conv_shape(pl)
     dense = profile.builtin(shape)
     for i, (_, _, sparsity, block) in enumerate(weights):
         for j, (_, _, activation_sparsity) in enumerate(acts):
-            out[i, j] = dense if i == j == 0 else min(
-                dense, profile.ours(shape, sparsity, block, activation_sparsity))
-    return out
+            out[i, j] = min(dense, profile.ours(shape, sparsity, block, activation_sparsity))
+    return out, dense
 
 
 def _damage(reference: list, out) -> float:
@@ -362,8 +366,8 @@ def choose(model, tables: list[LayerTable], evaluate_fidelity,
     candidate in order before its fidelity is judged, and the result. `refine`: with a
     fidelity target, up to this many greedy single-layer steps after the bisection (_refine)."""
     for t in tables:
-        t.seconds = _seconds(profile, t.layer, t.weights, t.activations) \
-            if profile is not None else None
+        t.seconds, t.builtin_seconds = _seconds(profile, t.layer, t.weights, t.activations) \
+            if profile is not None else (None, None)
     total = sum(t.macs for t in tables)
 
     def choose(lam):
@@ -423,10 +427,14 @@ def choose(model, tables: list[LayerTable], evaluate_fidelity,
         # its first one's seconds: `latency`), not what it was priced at.
         latency = getattr(profile, "latency", None)
         summary["predicted_seconds"] = {
-            t.layer.name: {"builtin": float(t.seconds[0, 0]), "chosen": float(
-                t.seconds[i, j] if latency is None or t.seconds[i, j] >= t.seconds[0, 0]
+            t.layer.name: {"builtin": float(t.builtin_seconds), "chosen": float(
+                t.seconds[i, j] if latency is None or t.seconds[i, j] >= t.builtin_seconds
                 else latency(targets.conv_shape(t.layer), t.weights[i][2], t.weights[i][3]))}
             for t, (i, j) in zip(tables, choice) if t.layer.kind == "conv2d"}
+        # Unpruned layers priced faster on our op than on the builtin: written as our op.
+        summary["unpruned_ours"] = sorted(
+            t.layer.name for t, (i, j) in zip(tables, choice)
+            if t.layer.kind == "conv2d" and i == j == 0 and t.seconds[0, 0] < t.builtin_seconds)
     logging.info("budget: lambda %.3g, levels %s", summary["lambda"], choice)
     weights_out, acts_out = [], []
     for t, (i, j) in zip(tables, choice):

@@ -121,11 +121,13 @@ class Outcome:
 
 def _to_ours(model, layers, thresholds_by_layer: dict, block_size,
              dense_below: float = 0.0, builtin: frozenset = frozenset(),
-             flat: bytes | None = None, int8_probes: np.ndarray | None = None):
+             flat: bytes | None = None, int8_probes: np.ndarray | None = None,
+             unpruned_ours: frozenset = frozenset()):
     """Converts the Keras model (unless `flat` is its conversion) and rewrites its pruned
     convs to our op. `block_size`: one for every layer, or {layer name: block size}.
     `builtin`: layers kept on CONV_2D. `int8_probes`: converts to full-integer int8
-    calibrated on them (our int8 op takes no activation thresholds)."""
+    calibrated on them (our int8 op takes no activation thresholds). `unpruned_ours`:
+    unpruned layers rewritten all the same (the latency objective priced ours faster)."""
     if flat is None:
         flat = convert.to_tflite(model, "int8" if int8_probes is not None else "float32",
                                  int8_probes)
@@ -138,11 +140,17 @@ def _to_ours(model, layers, thresholds_by_layer: dict, block_size,
     # Float: a conv with zeros was pruned. int8 rounding zeros small weights of any conv, so
     # there only convs whose float kernel has zeros (the search pruned them) may change.
     kernels = {pl.name: pl.folded_kernel for pl in layers if pl.kind == "conv2d"}
-    only = {i for i, n in names.items() if n not in builtin and
-            (int8_probes is None or np.any(kernels[n] == 0))}
+    dense = {i for i, n in names.items() if n in unpruned_ours and n not in builtin}
+    only = dense | {i for i, n in names.items() if n not in builtin and
+                    (int8_probes is None or np.any(kernels[n] == 0))}
     return tflite_rewrite.rewrite(flat, block_sizes=blocks,
                                   thresholds=thresholds, layer_names=names,
-                                  dense_below=dense_below, only=only)
+                                  dense_below=dense_below, only=only, dense_ops=dense)
+
+
+def _unpruned_ours(search: dict | None) -> frozenset:
+    """The unpruned layers the latency objective put on our op (budget.choose)."""
+    return frozenset((search or {}).get("unpruned_ours", ()))
 
 
 def _calibration(config: PruneConfig, probes: np.ndarray) -> np.ndarray | None:
@@ -344,7 +352,8 @@ def _measured_fallback(original: bytes, outcome: Outcome, probes: np.ndarray, re
             break
         tflite, records = _to_ours(model, layers, thresholds, blocks, config.dense_below,
                                    builtin=frozenset(reverted + [name]),
-                                   int8_probes=_calibration(config, probes))
+                                   int8_probes=_calibration(config, probes),
+                                   unpruned_ours=_unpruned_ours(outcome.search))
         # The model as it stands and the trial, timed together: the trial is kept only if
         # it is the faster of the two, not because the machine was quieter when it ran.
         latency, trial = _measure_side_by_side(original, [outcome.tflite, tflite], probes,
@@ -363,7 +372,8 @@ def _measured_fallback(original: bytes, outcome: Outcome, probes: np.ndarray, re
         # some thread count: none of our layers stays (what is left is the original's speed).
         tflite, records = _to_ours(model, layers, thresholds, blocks, config.dense_below,
                                    builtin=frozenset(ours),
-                                   int8_probes=_calibration(config, probes))
+                                   int8_probes=_calibration(config, probes),
+                                   unpruned_ours=_unpruned_ours(outcome.search))
         latency = _measure(original, tflite, probes, threads, kernel)
         logging.info("measured fallback: still slower (worst ratio %.3f): every layer back on "
                      "the builtin kernel", worst)
@@ -405,7 +415,8 @@ def _unprune(outcome: Outcome, names: list[str], probes: np.ndarray, reference: 
     blocks = {w.name: w.block_size for w in outcome.weights}
     tflite, records = _to_ours(model, layers, thresholds, blocks, config.dense_below,
                                builtin=frozenset(names),
-                               int8_probes=_calibration(config, probes))
+                               int8_probes=_calibration(config, probes),
+                               unpruned_ours=_unpruned_ours(outcome.search))
     fid = fidelity.compare(reference, runtime.predict_all(
         tflite, probes, config.num_threads, batch_size=statistics.predict_batch(model)))
     if config.guard.miss(reference, fid) is not None:
@@ -520,7 +531,7 @@ def _finish(prepared: Prepared, probes: np.ndarray, reference: list, config: Pru
             layers, inputs, config.activation_error_budget, progress=bar)
     tflite, records = _to_ours(model, layers, {a.name: a.thresholds for a in activations},
                                {w.name: w.block_size for w in weights}, config.dense_below,
-                               int8_probes=int8_probes)
+                               int8_probes=int8_probes, unpruned_ours=_unpruned_ours(search))
     fid = fidelity.compare(reference, runtime.predict_all(
         tflite, probes, config.num_threads, batch_size=statistics.predict_batch(model)))
     return Outcome(model, layers, weights, activations, prepared.removed, prepared.refused,

@@ -78,12 +78,13 @@ def match_layers(model_bytes: bytes, folded_kernels: dict[str, np.ndarray]) -> d
 
 def rewrite(model_bytes: bytes, min_sparsity: float = 1e-6, block_sizes: dict[int, int] | None = None,
             thresholds: dict[int, np.ndarray] | None = None, layer_names: dict[int, str] | None = None,
-            dense_below: float = 0.0, only: set[int] | None = None
-            ) -> tuple[bytes, list[ConvOpRecord]]:
+            dense_below: float = 0.0, only: set[int] | None = None,
+            dense_ops: set[int] = frozenset()) -> tuple[bytes, list[ConvOpRecord]]:
     """Replaces every CONV_2D whose filter has at least `min_sparsity` zeros, or that has
     activation thresholds, by our op; except the dense fallback: a filter with less than
     `dense_below` zeros stays CONV_2D, and its thresholds are dropped. `only`: the op
-    indices that may be rewritten (the pipeline passes the convs it pruned)."""
+    indices that may be rewritten (the pipeline passes the convs it pruned). `dense_ops`: op
+    indices rewritten even without zeros (where our op is faster unpruned)."""
     block_sizes = block_sizes or {}
     thresholds = thresholds or {}
     layer_names = layer_names or {}
@@ -122,7 +123,8 @@ def rewrite(model_bytes: bytes, min_sparsity: float = 1e-6, block_sizes: dict[in
         if record.sparsity < dense_below:
             record.runs_as = "CONV_2D (dense fallback: sparsity below dense_below)"
             continue
-        if record.sparsity < min_sparsity and (int8 or thresholds.get(i) is None):
+        if record.sparsity < min_sparsity and (int8 or thresholds.get(i) is None) and \
+                i not in dense_ops:
             record.runs_as = "CONV_2D (dense)"
             continue
         bias = None
