@@ -310,7 +310,11 @@ void Qs8ConvPlan::RunTiles(const int8_t* input, int8_t* output, Parallel* parall
   const ConvShape& s = shape_;
   const int64_t image_in = static_cast<int64_t>(s.in_h) * s.in_w * s.in_c;
   const int64_t image_out = static_cast<int64_t>(s.out_h) * s.out_w * s.out_c;
-  const int calls = (num_position_blocks_ + kTileBlocksPerCall - 1) / kTileBlocksPerCall;
+  // Calls of at most kTileBlocksPerCall blocks, as even as they go and, where there are
+  // enough blocks, a multiple of the workers (each worker takes a contiguous share of them).
+  int calls = (num_position_blocks_ + kTileBlocksPerCall - 1) / kTileBlocksPerCall;
+  if (tile_filter_.num_groups % workers != 0 && num_position_blocks_ >= workers)
+    calls = (calls + workers - 1) / workers * workers;
   const int padded_rows = hq_ * s.stride_h;
   for (int n = 0; n < s.batch; ++n) {
     const int8_t* image = input + n * image_in;
@@ -321,8 +325,11 @@ void Qs8ConvPlan::RunTiles(const int8_t* input, int8_t* output, Parallel* parall
       PackPlanes(image, padded_rows * task / pack_tasks, padded_rows * (task + 1) / pack_tasks);
     });
     parallel->For(tile_filter_.num_groups * calls, workers, [&](int task, int worker) {
-      const int group = task / calls, block = task % calls * kTileBlocksPerCall;
-      const int blocks = std::min(kTileBlocksPerCall, num_position_blocks_ - block);
+      const int group = task / calls, call = task % calls;
+      const int block = static_cast<int>(static_cast<int64_t>(num_position_blocks_) * call / calls);
+      const int blocks =
+          static_cast<int>(static_cast<int64_t>(num_position_blocks_) * (call + 1) / calls) - block;
+      if (blocks == 0) return;
       int8_t* y = block_out_.data() +
                   static_cast<size_t>(worker) * kTileBlocksPerCall * kTilePositions * kTileChannels;
       const int64_t q0 = static_cast<int64_t>(block) * kTilePositions;
