@@ -17,6 +17,8 @@ def machine() -> str:
     text = targets.cpuinfo()
     isa = ("AVX-512" if " avx512f" in text else "AVX2, no AVX-512" if " avx2" in text
            else platform.machine())
+    if " amx_int8" in text:  # XNNPACK's int8 convs, and ours, run on its tiles
+        isa += " + AMX-INT8"
     return (f"Machine: {targets.cpu_model()}, {os.cpu_count()} vCPUs, {isa}; "
             f"{datetime.date.today().isoformat()}.")
 

@@ -22,9 +22,9 @@ int8_t* AlignToLine(int8_t* p) {
 
 // Blocks of positions per tile call: its int8 results (8 KB) stay in L1 until copied out.
 constexpr int kTileBlocksPerCall = 8;
-// A tile product's time in vector dot products of 16 lanes, fitted to one-thread timings of
-// both paths on the digits ResNet's int8 layers (docs/int8.md).
-constexpr double kTileProductCost = 48.0;
+// A tile product's time in vector dot products of 16 lanes: where one-thread timings of both
+// paths cross on the 3x3 layers of conv_bench_int8_xeon.md and the digits ResNet's.
+constexpr double kTileProductCost = 20.0;
 
 void TransposeBytesPortable(const int8_t* src, int src_stride, int rows, int cols, int8_t* dst,
                             int64_t dst_stride) {
