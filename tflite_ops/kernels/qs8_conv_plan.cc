@@ -237,23 +237,12 @@ int64_t Qs8ConvPlan::BuildTiles(const Qs8SparseFilter& filter) {
       }
     entry_end_[group] = static_cast<int32_t>(halves_.size());
   }
-  // Signed inputs (no offset); the zero point's share of each sum goes into the bias, and
-  // channels past out_c get any valid requantization (never stored).
-  const int channels = num_groups * kTileChannels;
-  bias_corrected_.assign(channels, 0);
-  multiplier_.assign(channels, int32_t{1} << 30);
-  shift_.assign(channels, 0);
-  for (int c = 0; c < s.out_c; ++c) {
-    int64_t sum = 0;
-    for (int k = 0; k < taps * c_in; ++k) sum += dense[static_cast<size_t>(c) * taps * c_in + k];
-    bias_corrected_[c] = static_cast<int32_t>((bias_ != nullptr ? bias_[c] : 0) -
-                                              int64_t{input_zero_point_} * sum);
-    multiplier_[c] = requantization_.multiplier[c];
-    shift_[c] = requantization_.shift[c];
-  }
-  spmm_requantization_ = requantization_;
-  spmm_requantization_.multiplier = multiplier_.data();
-  spmm_requantization_.shift = shift_.data();
+  // Signed inputs: no offset.
+  std::vector<int64_t> weight_sum(num_groups * kTileChannels, 0);
+  for (int c = 0; c < s.out_c; ++c)
+    for (int k = 0; k < taps * c_in; ++k)
+      weight_sum[c] += dense[static_cast<size_t>(c) * taps * c_in + k];
+  SetChannels(weight_sum, 0);
   b_.assign(tiles.size() + kChunkBytes, 0);
   b_base_ = AlignToLine(b_.data());
   std::copy(tiles.begin(), tiles.end(), b_base_);
@@ -267,6 +256,25 @@ int64_t Qs8ConvPlan::BuildTiles(const Qs8SparseFilter& filter) {
   tile_filter_.bias = bias_corrected_.data();
   tile_filter_.requantization = &spmm_requantization_;
   return products;
+}
+
+void Qs8ConvPlan::SetChannels(const std::vector<int64_t>& weight_sum, int32_t input_offset) {
+  const size_t channels = weight_sum.size();
+  bias_corrected_.assign(channels, 0);
+  // Channels past out_c (a last block's or group's padding): any valid requantization, never
+  // stored.
+  multiplier_.assign(channels, int32_t{1} << 30);
+  shift_.assign(channels, 0);
+  for (int c = 0; c < shape_.out_c; ++c) {
+    bias_corrected_[c] = static_cast<int32_t>((bias_ != nullptr ? bias_[c] : 0) -
+                                              (input_offset + int64_t{input_zero_point_}) *
+                                                  weight_sum[c]);
+    multiplier_[c] = requantization_.multiplier[c];
+    shift_[c] = requantization_.shift[c];
+  }
+  spmm_requantization_ = requantization_;
+  spmm_requantization_.multiplier = multiplier_.data();
+  spmm_requantization_.shift = shift_.data();
 }
 
 void Qs8ConvPlan::PackPlanes(const int8_t* image, int row_begin, int row_end) {
@@ -407,20 +415,7 @@ void Qs8ConvPlan::BuildRows(const Qs8SparseFilter& filter, int rows, int channel
         }
       }
   }
-  // Padding channels of the last block: any valid requantization, never stored.
-  bias_corrected_.assign(channels, 0);
-  multiplier_.assign(channels, int32_t{1} << 30);
-  shift_.assign(channels, 0);
-  for (int c = 0; c < s.out_c; ++c) {
-    bias_corrected_[c] = static_cast<int32_t>((bias_ != nullptr ? bias_[c] : 0) -
-                                              (input_offset_ + int64_t{input_zero_point_}) *
-                                                  weight_sum[c]);
-    multiplier_[c] = requantization_.multiplier[c];
-    shift_[c] = requantization_.shift[c];
-  }
-  spmm_requantization_ = requantization_;
-  spmm_requantization_.multiplier = multiplier_.data();
-  spmm_requantization_.shift = shift_.data();
+  SetChannels(weight_sum, input_offset_);
   spmm_.num_channels = channels;
   spmm_.block_rows = rows;
   spmm_.row_begin = row_begin_.data();

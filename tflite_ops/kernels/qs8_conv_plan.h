@@ -53,6 +53,9 @@ class Qs8ConvPlan {
   // of positions.
   int64_t BuildTiles(const Qs8SparseFilter& filter);
   void PackPlanes(const int8_t* image, int row_begin, int row_end);
+  // Per channel (weight_sum.size() of them, out_c and padding): the bias corrected for the
+  // input offset and zero point, and the requantization's arrays.
+  void SetChannels(const std::vector<int64_t>& weight_sum, int32_t input_offset);
   void RunTiles(const int8_t* input, int8_t* output, Parallel* parallel, int workers);
   ConvShape shape_;
   Qs8SparseFilter filter_;
