@@ -96,6 +96,13 @@ std::string Qs8ConvPlan::Build(const ConvShape& shape, const Qs8SparseFilter& fi
   tile_ = 0;
   if (variant.qs8 == nullptr) return "";
   const Qs8Kernels& family = *variant.qs8;
+  // Both paths' stride-phase planes: hq_ x wq_ positions each.
+  const int padded_h =
+      (shape.out_h - 1) * shape.stride_h + (shape.kernel_h - 1) * shape.dilation_h + 1;
+  const int padded_w =
+      (shape.out_w - 1) * shape.stride_w + (shape.kernel_w - 1) * shape.dilation_w + 1;
+  hq_ = (padded_h + shape.stride_h - 1) / shape.stride_h;
+  wq_ = (padded_w + shape.stride_w - 1) / shape.stride_w;
   if (family.tile_microkernel != nullptr && shape.dilation_h == 1 && shape.dilation_w == 1) {
     const int64_t products = BuildTiles(filter);
     // A vector microkernel's work: a dot product of `lanes` positions per nonzero word.
@@ -122,10 +129,6 @@ std::string Qs8ConvPlan::Build(const ConvShape& shape, const Qs8SparseFilter& fi
 
   const ConvShape& s = shape;
   groups_ = (s.in_c + 3) / 4;
-  const int padded_h = (s.out_h - 1) * s.stride_h + (s.kernel_h - 1) * s.dilation_h + 1;
-  const int padded_w = (s.out_w - 1) * s.stride_w + (s.kernel_w - 1) * s.dilation_w + 1;
-  hq_ = (padded_h + s.stride_h - 1) / s.stride_h;
-  wq_ = (padded_w + s.stride_w - 1) / s.stride_w;
   // The tiling with the least work per nonzero: a call broadcasts the weight once and loads
   // and multiplies one vector per `lanes` positions of its tile.
   const int64_t positions = static_cast<int64_t>(s.out_h) * wq_;
@@ -167,10 +170,6 @@ std::string Qs8ConvPlan::Build(const ConvShape& shape, const Qs8SparseFilter& fi
 int64_t Qs8ConvPlan::BuildTiles(const Qs8SparseFilter& filter) {
   const ConvShape& s = shape_;
   const int c_in = s.in_c, taps = s.kernel_h * s.kernel_w, groups4 = (c_in + 3) / 4;
-  const int padded_h = (s.out_h - 1) * s.stride_h + s.kernel_h;
-  const int padded_w = (s.out_w - 1) * s.stride_w + s.kernel_w;
-  hq_ = (padded_h + s.stride_h - 1) / s.stride_h;
-  wq_ = (padded_w + s.stride_w - 1) / s.stride_w;
   plane_bytes_ = static_cast<int64_t>(hq_) * wq_ * c_in;
   num_position_blocks_ = static_cast<int>(
       (static_cast<int64_t>(s.out_h) * wq_ + kTilePositions - 1) / kTilePositions);
@@ -277,6 +276,15 @@ void Qs8ConvPlan::SetChannels(const std::vector<int64_t>& weight_sum, int32_t in
   spmm_requantization_.shift = shift_.data();
 }
 
+void Qs8ConvPlan::InsideColumns(int iy, int px, int* lo, int* hi) const {
+  const ConvShape& s = shape_;
+  *lo = *hi = 0;
+  const int last = s.in_w - 1 + s.pad_left - px;  // xq * stride_w <= last
+  if (iy < 0 || iy >= s.in_h || last < 0) return;
+  *lo = std::max(0, (s.pad_left - px + s.stride_w - 1) / s.stride_w);
+  *hi = std::max(*lo, std::min(wq_, last / s.stride_w + 1));
+}
+
 void Qs8ConvPlan::PackPlanes(const int8_t* image, int row_begin, int row_end) {
   const ConvShape& s = shape_;
   const int c_in = s.in_c;
@@ -290,12 +298,8 @@ void Qs8ConvPlan::PackPlanes(const int8_t* image, int row_begin, int row_end) {
       if (!PhaseRead(px, s.kernel_w, s.stride_w, 1)) continue;
       int8_t* dst = planes_base_ + (static_cast<int64_t>(py) * s.stride_w + px) * plane_bytes_ +
                     static_cast<int64_t>(yq) * wq_ * c_in;
-      int lo = 0, hi = 0;  // columns xq whose ix = xq * stride_w + px - pad_left is inside
-      const int last = s.in_w - 1 + s.pad_left - px;
-      if (iy >= 0 && iy < s.in_h && last >= 0) {
-        lo = std::max(0, (s.pad_left - px + s.stride_w - 1) / s.stride_w);
-        hi = std::max(lo, std::min(wq_, last / s.stride_w + 1));
-      }
+      int lo, hi;
+      InsideColumns(iy, px, &lo, &hi);
       std::memset(dst, pad, static_cast<size_t>(lo) * c_in);
       std::memset(dst + static_cast<int64_t>(hi) * c_in, pad,
                   static_cast<size_t>(wq_ - hi) * c_in);
@@ -449,13 +453,8 @@ void Qs8ConvPlan::Pack(const int8_t* image, int row_begin, int row_end, int work
       if (!PhaseRead(px, s.kernel_w, s.stride_w, s.dilation_w)) continue;
       uint32_t* dst = x_base_ + (static_cast<int64_t>(py) * s.stride_w + px) * plane_ +
                       static_cast<int64_t>(yq) * wq_;
-      // Columns xq whose input column ix = xq * stride_w + px - pad_left is in the image.
-      int lo = 0, hi = 0;
-      const int last = s.in_w - 1 + s.pad_left - px;  // xq * stride_w <= last
-      if (iy >= 0 && iy < s.in_h && last >= 0) {
-        lo = std::max(0, (s.pad_left - px + s.stride_w - 1) / s.stride_w);
-        hi = std::max(lo, std::min(wq_, last / s.stride_w + 1));
-      }
+      int lo, hi;
+      InsideColumns(iy, px, &lo, &hi);
       for (int g = 0; g < groups_; ++g) {
         uint32_t* row = dst + g * group_stride;
         std::fill(row, row + lo, pad_word);

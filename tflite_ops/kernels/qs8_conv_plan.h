@@ -53,6 +53,9 @@ class Qs8ConvPlan {
   // of positions.
   int64_t BuildTiles(const Qs8SparseFilter& filter);
   void PackPlanes(const int8_t* image, int row_begin, int row_end);
+  // Both packings: the columns [lo, hi) of phase px whose input column
+  // ix = xq * stride_w + px - pad_left lies in the image, on input row iy (none outside it).
+  void InsideColumns(int iy, int px, int* lo, int* hi) const;
   // Per channel (weight_sum.size() of them, out_c and padding): the bias corrected for the
   // input offset and zero point, and the requantization's arrays.
   void SetChannels(const std::vector<int64_t>& weight_sum, int32_t input_offset);
