@@ -84,6 +84,32 @@ inline void DpbusdBroadcast(__m512i& acc, __m512i x, const int32_t* w) {
   asm("vpdpbusd %2%{1to16%}, %1, %0" : "+v"(acc) : "v"(x), "m"(*w));
 }
 
+// A channel's kVectors results (int32, 16 positions each) saturated to int8 and stored as
+// one run of 16 * kVectors bytes: in one store where it is 32 or 64 bytes, so that the byte
+// transpose's wide load of the run is forwarded from a single store (a load covering
+// several stores waits for them to reach the cache).
+template <int kVectors>
+inline void StoreNarrowed(const __m512i* r, int8_t* y) {
+  if constexpr (kVectors == 4) {
+    // Packs work per 128-bit lane: lane L ends up holding positions 4L..4L+3 of each vector
+    // in turn, one dword each; the permute puts each vector's dwords back together.
+    const __m512i bytes = _mm512_packs_epi16(_mm512_packs_epi32(r[0], r[1]),
+                                             _mm512_packs_epi32(r[2], r[3]));
+    const __m512i order =
+        _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
+    _mm512_storeu_si512(y, _mm512_permutexvar_epi32(order, bytes));
+  } else if constexpr (kVectors == 2) {
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(y),
+                        _mm256_inserti128_si256(
+                            _mm256_castsi128_si256(_mm512_cvtsepi32_epi8(r[0])),
+                            _mm512_cvtsepi32_epi8(r[1]), 1));
+  } else {
+#pragma GCC unroll 8
+    for (int v = 0; v < kVectors; ++v)
+      _mm_storeu_si128(reinterpret_cast<__m128i*>(y + 16 * v), _mm512_cvtsepi32_epi8(r[v]));
+  }
+}
+
 }  // namespace
 
 namespace {
@@ -113,11 +139,10 @@ void Qs8SpmmVnni(const Qs8SpmmFilter& f, const uint32_t* x, int8_t* y) {
     const ChannelRequantization requantize(q.multiplier[c], q.shift[c], q.rounding);
 #pragma GCC unroll 8
     for (int v = 0; v < kVectors; ++v) {
-      __m512i r = _mm512_add_epi32(requantize(acc[v]), zero_point);
-      if (!saturate) r = _mm512_min_epi32(_mm512_max_epi32(r, lo), hi);
-      _mm_storeu_si128(reinterpret_cast<__m128i*>(y + c * kTile + 16 * v),
-                       _mm512_cvtsepi32_epi8(r));
+      acc[v] = _mm512_add_epi32(requantize(acc[v]), zero_point);
+      if (!saturate) acc[v] = _mm512_min_epi32(_mm512_max_epi32(acc[v], lo), hi);
     }
+    StoreNarrowed<kVectors>(acc, y + c * kTile);
   }
 }
 
@@ -155,11 +180,10 @@ void Qs8SpmmVnniBlock(const Qs8SpmmFilter& f, const uint32_t* x, int8_t* y) {
       const ChannelRequantization requantize(q.multiplier[c], q.shift[c], q.rounding);
 #pragma GCC unroll 4
       for (int v = 0; v < kVectors; ++v) {
-        __m512i out = _mm512_add_epi32(requantize(acc[r][v]), zero_point);
-        if (!saturate) out = _mm512_min_epi32(_mm512_max_epi32(out, lo), hi);
-        _mm_storeu_si128(reinterpret_cast<__m128i*>(y + c * kTile + 16 * v),
-                         _mm512_cvtsepi32_epi8(out));
+        acc[r][v] = _mm512_add_epi32(requantize(acc[r][v]), zero_point);
+        if (!saturate) acc[r][v] = _mm512_min_epi32(_mm512_max_epi32(acc[r][v], lo), hi);
       }
+      StoreNarrowed<kVectors>(acc[r], y + c * kTile);
     }
   }
 }
@@ -188,10 +212,107 @@ const Qs8Kernels kQs8Avx512Vnni = {
 };
 static_assert(kG.block_tiles[4] == 0, "four block tiles");
 
-// 32 xmm registers (AVX-512VL): a round's 16 rows and 16 temporaries need no stack.
+namespace {
+
+// GCC 12's 512-bit unpack and extract intrinsics pass an undefined merge source, which its
+// own -Wuninitialized reports.
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wuninitialized"
+
+template <int kLanes>
+struct WideRegister;
+template <>
+struct WideRegister<2> { using T = __m256i; };
+template <>
+struct WideRegister<4> { using T = __m512i; };
+
+// The 16x16 algorithm on ymm or zmm registers: their unpacks work per 128-bit lane, so one
+// network transposes 2 or 4 blocks of 16 channels x 16 positions side by side (a channel's
+// 32 or 64 positions are one load), for half or a quarter of the shuffles per byte.
+template <int kLanes>
+struct WideBytes {
+  using T = typename WideRegister<kLanes>::T;
+  static T Load(const int8_t* p) {
+    if constexpr (kLanes == 4) return _mm512_loadu_si512(p);
+    else return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
+  }
+  static void StoreLane(int8_t* p, T v, int lane) {
+    __m128i x;
+    if constexpr (kLanes == 4) {
+      switch (lane) {
+        case 0: x = _mm512_castsi512_si128(v); break;
+        case 1: x = _mm512_extracti32x4_epi32(v, 1); break;
+        case 2: x = _mm512_extracti32x4_epi32(v, 2); break;
+        default: x = _mm512_extracti32x4_epi32(v, 3); break;
+      }
+    } else {
+      x = lane == 0 ? _mm256_castsi256_si128(v) : _mm256_extracti128_si256(v, 1);
+    }
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(p), x);
+  }
+  template <int kBits, bool kHigh>
+  static T Zip(T a, T b) {
+    if constexpr (kLanes == 4) {
+      if (kBits == 8) return kHigh ? _mm512_unpackhi_epi8(a, b) : _mm512_unpacklo_epi8(a, b);
+      if (kBits == 16) return kHigh ? _mm512_unpackhi_epi16(a, b) : _mm512_unpacklo_epi16(a, b);
+      if (kBits == 32) return kHigh ? _mm512_unpackhi_epi32(a, b) : _mm512_unpacklo_epi32(a, b);
+      return kHigh ? _mm512_unpackhi_epi64(a, b) : _mm512_unpacklo_epi64(a, b);
+    } else {
+      if (kBits == 8) return kHigh ? _mm256_unpackhi_epi8(a, b) : _mm256_unpacklo_epi8(a, b);
+      if (kBits == 16) return kHigh ? _mm256_unpackhi_epi16(a, b) : _mm256_unpacklo_epi16(a, b);
+      if (kBits == 32) return kHigh ? _mm256_unpackhi_epi32(a, b) : _mm256_unpacklo_epi32(a, b);
+      return kHigh ? _mm256_unpackhi_epi64(a, b) : _mm256_unpacklo_epi64(a, b);
+    }
+  }
+};
+
+// 16 channels x up to 16 * kLanes positions (`positions` > 16 * (kLanes - 1): the loads read
+// at most 15 bytes past the last, within kQs8TransposeSlack). Row i of lane k is position
+// 16 k + i.
+template <int kLanes>
+inline void TransposeWide(const int8_t* src, int src_stride, int positions, int8_t* dst,
+                          int64_t dst_stride) {
+  using W = WideBytes<kLanes>;
+  typename W::T r[16];
+#pragma GCC unroll 16
+  for (int i = 0; i < 16; ++i) r[i] = W::Load(src + kBitReversed16[i] * src_stride);
+  TransposeBlock16<W>(r);
+#pragma GCC unroll 4
+  for (int k = 0; k < kLanes; ++k)
+#pragma GCC unroll 16
+    for (int i = 0; i < 16; ++i)
+      if (16 * k + i < positions) W::StoreLane(dst + (16 * k + i) * dst_stride, r[i], k);
+}
+
+#pragma GCC diagnostic pop
+
+}  // namespace
+
+// 32 registers (AVX-512): a round's 16 rows and 16 temporaries need no stack. Whole groups
+// of 16 channels go 64 or 32 positions at a time; the rest (fewer positions, a last group of
+// fewer channels) as 16x16 blocks.
 void Qs8TransposeAvx512(const int8_t* src, int src_stride, int rows, int cols, int8_t* dst,
                         int64_t dst_stride) {
-  Qs8TransposeBytes16<Sse2Bytes>(src, src_stride, rows, cols, dst, dst_stride);
+  const int whole = cols > 16 ? rows / 16 * 16 : 0;
+  for (int c = 0; c < whole; c += 16) {
+    const int8_t* s = src + c * src_stride;
+    int8_t* d = dst + c;
+    int p = 0;
+    for (; cols - p > 48; p += 64)
+      TransposeWide<4>(s + p, src_stride, cols - p < 64 ? cols - p : 64, d + p * dst_stride,
+                       dst_stride);
+    if (cols - p > 16) {
+      TransposeWide<2>(s + p, src_stride, cols - p < 32 ? cols - p : 32, d + p * dst_stride,
+                       dst_stride);
+      p = cols < p + 32 ? cols : p + 32;
+    }
+    if (p < cols)
+      Qs8TransposeBytes16<Sse2Bytes>(s + p, src_stride, 16, cols - p, d + p * dst_stride,
+                                     dst_stride);
+  }
+  if (whole < rows)
+    Qs8TransposeBytes16<Sse2Bytes>(src + whole * src_stride, src_stride, rows - whole, cols,
+                                   dst + whole, dst_stride);
 }
 
 }  // namespace hybrid_sparse

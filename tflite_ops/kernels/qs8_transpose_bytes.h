@@ -55,7 +55,22 @@ inline void TransposeWhole16(const int8_t* src, int src_stride, int8_t* dst,
   for (int i = 0; i < 16; ++i) V::Store(dst + i * dst_stride, r[i]);
 }
 
-// A block at an edge (fewer than 16 channels or positions): loads whole rows of the channels
+// 16 channels and fewer than 16 positions: loads whole rows (reading up to 15 bytes past the
+// last position, which Qs8TransposeFn allows) and stores only the positions' rows, each of
+// them whole (16 channels: none belongs to the next position).
+template <class V>
+inline void TransposePositions16(const int8_t* src, int src_stride, int positions, int8_t* dst,
+                                 int64_t dst_stride) {
+  typename V::T r[16];
+#pragma GCC unroll 16
+  for (int i = 0; i < 16; ++i) r[i] = V::Load(src + kBitReversed16[i] * src_stride);
+  TransposeBlock16<V>(r);
+#pragma GCC unroll 16
+  for (int i = 0; i < 16; ++i)
+    if (i < positions) V::Store(dst + i * dst_stride, r[i]);
+}
+
+// A block at a channel edge (fewer than 16 channels): loads whole rows of the channels
 // there are (reading up to 15 bytes past the last position, which Qs8TransposeFn allows),
 // transposes through a buffer and copies out only the bytes that belong to the block (a
 // whole row would write over the next position's first channels). Apart from the whole
@@ -86,10 +101,16 @@ void Qs8TransposeBytes16(const int8_t* src, int src_stride, int rows, int cols, 
       for (; p + 16 <= cols; p += 16)
         TransposeWhole16<V>(src + c * src_stride + p, src_stride, dst + p * dst_stride + c,
                             dst_stride);
-    if (cols - p < 8 && channels == 16) {  // a few positions: byte moves cost less
+    if (cols - p < 5 && channels == 16) {  // a few positions: byte moves cost less
       for (; p < cols; ++p)
 #pragma GCC unroll 16
         for (int i = 0; i < 16; ++i) dst[p * dst_stride + c + i] = src[(c + i) * src_stride + p];
+      continue;
+    }
+    if (channels == 16) {
+      if (p < cols)
+        TransposePositions16<V>(src + c * src_stride + p, src_stride, cols - p,
+                                dst + p * dst_stride + c, dst_stride);
       continue;
     }
     for (; p < cols; p += 16)

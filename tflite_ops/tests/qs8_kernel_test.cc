@@ -382,7 +382,7 @@ TEST(Qs8Families, ByteTransposesMoveEveryByte) {
   for (int k = 0; k < count; ++k) {
     if (all[k]->transpose == nullptr) continue;
     for (int rows : {1, 15, 16, 17, 40})
-      for (int cols : {1, 15, 16, 33, 64})
+      for (int cols : {1, 15, 16, 17, 31, 32, 33, 48, 49, 63, 64, 65, 97, 130})
         for (int pad : {0, 3}) {
           const int src_stride = cols + pad, dst_stride = rows + 2 * pad;
           std::vector<int8_t> src(static_cast<size_t>(rows) * src_stride + kQs8TransposeSlack);
