@@ -8,6 +8,11 @@
 #include "tflite_ops/kernels/qs8_transpose_x86.h"
 #include "tflite_ops/kernels/sparse_conv.h"
 
+// GCC 12's 512-bit intrinsics (unpacks, extracts, min/max) pass an undefined merge source,
+// which its own (maybe-)uninitialized warnings report.
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+
 namespace hybrid_sparse {
 namespace {
 
@@ -214,11 +219,6 @@ static_assert(kG.block_tiles[4] == 0, "four block tiles");
 
 namespace {
 
-// GCC 12's 512-bit unpack and extract intrinsics pass an undefined merge source, which its
-// own -Wuninitialized reports.
-#pragma GCC diagnostic push
-#pragma GCC diagnostic ignored "-Wuninitialized"
-
 template <int kLanes>
 struct WideRegister;
 template <>
@@ -283,8 +283,6 @@ inline void TransposeWide(const int8_t* src, int src_stride, int positions, int8
     for (int i = 0; i < 16; ++i)
       if (16 * k + i < positions) W::StoreLane(dst + (16 * k + i) * dst_stride, r[i], k);
 }
-
-#pragma GCC diagnostic pop
 
 }  // namespace
 
