@@ -400,6 +400,11 @@ class Int8Kernel:
     vector_bytes: int = 0  # of one input load at a word offset (0: loads never split lines)
     block_efficiency: float = 1.0  # the block kernel's fraction of its bound, where it has one
     broadcast_per_dot: bool = False  # its block kernel loads a weight word per dot product
+    # Its block kernel: instructions per input vector done once for the block's channels (the
+    # load, and AVX2's split into even and odd bytes), and per channel and nonzero on the
+    # weight word (AVX2's sign extension into pairs).
+    block_shared_ops: int = 1
+    block_weight_ops: int = 0
 
 
 def int8_tiles(target: str, vlen: int | None = None, blocks: bool = False) -> tuple[int, ...]:
@@ -422,7 +427,8 @@ def int8_block_rows() -> int:
     return int(runtime.kernel_geometry()["qs8_block_rows"])
 
 
-# Instruction counts are our kernels' (qs8_avx2.cc: load, and, shift, 2 vpmaddwd, 2 adds;
+# Instruction counts are our kernels' (qs8_avx2.cc: load, and, shift, 2 vpmaddwd, 2 adds,
+# its block kernel the first three once per vector and 3 shifts per weight word;
 # qs8_avx512vnni.cc: load, vpdpbusd; qs8_neondot.cc: ld1, sdot; qs8_rvv.cc: vle32, 7 shifts,
 # 4 vmacc.vx; the block kernels: a load per vector, then per channel a vpdpbusd with its
 # weight broadcast from memory, or an sdot by element). XNNPACK's dense int8 peaks: AVX2
@@ -440,7 +446,8 @@ def int8_block_rows() -> int:
 # the efficiency, to conv_bench_int8.md). Its block kernel reaches about 0.8 of its vpdpbusd
 # bound (fitted likewise).
 INT8_KERNELS = {
-    "x86_64-avx2": Int8Kernel("avx2", 7, 16, 32.0, 0.72, 32),
+    "x86_64-avx2": Int8Kernel("avx2", 7, 16, 32.0, 0.72, 32, block_shared_ops=3,
+                              block_weight_ops=3),
     "x86_64-avx512": Int8Kernel("avx512vnni", 2, 10, 64.0, 0.9, 64, 0.8, True),
     "arm64-neon": Int8Kernel("neondot", 2, 12, 32.0, 0.8, 16),
     "riscv64-rvv": Int8Kernel("", 12, 14, 16.0, 0.6),
@@ -537,8 +544,11 @@ class ModelledProfile:
         # product (VNNI's memory broadcasts) or one vector of the block's words (NEON).
         broadcasts = (vecs * rows if k.broadcast_per_dot else 1) if block_kernel else 1
         loads = vecs * c.load * (1 + split) + (1 + broadcasts) * c.scalar_load
-        alu = vecs * rows * (k.ops_per_vector - 1) * c.fma
-        instructions = vecs * (1 + rows * (k.ops_per_vector - 1)) + 3 + rows
+        shared = k.block_shared_ops if block_kernel else 1
+        weight_ops = rows * k.block_weight_ops if block_kernel else 0
+        alu = (vecs * (shared - 1 + rows * (k.ops_per_vector - shared)) + weight_ops) * c.fma
+        instructions = vecs * (shared + rows * (k.ops_per_vector - shared)) + 3 + rows + \
+            weight_ops
         bound = loads + alu if c.in_order else max(loads, alu)
         per_nonzero = max(bound, instructions / c.issue) / (
             k.block_efficiency if block_kernel else 1.0)

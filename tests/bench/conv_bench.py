@@ -192,8 +192,8 @@ def int8_table(rng, lines: list[str]) -> None:
         "",
         "Both on the same int8 weights (per-channel scales), sparse in groups of 4 input "
         "channels (the unit of our int8 format) of one output channel (block 1) or of "
-        "blocks of 4 output channels sharing a pattern (block 4: what the avx512 variant's "
-        "VNNI block kernel runs; the avx2 variant runs blocks as rows); builtin = the stock interpreter's int8 "
+        "blocks of 4 output channels sharing a pattern (block 4: what the variants' block "
+        "kernels run, each input load feeding 4 channels); builtin = the stock interpreter's int8 "
         "CONV_2D, which XNNPACK runs. Ours: each delegate variant this CPU runs with its int8 "
         "microkernels (avx2: vpmaddwd; avx512: " + ("VNNI vpdpbusd" if vnni else
                                                      "no VNNI here, so AVX2's") + "), "

@@ -45,7 +45,8 @@ struct Qs8 {
 // A block's 4 x vectors accumulators stay within the 32 zmm registers up to 64 positions.
 inline constexpr Qs8 kQs8Avx512Vnni{
     "avx512vnni", 16, {16, 32, 48, 64, 80, 96, 112, 128}, {16, 32, 48, 64}};
-inline constexpr Qs8 kQs8Avx2{"avx2", 8, {8, 16, 24, 32, 40, 48, 56, 64}};
+// A block's 4 x vectors accumulators and its split inputs in the 16 ymm registers: up to 16.
+inline constexpr Qs8 kQs8Avx2{"avx2", 8, {8, 16, 24, 32, 40, 48, 56, 64}, {8, 16}};
 inline constexpr Qs8 kQs8Neon{"neon", 4, {16, 32}};
 // A block's 4 x vectors accumulators, its loads and weights in the 32 q registers: up to 24.
 inline constexpr Qs8 kQs8NeonDot{"neondot", 4, {16, 32, 48, 64}, {8, 16, 24}};

@@ -114,6 +114,64 @@ void Qs8SpmmAvx2(const Qs8SpmmFilter& f, const uint32_t* x, int8_t* y) {
   }
 }
 
+// Blocks of 4 channels sharing a pattern: a nonzero's input vectors are loaded and split
+// into their even and odd bytes once for the 4 channels' vpmaddwd pairs. Two vectors at most:
+// 8 accumulators, 4 split inputs and a channel's 2 weight pairs fill the 16 ymm registers.
+template <int kVectors>
+void Qs8SpmmAvx2Block(const Qs8SpmmFilter& f, const uint32_t* x, int8_t* y) {
+  constexpr int kTile = 8 * kVectors;
+  constexpr int kRows = geometry::kQs8BlockRows;
+  static_assert(kRows == 4 && kVectors <= 2, "the block loop is written for 4 rows");
+  const Qs8Requantization& q = *f.requantization;
+  const __m256i even_bytes = _mm256_set1_epi32(0x00FF00FF);
+  const __m256i zero_point = _mm256_set1_epi32(q.output_zero_point);
+  const __m256i lo = _mm256_set1_epi32(q.min), hi = _mm256_set1_epi32(q.max);
+  const bool saturate = q.min == -128 && q.max == 127;
+  for (int b = 0; b < f.num_channels / kRows; ++b) {
+    __m256i acc[kRows][kVectors];
+#pragma GCC unroll 4
+    for (int r = 0; r < kRows; ++r)
+#pragma GCC unroll 2
+      for (int v = 0; v < kVectors; ++v) acc[r][v] = _mm256_set1_epi32(f.bias[b * kRows + r]);
+    for (int32_t j = f.row_begin[b]; j < f.row_end[b]; ++j) {
+      const uint32_t* p = x + f.offset[j];
+      const int32_t* w = f.values + static_cast<size_t>(j) * kRows;
+      __m256i even[kVectors], odd[kVectors];
+#pragma GCC unroll 2
+      for (int v = 0; v < kVectors; ++v) {
+        const __m256i in = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + 8 * v));
+        even[v] = _mm256_and_si256(in, even_bytes);
+        odd[v] = _mm256_srli_epi16(in, 8);
+      }
+#pragma GCC unroll 4
+      for (int r = 0; r < kRows; ++r) {
+        const __m256i word = _mm256_set1_epi32(w[r]);
+        const __m256i w02 = _mm256_srai_epi16(_mm256_slli_epi16(word, 8), 8);
+        const __m256i w13 = _mm256_srai_epi16(word, 8);
+#pragma GCC unroll 2
+        for (int v = 0; v < kVectors; ++v)
+          acc[r][v] = _mm256_add_epi32(acc[r][v],
+                                       _mm256_add_epi32(_mm256_madd_epi16(even[v], w02),
+                                                        _mm256_madd_epi16(odd[v], w13)));
+      }
+    }
+#pragma GCC unroll 4
+    for (int r = 0; r < kRows; ++r) {
+      const int c = b * kRows + r;
+      const ChannelRequantization requantize(q.multiplier[c], q.shift[c], q.rounding);
+#pragma GCC unroll 2
+      for (int v = 0; v < kVectors; ++v) {
+        __m256i out = _mm256_add_epi32(requantize(acc[r][v]), zero_point);
+        if (!saturate) out = _mm256_min_epi32(_mm256_max_epi32(out, lo), hi);
+        const __m128i words = _mm_packs_epi32(_mm256_castsi256_si128(out),
+                                              _mm256_extracti128_si256(out, 1));
+        _mm_storel_epi64(reinterpret_cast<__m128i*>(y + c * kTile + 8 * v),
+                         _mm_packs_epi16(words, words));
+      }
+    }
+  }
+}
+
 }  // namespace
 
 // 16 xmm registers: the compiler keeps part of a round on the stack.
@@ -137,6 +195,9 @@ const Qs8Kernels kQs8Avx2 = {
     kG.lanes,
     true,
     Qs8TransposeSse2,
+    {{kG.block_tiles[0], Qs8SpmmAvx2Block<kG.block_tiles[0] / kG.lanes>},
+     {kG.block_tiles[1], Qs8SpmmAvx2Block<kG.block_tiles[1] / kG.lanes>}},
 };
+static_assert(kG.block_tiles[2] == 0, "two block tiles");
 
 }  // namespace hybrid_sparse
