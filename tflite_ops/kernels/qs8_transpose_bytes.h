@@ -43,21 +43,10 @@ inline void TransposeBlock16(typename V::T* r) {
 
 constexpr int kBitReversed16[16] = {0, 8, 4, 12, 2, 10, 6, 14, 1, 9, 5, 13, 3, 11, 7, 15};
 
-// A whole 16x16 block: its rows stay in registers (fully unrolled, constant indices).
-template <class V>
-inline void TransposeWhole16(const int8_t* src, int src_stride, int8_t* dst,
-                             int64_t dst_stride) {
-  typename V::T r[16];
-#pragma GCC unroll 16
-  for (int i = 0; i < 16; ++i) r[i] = V::Load(src + kBitReversed16[i] * src_stride);
-  TransposeBlock16<V>(r);
-#pragma GCC unroll 16
-  for (int i = 0; i < 16; ++i) V::Store(dst + i * dst_stride, r[i]);
-}
-
-// 16 channels and fewer than 16 positions: loads whole rows (reading up to 15 bytes past the
-// last position, which Qs8TransposeFn allows) and stores only the positions' rows, each of
-// them whole (16 channels: none belongs to the next position).
+// 16 channels and up to 16 positions, its rows in registers (fully unrolled, constant
+// indices). Fewer positions: loads whole rows (reading up to 15 bytes past the last
+// position, which Qs8TransposeFn allows) and stores only the positions' rows, each of them
+// whole (16 channels: none belongs to the next position).
 template <class V>
 inline void TransposePositions16(const int8_t* src, int src_stride, int positions, int8_t* dst,
                                  int64_t dst_stride) {
@@ -99,8 +88,8 @@ void Qs8TransposeBytes16(const int8_t* src, int src_stride, int rows, int cols, 
     int p = 0;
     if (channels == 16)
       for (; p + 16 <= cols; p += 16)
-        TransposeWhole16<V>(src + c * src_stride + p, src_stride, dst + p * dst_stride + c,
-                            dst_stride);
+        TransposePositions16<V>(src + c * src_stride + p, src_stride, 16,
+                                dst + p * dst_stride + c, dst_stride);
     if (cols - p < 5 && channels == 16) {  // a few positions: byte moves cost less
       for (; p < cols; ++p)
 #pragma GCC unroll 16
