@@ -74,6 +74,13 @@ class ChannelRequantization {
   bool single_;
 };
 
+// 8 results (int32) saturated to int8 by the packs and stored.
+inline void StoreNarrowed(__m256i r, int8_t* y) {
+  const __m128i words =
+      _mm_packs_epi32(_mm256_castsi256_si128(r), _mm256_extracti128_si256(r, 1));
+  _mm_storel_epi64(reinterpret_cast<__m128i*>(y), _mm_packs_epi16(words, words));
+}
+
 // kVectors ymm accumulators: a tile of 8 * kVectors positions.
 template <int kVectors>
 void Qs8SpmmAvx2(const Qs8SpmmFilter& f, const uint32_t* x, int8_t* y) {
@@ -106,10 +113,7 @@ void Qs8SpmmAvx2(const Qs8SpmmFilter& f, const uint32_t* x, int8_t* y) {
     for (int v = 0; v < kVectors; ++v) {
       __m256i r = _mm256_add_epi32(requantize(acc[v]), zero_point);
       if (!saturate) r = _mm256_min_epi32(_mm256_max_epi32(r, lo), hi);
-      const __m128i words = _mm_packs_epi32(_mm256_castsi256_si128(r),
-                                            _mm256_extracti128_si256(r, 1));
-      _mm_storel_epi64(reinterpret_cast<__m128i*>(y + c * kTile + 8 * v),
-                       _mm_packs_epi16(words, words));
+      StoreNarrowed(r, y + c * kTile + 8 * v);
     }
   }
 }
@@ -163,10 +167,7 @@ void Qs8SpmmAvx2Block(const Qs8SpmmFilter& f, const uint32_t* x, int8_t* y) {
       for (int v = 0; v < kVectors; ++v) {
         __m256i out = _mm256_add_epi32(requantize(acc[r][v]), zero_point);
         if (!saturate) out = _mm256_min_epi32(_mm256_max_epi32(out, lo), hi);
-        const __m128i words = _mm_packs_epi32(_mm256_castsi256_si128(out),
-                                              _mm256_extracti128_si256(out, 1));
-        _mm_storel_epi64(reinterpret_cast<__m128i*>(y + c * kTile + 8 * v),
-                         _mm_packs_epi16(words, words));
+        StoreNarrowed(out, y + c * kTile + 8 * v);
       }
     }
   }
