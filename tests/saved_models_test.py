@@ -120,6 +120,38 @@ class SavedModelsTest(absltest.TestCase):
             graph.normalize(reloaded)))
         self._check_matches(result, (16, 16, 3))
 
+    def test_tensor_expressions_hard_swish_and_squeeze_excite(self):
+        # MobileNetV3's blocks: hard-swish written as expressions on tensors (x + 3.0,
+        # * (1 / 6)), which Keras 3 keeps as operations outside model.layers, and a
+        # squeeze-excite Multiply. A constant of one value per channel cannot lose channels.
+        keras.utils.set_random_seed(9)
+        inputs = keras.Input((12, 12, 3))
+        x = L.Conv2D(16, 3, padding="same", use_bias=False)(inputs)
+        x = L.BatchNormalization()(x)
+        x = x * (L.ReLU(6.0)(x + 3.0) * (1.0 / 6.0))
+        s = L.GlobalAveragePooling2D(keepdims=True)(x)
+        s = L.Conv2D(8, 1, activation="relu")(s)
+        s = L.Conv2D(16, 1)(s)
+        x = L.Multiply()([x, L.ReLU(6.0)(s + 3.0) * (1.0 / 6.0)])
+        x = L.Conv2D(24, 3, padding="same", use_bias=False)(x)
+        x = L.BatchNormalization()(x)
+        x = L.ReLU()(x) * np.linspace(0.5, 1.5, 24).astype(np.float32)
+        x = L.Conv2D(16, 3, strides=2, padding="same", activation="relu")(x)
+        x = L.GlobalAveragePooling2D()(x)
+        model = keras.Model(inputs, L.Dense(5, activation="softmax")(x))
+        test_models.randomize_batch_norm(model, 9)
+        reloaded = self._reload(model, "hard_swish.keras")
+        self.assertGreater(len(reloaded.operations), len(reloaded.layers))
+        convs = [l.name for l in reloaded.layers if graph.class_name(l) == "Conv2D"]
+        groups, refused = graph.channel_groups(reloaded)
+        # The first conv's channels run through the expressions into the SE Multiply, which
+        # couples them with the SE's second conv; the third conv's meet the constant.
+        self.assertIn([convs[0], convs[2]], [[p.name for p in g.producers] for g in groups])
+        self.assertIn("Multiply", refused[convs[3]])
+        result = pipeline.compress(reloaded, _config())
+        self.assertEqual(_ours(result.tflite), len(result.report["layers"]) - 1)
+        self._check_matches(result, (12, 12, 3))
+
     def test_grouped_transposed_and_depthwise_stay_builtin(self):
         keras.utils.set_random_seed(3)
         inputs = keras.Input((12, 12, 4))

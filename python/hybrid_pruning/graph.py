@@ -401,6 +401,16 @@ class ChannelGroup:
         return int(p.get_weights()[kernel_index(p)].shape[-1])
 
 
+def _is_elementwise(layer) -> bool:
+    """An element-wise merge, or an element-wise op with a scalar (Keras 3 records `x + 3.0`
+    in a functional model as an operation that is no layer): a constant of more than one
+    value would have to lose the removed channels too."""
+    if class_name(layer) not in _ELEMENTWISE:
+        return False
+    return all(_is_keras_tensor(x) or np.size(x) <= 1
+               for node in layer._inbound_nodes for x in flatten(_node_call(node)))
+
+
 def _is_channelwise(layer) -> bool:
     kind = class_name(layer)
     if kind not in _CHANNELWISE:
@@ -433,6 +443,9 @@ def channel_groups(model) -> tuple[list[ChannelGroup], dict[str, str]]:
     """Every channel space whose channels can be removed, and {producer: reason} for the
     producers of the others."""
     outputs = {id(_producer(t)) for t in model.outputs}
+    # Keras 3 keeps the operations of expressions on tensors (x + 3.0, x * y) apart from
+    # its layers.
+    layers = list(getattr(model, "operations", None) or model.layers)
     parent: dict[int, int] = {}
 
     def find(k: int) -> int:
@@ -441,17 +454,17 @@ def channel_groups(model) -> tuple[list[ChannelGroup], dict[str, str]]:
             k = parent[k]
         return k
 
-    by_id = {id(layer): layer for layer in model.layers}
+    by_id = {id(layer): layer for layer in layers}
     inputs_of = {id(layer): [_producer(t) for t in flatten(layer.input)]
-                 if class_name(layer) != "InputLayer" else [] for layer in model.layers}
-    for layer in model.layers:
+                 if class_name(layer) != "InputLayer" else [] for layer in layers}
+    for layer in layers:
         parent[id(layer)] = id(layer)
-    for layer in model.layers:
-        if _is_channelwise(layer) or class_name(layer) in _ELEMENTWISE:
+    for layer in layers:
+        if _is_channelwise(layer) or _is_elementwise(layer):
             for p in inputs_of[id(layer)]:
                 parent[find(id(p))] = find(id(layer))
     spaces: dict[int, list] = {}
-    for layer in model.layers:
+    for layer in layers:
         spaces.setdefault(find(id(layer)), []).append(layer)
     groups, refused = [], {}
     for members in spaces.values():
@@ -464,13 +477,13 @@ def channel_groups(model) -> tuple[list[ChannelGroup], dict[str, str]]:
         if grouped:  # its output channels are tied to its groups of inputs
             reason = f"'{grouped[0].name}' is a grouped convolution"
         roots = [m for m in members if class_name(m) not in PRODUCERS and not (
-            _is_channelwise(m) or class_name(m) in _ELEMENTWISE)]
+            _is_channelwise(m) or _is_elementwise(m))]
         if roots and reason is None:
             kind = class_name(roots[0])
             reason = ("channels also come from the model input" if kind == "InputLayer" else
                       f"channels also come from '{roots[0].name}' ({kind})")
         consumers = []
-        for layer in model.layers:
+        for layer in layers:
             if reason is not None:
                 break
             if id(layer) in member_ids:
@@ -502,7 +515,7 @@ def channel_groups(model) -> tuple[list[ChannelGroup], dict[str, str]]:
         else:
             for p in producers:
                 refused[p.name] = reason
-    order = {id(layer): i for i, layer in enumerate(model.layers)}
+    order = {id(layer): i for i, layer in enumerate(layers)}
     groups.sort(key=lambda g: order[id(g.producers[0])])
     return groups, refused
 
