@@ -13,66 +13,76 @@
 namespace hybrid_sparse {
 namespace {
 
-// (int64) a * m of the even (odd) 32-bit lanes, as four 64-bit lanes.
-inline void Products(__m256i a, __m256i m, __m256i* even, __m256i* odd) {
-  *even = _mm256_mul_epi32(a, m);
-  *odd = _mm256_mul_epi32(_mm256_srli_epi64(a, 32), m);
-}
-
-// The low 32 bits of the 64-bit lanes of even and odd, interleaved back into 8 lanes.
-inline __m256i Interleave(__m256i even, __m256i odd) {
-  return _mm256_blend_epi32(even, _mm256_slli_epi64(odd, 32), 0xAA);
-}
-
 inline __m256i ShiftRightArithmetic64(__m256i v, __m128i count) {
   const __m256i sign = _mm256_cmpgt_epi64(_mm256_setzero_si256(), v);
   return _mm256_xor_si256(_mm256_srl_epi64(_mm256_xor_si256(v, sign), count), sign);
 }
 
-// As qs8_avx512vnni.cc's (the same identities, constants made once per channel). The double
-// rounding's high half only needs bits 31-62 of p + 2^30, which the logical shift gives too.
-class ChannelRequantization {
- public:
-  ChannelRequantization(int32_t multiplier, int32_t shift, Rounding rounding)
-      : m_(_mm256_set1_epi64x(multiplier)), single_(rounding == Rounding::kSingle) {
-    if (single_) {
-      const int total = 31 - shift;
-      round64_ = _mm256_set1_epi64x(int64_t{1} << (total - 1));
-      count64_ = _mm_cvtsi32_si128(total);
-      return;
+// qs8_avx512vnni.cc's RequantizeChannel (the same identities) on ymm: a channel's kVectors
+// accumulators requantized in place, with the output zero point and the fused clamp. AVX2
+// has no 64-bit arithmetic shift: the double rounding needs none, the single rounding only
+// for shifts past 32.
+template <int kVectors>
+__attribute__((always_inline)) inline void RequantizeChannel(__m256i* acc, int32_t multiplier,
+                                                           int32_t shift,
+                                                           const Qs8Requantization& q) {
+  const __m256i m = _mm256_set1_epi64x(multiplier);
+  if (q.rounding == Rounding::kSingle) {
+    const int total = 31 - shift;
+    const __m256i round = _mm256_set1_epi64x(int64_t{1} << (total - 1));
+    const __m128i count = _mm_cvtsi32_si128(total);
+    const bool left = total <= 32;
+    const __m128i odd_count = _mm_cvtsi32_si128(left ? 32 - total : total - 32);
+#pragma GCC unroll 8
+    for (int v = 0; v < kVectors; ++v) {
+      const __m256i even = _mm256_add_epi64(_mm256_mul_epi32(acc[v], m), round);
+      const __m256i odd =
+          _mm256_add_epi64(_mm256_mul_epi32(_mm256_srli_epi64(acc[v], 32), m), round);
+      // Shifts of at most 32 leave no sign bits in the low halves.
+      acc[v] = _mm256_blend_epi32(
+          left ? _mm256_srl_epi64(even, count) : ShiftRightArithmetic64(even, count),
+          left ? _mm256_sll_epi64(odd, odd_count) : ShiftRightArithmetic64(odd, odd_count),
+          0xAA);
     }
-    left_ = shift > 0 ? shift : 0;
-    right_ = shift > 0 ? 0 : -shift;
-    round64_ = _mm256_set1_epi64x(int64_t{1} << 30);
-    left_count_ = _mm_cvtsi32_si128(left_);
-    right_count_ = _mm_cvtsi32_si128(right_);
-    round32_ = _mm256_set1_epi32(right_ > 0 ? 1 << (right_ - 1) : 0);
-  }
-
-  __m256i operator()(__m256i acc) const {
-    __m256i even, odd;
-    if (single_) {
-      Products(acc, m_, &even, &odd);
-      return Interleave(ShiftRightArithmetic64(_mm256_add_epi64(even, round64_), count64_),
-                        ShiftRightArithmetic64(_mm256_add_epi64(odd, round64_), count64_));
+  } else if (shift >= 0) {
+    const __m128i count = _mm_cvtsi32_si128(shift);
+    const __m256i round = _mm256_set1_epi64x(int64_t{1} << 30);
+#pragma GCC unroll 8
+    for (int v = 0; v < kVectors; ++v) {
+      const __m256i a = _mm256_sll_epi32(acc[v], count);
+      const __m256i even = _mm256_add_epi64(_mm256_mul_epi32(a, m), round);
+      const __m256i odd =
+          _mm256_add_epi64(_mm256_mul_epi32(_mm256_srli_epi64(a, 32), m), round);
+      acc[v] = _mm256_blend_epi32(_mm256_srli_epi64(even, 31), _mm256_add_epi64(odd, odd), 0xAA);
     }
-    if (left_ > 0) acc = _mm256_sll_epi32(acc, left_count_);
-    Products(acc, m_, &even, &odd);
-    const __m256i high = Interleave(_mm256_srli_epi64(_mm256_add_epi64(even, round64_), 31),
-                                    _mm256_srli_epi64(_mm256_add_epi64(odd, round64_), 31));
-    if (right_ == 0) return high;
-    const __m256i rounded =
-        _mm256_add_epi32(_mm256_add_epi32(high, round32_), _mm256_srai_epi32(high, 31));
-    return _mm256_sra_epi32(rounded, right_count_);
+  } else {
+    const int r = -shift;  // > 0
+    const __m256i round =
+        _mm256_set1_epi64x((int64_t{1} << 30) + (int64_t{1} << (30 + r)));
+    const __m256i half = _mm256_set1_epi32(1 << (r - 1));
+    const __m128i count = _mm_cvtsi32_si128(r);
+#pragma GCC unroll 8
+    for (int v = 0; v < kVectors; ++v) {
+      const __m256i even = _mm256_add_epi64(_mm256_mul_epi32(acc[v], m), round);
+      const __m256i odd =
+          _mm256_add_epi64(_mm256_mul_epi32(_mm256_srli_epi64(acc[v], 32), m), round);
+      const __m256i h =
+          _mm256_blend_epi32(_mm256_srli_epi64(even, 31), _mm256_add_epi64(odd, odd), 0xAA);
+      // h + 2^(r-1) < 2^(r-1): -1 where h < 0.
+      acc[v] = _mm256_sra_epi32(_mm256_add_epi32(h, _mm256_cmpgt_epi32(half, h)), count);
+    }
   }
-
- private:
-  __m256i m_, round64_, round32_ = _mm256_setzero_si256();
-  __m128i count64_ = _mm_setzero_si128(), left_count_ = _mm_setzero_si128(),
-          right_count_ = _mm_setzero_si128();
-  int left_ = 0, right_ = 0;
-  bool single_;
-};
+  const __m256i zero_point = _mm256_set1_epi32(q.output_zero_point);
+  if (q.min == -128 && q.max == 127) {  // the packs saturate
+#pragma GCC unroll 8
+    for (int v = 0; v < kVectors; ++v) acc[v] = _mm256_add_epi32(acc[v], zero_point);
+  } else {
+    const __m256i lo = _mm256_set1_epi32(q.min), hi = _mm256_set1_epi32(q.max);
+#pragma GCC unroll 8
+    for (int v = 0; v < kVectors; ++v)
+      acc[v] = _mm256_min_epi32(_mm256_max_epi32(_mm256_add_epi32(acc[v], zero_point), lo), hi);
+  }
+}
 
 // 8 results (int32) saturated to int8 by the packs and stored.
 inline void StoreNarrowed(__m256i r, int8_t* y) {
@@ -87,10 +97,6 @@ void Qs8SpmmAvx2(const Qs8SpmmFilter& f, const uint32_t* x, int8_t* y) {
   constexpr int kTile = 8 * kVectors;
   const Qs8Requantization& q = *f.requantization;
   const __m256i even_bytes = _mm256_set1_epi32(0x00FF00FF);
-  const __m256i zero_point = _mm256_set1_epi32(q.output_zero_point);
-  const __m256i lo = _mm256_set1_epi32(q.min), hi = _mm256_set1_epi32(q.max);
-  // The packs saturate: the clamp is needed only inside int8's range.
-  const bool saturate = q.min == -128 && q.max == 127;
   for (int c = 0; c < f.num_channels; ++c) {
     __m256i acc[kVectors];
 #pragma GCC unroll 8
@@ -108,13 +114,9 @@ void Qs8SpmmAvx2(const Qs8SpmmFilter& f, const uint32_t* x, int8_t* y) {
                                      _mm256_madd_epi16(_mm256_srli_epi16(in, 8), w13)));
       }
     }
-    const ChannelRequantization requantize(q.multiplier[c], q.shift[c], q.rounding);
+    RequantizeChannel<kVectors>(acc, q.multiplier[c], q.shift[c], q);
 #pragma GCC unroll 8
-    for (int v = 0; v < kVectors; ++v) {
-      __m256i r = _mm256_add_epi32(requantize(acc[v]), zero_point);
-      if (!saturate) r = _mm256_min_epi32(_mm256_max_epi32(r, lo), hi);
-      StoreNarrowed(r, y + c * kTile + 8 * v);
-    }
+    for (int v = 0; v < kVectors; ++v) StoreNarrowed(acc[v], y + c * kTile + 8 * v);
   }
 }
 
@@ -128,9 +130,6 @@ void Qs8SpmmAvx2Block(const Qs8SpmmFilter& f, const uint32_t* x, int8_t* y) {
   static_assert(kRows == 4 && kVectors <= 2, "the block loop is written for 4 rows");
   const Qs8Requantization& q = *f.requantization;
   const __m256i even_bytes = _mm256_set1_epi32(0x00FF00FF);
-  const __m256i zero_point = _mm256_set1_epi32(q.output_zero_point);
-  const __m256i lo = _mm256_set1_epi32(q.min), hi = _mm256_set1_epi32(q.max);
-  const bool saturate = q.min == -128 && q.max == 127;
   for (int b = 0; b < f.num_channels / kRows; ++b) {
     __m256i acc[kRows][kVectors];
 #pragma GCC unroll 4
@@ -162,13 +161,9 @@ void Qs8SpmmAvx2Block(const Qs8SpmmFilter& f, const uint32_t* x, int8_t* y) {
 #pragma GCC unroll 4
     for (int r = 0; r < kRows; ++r) {
       const int c = b * kRows + r;
-      const ChannelRequantization requantize(q.multiplier[c], q.shift[c], q.rounding);
+      RequantizeChannel<kVectors>(acc[r], q.multiplier[c], q.shift[c], q);
 #pragma GCC unroll 2
-      for (int v = 0; v < kVectors; ++v) {
-        __m256i out = _mm256_add_epi32(requantize(acc[r][v]), zero_point);
-        if (!saturate) out = _mm256_min_epi32(_mm256_max_epi32(out, lo), hi);
-        StoreNarrowed(out, y + c * kTile + 8 * v);
-      }
+      for (int v = 0; v < kVectors; ++v) StoreNarrowed(acc[r][v], y + c * kTile + 8 * v);
     }
   }
 }

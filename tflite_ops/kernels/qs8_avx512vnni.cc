@@ -17,66 +17,83 @@ namespace hybrid_sparse {
 namespace {
 
 
-// TFLite's requantization of one output channel, its constants made once per channel (made
-// per vector, they cost as much as the arithmetic). Double rounding exactly, in fewer steps:
-// its rounding doubling high multiply, (p + nudge) / 2^31 truncated with nudge = p >= 0 ?
-// 2^30 : 1 - 2^30, equals the floor of (p + 2^30) / 2^31 for every p (both round half away
-// from zero on positive p and half towards zero on negative p); its rounding divide by 2^r
-// (ties away from zero) equals (h + 2^(r-1) - (h < 0)) >> r. qs8_reference.cc keeps
-// TFLite's literal form; the kernel tests hold the two to each other.
-class ChannelRequantization {
- public:
-  ChannelRequantization(int32_t multiplier, int32_t shift, Rounding rounding)
-      : m_(_mm512_set1_epi64(multiplier)), single_(rounding == Rounding::kSingle) {
-    if (single_) {
-      const int total = 31 - shift;
-      round64_ = _mm512_set1_epi64(int64_t{1} << (total - 1));
-      count64_ = _mm_cvtsi32_si128(total);
-      return;
+// TFLite's requantization of one channel's kVectors accumulators in place, then its output
+// zero point and fused clamp (a narrow that saturates does int8's own range). Constants and
+// branches are made once per channel: per vector, they cost as much as the arithmetic. Always
+// inlined: GCC called it from the block kernel, the accumulators passing through memory.
+//
+// Double rounding exactly, in fewer steps. p = acc * multiplier (int64). TFLite's rounding
+// doubling high multiply, (p + nudge) / 2^31 truncated with nudge = p >= 0 ? 2^30 : 1 - 2^30,
+// is h = floor((p + 2^30) / 2^31) for every p (ties up, on either sign); its rounding divide
+// by 2^r (ties away from zero) is (h + 2^(r-1) - [h < 0]) >> r. Both roundings' constants
+// go in one 64-bit add (2^(r-1) * 2^31 = 2^(30+r)), whose bits 31-62 are then h + 2^(r-1): the
+// even lanes' by a shift right, the odd lanes' in the high half by doubling. [h < 0] is
+// [h + 2^(r-1) < 2^(r-1)]. This holds while h + 2^(r-1) fits in 32 bits; the plan sends
+// layers whose accumulators could reach that to the reference (qs8_conv_plan.cc).
+// qs8_reference.cc keeps TFLite's literal form; the kernel tests hold the two to each other.
+template <int kVectors>
+__attribute__((always_inline)) inline void RequantizeChannel(__m512i* acc, int32_t multiplier,
+                                                           int32_t shift,
+                                                           const Qs8Requantization& q) {
+  const __m512i m = _mm512_set1_epi64(multiplier);
+  if (q.rounding == Rounding::kSingle) {
+    // (p + 2^(t-1)) >> t, t = 31 - shift in [1, 62]: the even lanes' result is in the low
+    // half after the shift, the odd lanes' is moved into the high half by one shift too.
+    const int total = 31 - shift;
+    const __m512i round = _mm512_set1_epi64(int64_t{1} << (total - 1));
+    const __m128i count = _mm_cvtsi32_si128(total);
+    const bool left = total <= 32;
+    const __m128i odd_count = _mm_cvtsi32_si128(left ? 32 - total : total - 32);
+#pragma GCC unroll 8
+    for (int v = 0; v < kVectors; ++v) {
+      const __m512i even = _mm512_add_epi64(_mm512_mul_epi32(acc[v], m), round);
+      const __m512i odd =
+          _mm512_add_epi64(_mm512_mul_epi32(_mm512_srli_epi64(acc[v], 32), m), round);
+      acc[v] = _mm512_mask_blend_epi32(
+          0xAAAA, _mm512_sra_epi64(even, count),
+          left ? _mm512_sll_epi64(odd, odd_count) : _mm512_sra_epi64(odd, odd_count));
     }
-    left_ = shift > 0 ? shift : 0;
-    right_ = shift > 0 ? 0 : -shift;
-    round64_ = _mm512_set1_epi64(int64_t{1} << 30);
-    left_count_ = _mm_cvtsi32_si128(left_);
-    right_count_ = _mm_cvtsi32_si128(right_);
-    round32_ = _mm512_set1_epi32(right_ > 0 ? 1 << (right_ - 1) : 0);
-  }
-
-  __m512i operator()(__m512i acc) const {
-    if (single_) {
-      __m512i even, odd;
-      Products(acc, &even, &odd);
-      return Interleave(_mm512_sra_epi64(_mm512_add_epi64(even, round64_), count64_),
-                        _mm512_sra_epi64(_mm512_add_epi64(odd, round64_), count64_));
+  } else if (shift >= 0) {
+    // A left shift of acc (wrapping, as TFLite's int32 multiply by 2^shift), then h.
+    const __m128i count = _mm_cvtsi32_si128(shift);
+    const __m512i round = _mm512_set1_epi64(int64_t{1} << 30);
+#pragma GCC unroll 8
+    for (int v = 0; v < kVectors; ++v) {
+      const __m512i a = _mm512_sll_epi32(acc[v], count);
+      const __m512i even = _mm512_add_epi64(_mm512_mul_epi32(a, m), round);
+      const __m512i odd =
+          _mm512_add_epi64(_mm512_mul_epi32(_mm512_srli_epi64(a, 32), m), round);
+      acc[v] = _mm512_mask_blend_epi32(0xAAAA, _mm512_srli_epi64(even, 31),
+                                       _mm512_add_epi64(odd, odd));
     }
-    if (left_ > 0) acc = _mm512_sll_epi32(acc, left_count_);
-    __m512i even, odd;
-    Products(acc, &even, &odd);
-    const __m512i high = Interleave(_mm512_srai_epi64(_mm512_add_epi64(even, round64_), 31),
-                                    _mm512_srai_epi64(_mm512_add_epi64(odd, round64_), 31));
-    if (right_ == 0) return high;
-    const __m512i rounded =
-        _mm512_add_epi32(_mm512_add_epi32(high, round32_), _mm512_srai_epi32(high, 31));
-    return _mm512_sra_epi32(rounded, right_count_);
+  } else {
+    const int r = -shift;  // > 0
+    const __m512i round = _mm512_set1_epi64((int64_t{1} << 30) + (int64_t{1} << (30 + r)));
+    const __m512i half = _mm512_set1_epi32(1 << (r - 1));
+    const __m512i one = _mm512_set1_epi32(1);
+    const __m128i count = _mm_cvtsi32_si128(r);
+#pragma GCC unroll 8
+    for (int v = 0; v < kVectors; ++v) {
+      const __m512i even = _mm512_add_epi64(_mm512_mul_epi32(acc[v], m), round);
+      const __m512i odd =
+          _mm512_add_epi64(_mm512_mul_epi32(_mm512_srli_epi64(acc[v], 32), m), round);
+      const __m512i h = _mm512_mask_blend_epi32(0xAAAA, _mm512_srli_epi64(even, 31),
+                                                _mm512_add_epi64(odd, odd));
+      acc[v] = _mm512_sra_epi32(
+          _mm512_mask_sub_epi32(h, _mm512_cmplt_epi32_mask(h, half), h, one), count);
+    }
   }
-
- private:
-  // (int64) a * m of the even (odd) 32-bit lanes, as eight 64-bit lanes.
-  void Products(__m512i a, __m512i* even, __m512i* odd) const {
-    *even = _mm512_mul_epi32(a, m_);
-    *odd = _mm512_mul_epi32(_mm512_srli_epi64(a, 32), m_);
+  const __m512i zero_point = _mm512_set1_epi32(q.output_zero_point);
+  if (q.min == -128 && q.max == 127) {
+#pragma GCC unroll 8
+    for (int v = 0; v < kVectors; ++v) acc[v] = _mm512_add_epi32(acc[v], zero_point);
+  } else {
+    const __m512i lo = _mm512_set1_epi32(q.min), hi = _mm512_set1_epi32(q.max);
+#pragma GCC unroll 8
+    for (int v = 0; v < kVectors; ++v)
+      acc[v] = _mm512_min_epi32(_mm512_max_epi32(_mm512_add_epi32(acc[v], zero_point), lo), hi);
   }
-  // The low 32 bits of the 64-bit lanes of even and odd, interleaved back into 16 lanes.
-  static __m512i Interleave(__m512i even, __m512i odd) {
-    return _mm512_mask_blend_epi32(0xAAAA, even, _mm512_slli_epi64(odd, 32));
-  }
-
-  __m512i m_, round64_, round32_ = _mm512_setzero_si512();
-  __m128i count64_ = _mm_setzero_si128(), left_count_ = _mm_setzero_si128(),
-          right_count_ = _mm_setzero_si128();
-  int left_ = 0, right_ = 0;
-  bool single_;
-};
+}
 
 // acc += dot(x, w) in place. GCC 12's intrinsic is not tied to its accumulator: in the
 // unrolled loop it copied every accumulator out and back around each vpdpbusd.
@@ -125,11 +142,6 @@ template <int kVectors>
 void Qs8SpmmVnni(const Qs8SpmmFilter& f, const uint32_t* x, int8_t* y) {
   constexpr int kTile = 16 * kVectors;
   const Qs8Requantization& q = *f.requantization;
-  const __m512i zero_point = _mm512_set1_epi32(q.output_zero_point);
-  const __m512i lo = _mm512_set1_epi32(q.min), hi = _mm512_set1_epi32(q.max);
-  // No fused activation, or a ReLU whose output zero point is -128: the clamp is int8's own
-  // range, which the saturating narrow applies.
-  const bool saturate = q.min == -128 && q.max == 127;
   for (int c = 0; c < f.num_channels; ++c) {
     // Unrolled so that the accumulators stay in registers (a loop over them was not).
     __m512i acc[kVectors];
@@ -141,12 +153,7 @@ void Qs8SpmmVnni(const Qs8SpmmFilter& f, const uint32_t* x, int8_t* y) {
 #pragma GCC unroll 8
       for (int v = 0; v < kVectors; ++v) Dpbusd(acc[v], _mm512_loadu_si512(p + 16 * v), w);
     }
-    const ChannelRequantization requantize(q.multiplier[c], q.shift[c], q.rounding);
-#pragma GCC unroll 8
-    for (int v = 0; v < kVectors; ++v) {
-      acc[v] = _mm512_add_epi32(requantize(acc[v]), zero_point);
-      if (!saturate) acc[v] = _mm512_min_epi32(_mm512_max_epi32(acc[v], lo), hi);
-    }
+    RequantizeChannel<kVectors>(acc, q.multiplier[c], q.shift[c], q);
     StoreNarrowed<kVectors>(acc, y + c * kTile);
   }
 }
@@ -160,9 +167,6 @@ void Qs8SpmmVnniBlock(const Qs8SpmmFilter& f, const uint32_t* x, int8_t* y) {
   constexpr int kRows = geometry::kQs8BlockRows;
   static_assert(kRows == 4, "the block loop is written for 4 rows");
   const Qs8Requantization& q = *f.requantization;
-  const __m512i zero_point = _mm512_set1_epi32(q.output_zero_point);
-  const __m512i lo = _mm512_set1_epi32(q.min), hi = _mm512_set1_epi32(q.max);
-  const bool saturate = q.min == -128 && q.max == 127;
   for (int b = 0; b < f.num_channels / kRows; ++b) {
     __m512i acc[kRows][kVectors];
 #pragma GCC unroll 4
@@ -182,12 +186,7 @@ void Qs8SpmmVnniBlock(const Qs8SpmmFilter& f, const uint32_t* x, int8_t* y) {
 #pragma GCC unroll 4
     for (int r = 0; r < kRows; ++r) {
       const int c = b * kRows + r;
-      const ChannelRequantization requantize(q.multiplier[c], q.shift[c], q.rounding);
-#pragma GCC unroll 4
-      for (int v = 0; v < kVectors; ++v) {
-        acc[r][v] = _mm512_add_epi32(requantize(acc[r][v]), zero_point);
-        if (!saturate) acc[r][v] = _mm512_min_epi32(_mm512_max_epi32(acc[r][v], lo), hi);
-      }
+      RequantizeChannel<kVectors>(acc[r], q.multiplier[c], q.shift[c], q);
       StoreNarrowed<kVectors>(acc[r], y + c * kTile);
     }
   }

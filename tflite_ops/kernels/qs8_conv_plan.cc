@@ -1,6 +1,7 @@
 #include "tflite_ops/kernels/qs8_conv_plan.h"
 
 #include <algorithm>
+#include <cstdlib>
 #include <cstring>
 
 #include "tflite_ops/kernels/geometry.h"
@@ -69,6 +70,27 @@ void PackWords(const int8_t* src, int64_t step, int n, uint32_t pad_word, uint32
   }
 }
 
+// Whether every channel's accumulator keeps h + 2^(r-1) inside int32 (h: the rounding doubling
+// high multiply of it, |h| <= |acc|; r: the right shift), as the vector requantizations'
+// 32-bit rounding step needs (qs8_avx512vnni.cc). Bounds |acc| by |bias| + 255 * sum |w|.
+bool VectorRequantizationIsExact(const Qs8SparseFilter& filter, const int32_t* bias,
+                                 const Qs8Requantization& q) {
+  if (q.rounding == Rounding::kSingle) return true;  // all in 64 bits
+  std::vector<int64_t> bound(filter.num_blocks * filter.block_size, 0);
+  for (int32_t j = 0; j < filter.num_nonzero_blocks; ++j)
+    for (int r = 0; r < filter.block_size; ++r) {
+      const int8_t* w = filter.values + (static_cast<size_t>(j) * filter.block_size + r) * 4;
+      bound[filter.row_block[j] * filter.block_size + r] +=
+          255 * (std::abs(w[0]) + std::abs(w[1]) + std::abs(w[2]) + std::abs(w[3]));
+    }
+  for (int c = 0; c < filter.out_c; ++c) {
+    const int64_t acc = bound[c] + (bias != nullptr ? std::abs(int64_t{bias[c]}) : 0);
+    const int64_t half = q.shift[c] < 0 ? int64_t{1} << (-q.shift[c] - 1) : 0;
+    if (acc + half >= (int64_t{1} << 31)) return false;
+  }
+  return true;
+}
+
 }  // namespace
 
 
@@ -95,6 +117,8 @@ std::string Qs8ConvPlan::Build(const ConvShape& shape, const Qs8SparseFilter& fi
   tile_microkernel_ = nullptr;
   tile_ = 0;
   if (variant.qs8 == nullptr) return "";
+  // Accumulators near 2^31 (biases or sums no trained layer has): the reference.
+  if (!VectorRequantizationIsExact(filter, bias, requantization)) return "";
   const Qs8Kernels& family = *variant.qs8;
   // Both paths' stride-phase planes: hq_ x wq_ positions each.
   const int padded_h =

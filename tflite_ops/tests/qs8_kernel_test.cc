@@ -354,6 +354,27 @@ TEST(Qs8Variants, EveryVariantsInt8PathIsBitExact) {
   if (tested == 0) GTEST_SKIP() << "no variant with an int8 microkernel on this CPU";
 }
 
+// The vector requantizations round in 32 bits, which holds while the accumulator stays clear
+// of 2^31 by half the right shift's divisor: a layer that could come closer runs the reference,
+// bit-exact still.
+TEST(Qs8Variants, AccumulatorsNearTheInt32LimitRunTheReference) {
+  int count = 0;
+  const KernelVariant* all = AvailableKernels(&count);
+  std::mt19937 rng(8);
+  Layer l = RandomLayer(&rng);
+  l.requantization.rounding = Rounding::kDouble;
+  for (int c = 0; c < l.shape.out_c; ++c) {
+    l.bias[c] = (1 << 30) + (1 << 29);
+    l.shift[c] = -31;
+  }
+  for (int k = 0; k < count; ++k) {
+    if (all[k].qs8 == nullptr) continue;
+    int tile = -1;
+    EXPECT_EQ(RunPlan(l, all[k], &tile, 1), DenseConv(l)) << all[k].name << ": " << l.Describe();
+    EXPECT_EQ(tile, 0) << all[k].name;
+  }
+}
+
 #if defined(__riscv)
 // The P kernel cannot run here (no P in qemu); it is built and linked, and its machine code
 // holds pm4adda.b as the P draft encodes it (R-type, opcode 0x3b, funct3 5, funct7 0x46).
