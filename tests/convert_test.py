@@ -46,6 +46,29 @@ class ReconverterTest(parameterized.TestCase):
                 self.assertGreater(float(np.abs(b - f).max()), 1e-3 * scale)
         self.assertEqual(reconverter.conversions, 1)
 
+    def test_a_multiply_folded_into_the_first_conv_is_patched_with_its_factors(self):
+        # A Rescaling before the first conv, as in most image models (EfficientNet's stem
+        # too): the converter folds the multiply into the conv's filter.
+        import keras
+
+        keras.utils.set_random_seed(4)
+        inputs = keras.Input((10, 10, 3))
+        x = keras.layers.Rescaling(1.0 / 255.0)(inputs)
+        x = keras.layers.Conv2D(8, 3, padding="same", activation="relu")(x)
+        x = keras.layers.Conv2D(6, 3, padding="same")(x)
+        model = graph.normalize(keras.Model(inputs, x))
+        layers, _ = graph.prunable_layers(model)
+        reconverter = convert.Reconverter(model, layers)
+        self.assertIsNotNone(reconverter.slots)
+        self.assertTrue(any(slot[2] is not None for slot in reconverter.slots.values()))
+        rng = np.random.default_rng(3)
+        x = rng.uniform(0, 255, (3, 10, 10, 3)).astype(np.float32)
+        _prune(layers, rng, 0.6)
+        patched, fresh = _outputs(reconverter(), x)[0], _outputs(convert.to_tflite(model), x)[0]
+        np.testing.assert_allclose(patched, fresh, atol=1e-5 * float(np.abs(fresh).max()),
+                                   rtol=1e-4)
+        self.assertEqual(reconverter.conversions, 1)
+
     def test_layers_it_cannot_tell_apart_are_converted_each_time(self):
         import keras
 

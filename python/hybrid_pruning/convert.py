@@ -68,8 +68,10 @@ class Reconverter:
             self.conversions += 1
             return to_tflite(self.model)
         for pl in self.layers:
-            kernel_buffer, bias_buffer = self.slots[pl.name]
-            tflite_model.set_buffer(self.template, kernel_buffer, _as_held(pl))
+            kernel_buffer, bias_buffer, scale = self.slots[pl.name]
+            kernel = _as_held(pl)
+            tflite_model.set_buffer(self.template, kernel_buffer,
+                                    kernel if scale is None else kernel * scale)
             if bias_buffer is not None:
                 tflite_model.set_buffer(self.template, bias_buffer, pl.folded_bias)
         return tflite_model.write(self.template)

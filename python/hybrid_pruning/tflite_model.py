@@ -108,15 +108,31 @@ def same_weights(expected: np.ndarray, held: np.ndarray) -> bool:
         atol=1e-6 * max(1.0, float(np.abs(expected).max(initial=0.0))))
 
 
+def input_scale(expected: np.ndarray, held: np.ndarray) -> np.ndarray | None:
+    """s with held = expected * s along the input channels (the last axis), where the
+    converter folded a per-channel multiply before the layer into its filter (a Rescaling
+    or Normalization before the first conv, with padding after it); None if there is none."""
+    if expected.shape != held.shape:
+        return None
+    k = expected.reshape(-1, expected.shape[-1]).astype(np.float64)
+    w = held.reshape(-1, held.shape[-1]).astype(np.float64)
+    norm = np.einsum("ki,ki->i", k, k)
+    if not np.all(norm > 0):
+        return None  # an input channel without weights: its factor is unknowable
+    scale = (np.einsum("ki,ki->i", k, w) / norm).astype(np.float32)
+    return scale if same_weights(expected * scale, held) else None
+
+
 def own_weights(model: schema.ModelT, layers: dict[str, tuple[np.ndarray, np.ndarray | None]]
-                ) -> dict[str, tuple[int, int | None]] | None:
+                ) -> dict[str, tuple[int, int | None, np.ndarray | None]] | None:
     """Where each layer's weights live, so that new ones can be written in place:
-    {name: (filter buffer, bias buffer or None)}, for `layers` = {name: (filter as the op
-    holds it (OHWI for CONV_2D, (out, in) for FULLY_CONNECTED), bias, or None when it never
-    changes)}. Each layer must match exactly one CONV_2D or FULLY_CONNECTED op of subgraph 0
-    by contents, with a filter no other op or tensor shares; else None. Gives an op a bias
-    tensor of its own where the converter shared one between ops (it merges equal constants)
-    or dropped it (a zero bias)."""
+    {name: (filter buffer, bias buffer or None, input scale or None)}, for `layers` = {name:
+    (filter as the op holds it (OHWI for CONV_2D, (out, in) for FULLY_CONNECTED), bias, or
+    None when it never changes)}. Each layer must match exactly one CONV_2D or
+    FULLY_CONNECTED op of subgraph 0 by contents (or by contents times a factor per input
+    channel, see input_scale: new filters get the same factors), with a filter no other op
+    or tensor shares; else None. Gives an op a bias tensor of its own where the converter
+    shared one between ops (it merges equal constants) or dropped it (a zero bias)."""
     sg = model.subgraphs[0]
     buffer_users: dict[int, int] = {}
     for graph in model.subgraphs:
@@ -139,8 +155,13 @@ def own_weights(model: schema.ModelT, layers: dict[str, tuple[np.ndarray, np.nda
         if w is None or w.dtype != np.float32:
             continue
         hits = [n for n, (k, _) in layers.items() if same_weights(k, w)]
+        scale = None
         if not hits:
-            continue
+            scaled = {n: input_scale(k, w) for n, (k, _) in layers.items()}
+            hits = [n for n, f in scaled.items() if f is not None]
+            if not hits:
+                continue
+            scale = scaled[hits[0]]
         if len(hits) > 1 or hits[0] in found or shared(int(op.inputs[1])):
             return None  # layers with equal weights: which is which is unknowable
         name, bias = hits[0], layers[hits[0]][1]
@@ -156,7 +177,7 @@ def own_weights(model: schema.ModelT, layers: dict[str, tuple[np.ndarray, np.nda
                                  TensorType.FLOAT32, data)
             op.inputs = np.asarray([*op.inputs[:2], b_index, *op.inputs[3:]], np.int32)
         found[name] = (sg.tensors[int(op.inputs[1])].buffer,
-                       sg.tensors[b_index].buffer if bias is not None else None)
+                       sg.tensors[b_index].buffer if bias is not None else None, scale)
     return found if len(found) == len(layers) else None
 
 
