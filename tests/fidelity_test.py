@@ -28,6 +28,13 @@ class FidelityTest(absltest.TestCase):
         self.assertEqual(logits["top1_agreement"], probabilities["top1_agreement"])
         self.assertEqual(fidelity.compare(self.logits, self.logits)["kl_divergence"], 0.0)
 
+    def test_kl_of_quantized_probabilities_is_never_negative(self):
+        # An int8 softmax: steps of 1/256 from -128, whose rows need not sum to 1.
+        p = _softmax(self.logits)
+        q = np.round(p * 256) / 256 + 1 / 256
+        self.assertGreater(float(np.abs(q.sum(1) - 1).max()), 0.01)
+        self.assertGreaterEqual(fidelity.compare(p, q)["kl_divergence"], 0.0)
+
     def test_kl_grows_where_agreement_stays(self):
         # Outputs pushed towards the runner-up without overtaking it: every top-1 stays,
         # KL does not (what a search held by agreement alone can exploit).

@@ -21,10 +21,13 @@ import numpy as np
 
 def kl_divergence(reference: np.ndarray, out: np.ndarray) -> float | None:
     """Mean KL(reference || out) over the batch when the outputs are probability
-    distributions (rows of a 2-D output summing to 1), else None."""
+    distributions (rows of a 2-D output summing to 1), else None. Rows are normalised
+    first: an int8 model's quantized probabilities sum to 1 only within its steps, and KL
+    against a row that does not is no divergence (it came out negative)."""
     if reference.ndim == 2 and np.all(reference >= 0) and np.allclose(reference.sum(1), 1,
                                                                         atol=1e-3):
-        p, q = np.clip(reference, 1e-7, 1), np.clip(out, 1e-7, 1)
+        p, q = (np.clip(x.astype(np.float64), 1e-7, None) for x in (reference, out))
+        p, q = p / p.sum(axis=1, keepdims=True), q / q.sum(axis=1, keepdims=True)
         return float(np.mean(np.sum(p * np.log(p / q), axis=1)))
     return None
 
