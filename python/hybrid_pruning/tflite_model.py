@@ -110,8 +110,8 @@ def same_weights(expected: np.ndarray, held: np.ndarray) -> bool:
 
 def input_scale(expected: np.ndarray, held: np.ndarray) -> np.ndarray | None:
     """s with held = expected * s along the input channels (the last axis), where the
-    converter folded a per-channel multiply before the layer into its filter (a Rescaling
-    or Normalization before the first conv, with padding after it); None if there is none."""
+    converter folded a multiply before the layer into its filter (a Rescaling before the
+    first conv: EfficientNet's stem and most image models); None if there is none."""
     if expected.shape != held.shape:
         return None
     k = expected.reshape(-1, expected.shape[-1]).astype(np.float64)
