@@ -1,6 +1,8 @@
 """Data-free probes: 'auto' picks BatchNorm-matched probes where the model has BatchNorm and
 image-like ones where it does not, and on a trained model without BatchNorm (committed,
-loaded from disk) image-like probes keep far more of its real accuracy than uniform noise."""
+loaded from disk) image-like probes keep far more of its real accuracy than uniform noise;
+BatchNorm-matched probes are optimised in mini-batches where all of them would not fit in
+memory at once, with the whole set's statistics."""
 
 from __future__ import annotations
 
@@ -9,7 +11,7 @@ import pathlib
 import numpy as np
 from absl.testing import absltest
 
-from hybrid_pruning import data, fidelity, graph, io, pipeline, probes, runtime
+from hybrid_pruning import data, fidelity, graph, io, pipeline, probes, runtime, statistics
 
 _NOBN = pathlib.Path(__file__).parent.parent / "python" / "demo" / "digits_cnn_nobn.keras"
 
@@ -17,6 +19,20 @@ _NOBN = pathlib.Path(__file__).parent.parent / "python" / "demo" / "digits_cnn_n
 def _neighbour_correlation(x: np.ndarray) -> float:
     a, b = x[:, :, :-1].ravel(), x[:, :, 1:].ravel()
     return float(np.corrcoef(a, b)[0, 1])
+
+
+def _statistics_mismatch(model, x: np.ndarray) -> float:
+    """Mean over BatchNorm layers and channels of |mean - moving mean| / moving std, on all
+    of x at once."""
+    bns = [l for l in model.layers if graph.class_name(l) == "BatchNormalization"]
+    tap = graph.keras_module(model).Model(model.inputs, [bn.input for bn in bns])
+    total = 0.0
+    for bn, f in zip(bns, tap.predict(x, verbose=0)):
+        w = {graph.variable_name(v): np.asarray(v.numpy()) for v in bn.weights}
+        f = f.reshape(-1, f.shape[-1])
+        std = np.sqrt(w["moving_variance"] + bn.epsilon)
+        total += float(np.mean(np.abs(f.mean(0) - w["moving_mean"]) / std))
+    return total / len(bns)
 
 
 class ProbesTest(absltest.TestCase):
@@ -40,6 +56,27 @@ class ProbesTest(absltest.TestCase):
         # Neighbouring pixels of natural images are strongly correlated; of noise, not.
         self.assertGreater(_neighbour_correlation(image), 0.5)
         self.assertLess(abs(_neighbour_correlation(noise)), 0.1)
+
+    def test_bn_probes_in_batches_follow_the_whole_set(self):
+        demo = io.load_keras_model(str(io.DEMO_MODEL))
+        whole = probes.bn_matched_probes(demo, 24, (0.0, 1.0), 3, steps=1)
+        # A budget of a few probes' activations: batches of 1-3 probes, not 24.
+        per_probe = statistics.activation_bytes_per_probe(demo)
+        batched = probes.bn_matched_probes(demo, 24, (0.0, 1.0), 3, steps=1,
+                                           batch_bytes=6 * per_probe)
+        # One Adam step moves each value by about the learning rate along its gradient's
+        # sign: the same step unless that gradient is float noise.
+        start = probes.random_probes(demo, 24, (0.0, 1.0), 3)
+        self.assertGreater(np.mean(np.abs(whole - start)), 0.05)
+        self.assertGreater(np.mean(np.isclose(whole, batched, atol=1e-4)), 0.999)
+        # Over many steps both bring the statistics about as close.
+        whole = probes.bn_matched_probes(demo, 24, (0.0, 1.0), 3, steps=40)
+        batched = probes.bn_matched_probes(demo, 24, (0.0, 1.0), 3, steps=40,
+                                           batch_bytes=6 * per_probe)
+        before = _statistics_mismatch(demo, start)
+        after = [_statistics_mismatch(demo, x) for x in (whole, batched)]
+        self.assertLess(max(after), 0.5 * before, (before, after))
+        self.assertLess(abs(after[0] - after[1]), 0.1 * after[0], after)
 
     def test_image_probes_keep_real_accuracy_where_noise_does_not(self):
         accuracy = {}

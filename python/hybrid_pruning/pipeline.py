@@ -185,7 +185,7 @@ def compress_targets(model, config: PruneConfig) -> dict[str, PruneResult]:
               for pl in original_layers}
     macs_before = {layer.name: graph.layer_macs(layer) for layer in original.layers}
     probes = probes_lib.make_probes(original, config.probe, config.probe_count,
-                                    config.input_range, config.seed)
+                                    config.input_range, config.seed, progress=not config.quiet)
     kind = probes_lib.resolve(original, config.probe)  # the work model may lose its BNs
     config = dataclasses.replace(config, probe=kind, guard=config.guard.resolve(kind))
     reference = fidelity.as_list(original.predict(
@@ -282,6 +282,8 @@ def _check_memory(model, layers, config: PruneConfig) -> None:
     """Refuses, before any work, a run that would not fit in memory (the kernel's OOM killer
     would end it without a word)."""
     need = statistics.planned_bytes(model, layers, config.probe_count)
+    if probes_lib.resolve(model, config.probe) == "bn":
+        need += probes_lib.bn_bytes(model, config.probe_count)
     have = statistics.available_bytes()
     logging.info("memory: about %.1f GB planned, %.1f GB available", need / 1e9, have / 1e9)
     if need > have:

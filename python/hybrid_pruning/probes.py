@@ -16,7 +16,7 @@ from __future__ import annotations
 import numpy as np
 from absl import logging
 
-from hybrid_pruning import graph
+from hybrid_pruning import graph, statistics
 from hybrid_pruning.io import UserError
 
 KINDS = ("auto", "bn", "image", "random")
@@ -38,11 +38,48 @@ def random_probes(model, count: int, input_range: tuple[float, float], seed: int
     return rng.uniform(lo, hi, (count, *_input_shape(model))).astype(np.float32)
 
 
+# Multiply-accumulates the BatchNorm matching may spend (probes x steps x passes): the demo
+# models get every step, a 224x224 ImageNet model a third of them or fewer (_bn_steps).
+_BN_MACS = 6e12
+_BN_MIN_STEPS = 25
+# Activations a step of it may hold at once, with what the gradient keeps: about twice a
+# forward pass's (statistics.activation_bytes_per_probe).
+BN_BATCH_BYTES = 2 << 30
+_BN_BYTES_PER_ACTIVATION = 2
+
+
+def bn_batch(model, count: int, batch_bytes: int = BN_BATCH_BYTES) -> int:
+    """Probes per mini-batch of the BatchNorm matching."""
+    per_probe = _BN_BYTES_PER_ACTIVATION * statistics.activation_bytes_per_probe(model)
+    return int(max(1, min(count, batch_bytes // max(per_probe, 1))))
+
+
+def bn_bytes(model, count: int) -> int:
+    """What the BatchNorm matching holds beyond the model: one mini-batch's activations."""
+    return bn_batch(model, count) * _BN_BYTES_PER_ACTIVATION * \
+        statistics.activation_bytes_per_probe(model)
+
+
+def _bn_steps(model, count: int, steps: int) -> int:
+    """Steps of the BatchNorm matching within _BN_MACS: each costs up to four forward passes
+    over every probe (the moments, then a forward and a backward pass)."""
+    macs = sum(graph.layer_macs(layer) for layer in model.layers)
+    affordable = int(_BN_MACS // max(4 * count * macs, 1))
+    return int(min(steps, max(_BN_MIN_STEPS, affordable)))
+
+
 def bn_matched_probes(model, count: int, input_range: tuple[float, float], seed: int,
-                      steps: int = 100, learning_rate: float = 0.1) -> np.ndarray:
-    """Starts from random_probes and descends on the BatchNorm statistics mismatch."""
+                      steps: int = 100, learning_rate: float = 0.1,
+                      batch_bytes: int = BN_BATCH_BYTES, progress: bool = False
+                      ) -> np.ndarray:
+    """Starts from random_probes and descends on the BatchNorm statistics mismatch of the
+    whole probe set. Where the probes' activations and their gradients do not fit in
+    `batch_bytes` at once (a 224x224 model: about 0.2 GB a probe), each step takes two
+    passes over mini-batches: the moments of every probe first, then each batch's share of
+    the gradient, which given those moments is exact (_StatisticsLoss.partial)."""
     import keras
     import tensorflow as tf
+    from tqdm import tqdm
 
     bns = [l for l in model.layers if graph.class_name(l) == "BatchNormalization"]
     x0 = random_probes(model, count, input_range, seed)
@@ -50,36 +87,128 @@ def bn_matched_probes(model, count: int, input_range: tuple[float, float], seed:
         logging.warning("model has no BatchNormalization: 'bn' probes fall back to 'random'")
         return x0
     tap = graph.keras_module(model).Model(model.inputs, [bn.input for bn in bns])
-    targets = []
-    for bn in bns:
-        w = {graph.variable_name(v): tf.constant(np.asarray(v.numpy(), np.float32))
-             for v in bn.weights}
-        targets.append((w["moving_mean"], tf.sqrt(w["moving_variance"] + bn.epsilon)))
+    loss = _StatisticsLoss(bns)
+    batch = bn_batch(tap, count, batch_bytes)
+    steps = _bn_steps(model, count, steps)
     x = tf.Variable(x0)
     opt = keras.optimizers.Adam(learning_rate)
 
-    @tf.function
-    def step():
-        with tf.GradientTape() as tape:
-            feats = tap(x, training=False)
-            if not isinstance(feats, (list, tuple)):
-                feats = [feats]
-            loss = 0.0
-            for f, (mean, std) in zip(feats, targets):
-                axes = list(range(len(f.shape) - 1))
-                m, v = tf.nn.moments(f, axes)
-                loss += tf.reduce_mean(tf.square(m - mean) / tf.square(std)) + tf.reduce_mean(
-                    tf.square(tf.sqrt(v + 1e-8) - std) / tf.square(std))
-        grads = tape.gradient(loss, [x])
-        opt.apply_gradients(zip(grads, [x]))
-        return loss
+    def features(xb):
+        feats = tap(xb, training=False)
+        return list(feats) if isinstance(feats, (list, tuple)) else [feats]
 
-    first = last = None
-    for i in range(steps):
-        last = float(step())
-        first = last if i == 0 else first
-    logging.info("bn probes: statistics loss %.4f -> %.4f over %d steps", first, last, steps)
+    @tf.function
+    def whole_step():
+        with tf.GradientTape() as tape:
+            value = loss.of([tf.nn.moments(f, loss.axes(f)) for f in features(x)])
+        opt.apply_gradients(zip(tape.gradient(value, [x]), [x]))
+        return value
+
+    @tf.function
+    def batch_moments(xb):
+        return [tf.nn.moments(f, loss.axes(f)) for f in features(xb)]
+
+    @tf.function
+    def batch_gradient(xb, means, weights_m, weights_v):
+        with tf.GradientTape() as tape:
+            tape.watch(xb)
+            value = loss.partial(features(xb), means, weights_m, weights_v)
+        return tape.gradient(value, xb)
+
+    starts = range(0, count, batch)
+    values = []
+    for _ in tqdm(range(steps), desc="probes", unit="step", disable=not progress, leave=False):
+        if batch >= count:
+            values.append(float(whole_step()))
+            continue
+        parts = [(len(x0[s:s + batch]), batch_moments(x[s:s + batch])) for s in starts]
+        means, variances = _pooled(parts)
+        values.append(loss.value(means, variances))
+        weights_m, weights_v = loss.weights(means, variances, count)
+        means = [tf.constant(m, tf.float32) for m in means]
+        grad = tf.concat([batch_gradient(x[s:s + batch], means, weights_m, weights_v)
+                          for s in starts], 0)
+        opt.apply_gradients([(grad, x)])
+    logging.info("bn probes: statistics loss %.4f -> %.4f over %d steps, batches of %d",
+                 values[0], values[-1], steps, batch)
     return x.numpy().astype(np.float32)
+
+
+def _pooled(parts: list) -> tuple[list, list]:
+    """Each BatchNorm input's mean and variance over all probes, from its batches' (count,
+    [(mean, variance) per BatchNorm]): combined in float64 around the pooled mean, so
+    channels whose mean dwarfs their spread keep their variance."""
+    n = np.array([c for c, _ in parts], np.float64)[:, None]
+    means, variances = [], []
+    for k in range(len(parts[0][1])):
+        m = np.stack([np.asarray(p[k][0], np.float64) for _, p in parts])
+        v = np.stack([np.asarray(p[k][1], np.float64) for _, p in parts])
+        mean = np.sum(n * m, 0) / n.sum()
+        means.append(mean)
+        variances.append(np.sum(n * (v + (m - mean) ** 2), 0) / n.sum())
+    return means, variances
+
+
+class _StatisticsLoss:
+    """Mismatch of BatchNorm inputs' moments with the stored ones: per channel, the squared
+    mean and standard-deviation differences in units of the stored deviation, averaged."""
+
+    def __init__(self, bns):
+        import tensorflow as tf
+
+        self._tf = []
+        for bn in bns:
+            w = {graph.variable_name(v): tf.constant(np.asarray(v.numpy(), np.float32))
+                 for v in bn.weights}
+            self._tf.append((w["moving_mean"], tf.sqrt(w["moving_variance"] + bn.epsilon)))
+        self.targets = [(m.numpy().astype(np.float64), s.numpy().astype(np.float64))
+                        for m, s in self._tf]
+
+    @staticmethod
+    def axes(f) -> list[int]:
+        return list(range(len(f.shape) - 1))
+
+    def of(self, moments: list):
+        """The loss in TensorFlow, from every BatchNorm input's (mean, variance)."""
+        import tensorflow as tf
+
+        total = 0.0
+        for (m, v), (mean, std) in zip(moments, self._tf):
+            total += tf.reduce_mean(tf.square(m - mean) / tf.square(std)) + tf.reduce_mean(
+                tf.square(tf.sqrt(v + 1e-8) - std) / tf.square(std))
+        return total
+
+    def value(self, means: list, variances: list) -> float:
+        return float(sum(np.mean((m - mean) ** 2 / std ** 2)
+                         + np.mean((np.sqrt(v + 1e-8) - std) ** 2 / std ** 2)
+                         for m, v, (mean, std) in zip(means, variances, self.targets)))
+
+    def weights(self, means: list, variances: list, count: int) -> tuple[list, list]:
+        """dL/dm and dL/dv per channel, over the elements each moment averages (probes x
+        positions; positions are known only in the graph, so divided there)."""
+        import tensorflow as tf
+
+        wm, wv = [], []
+        for m, v, (mean, std) in zip(means, variances, self.targets):
+            c = len(mean)
+            root = np.sqrt(v + 1e-8)
+            wm.append(tf.constant(2 * (m - mean) / (std ** 2 * c) / count, tf.float32))
+            wv.append(tf.constant((root - std) / (std ** 2 * c * root) / count, tf.float32))
+        return wm, wv
+
+    def partial(self, feats: list, means: list, weights_m: list, weights_v: list):
+        """A batch's share of the loss, linearised at the pooled moments: its gradient with
+        respect to the batch's probes is the whole loss's (dm/df = 1/N, dv/df = 2 (f - m)/N,
+        N = probes x positions)."""
+        import tensorflow as tf
+
+        total = 0.0
+        for f, m, wm, wv in zip(feats, means, weights_m, weights_v):
+            axes = self.axes(f)
+            positions = float(np.prod([int(d) for d in f.shape[1:-1]] or [1]))
+            total += (tf.reduce_sum(wm * tf.reduce_sum(f, axes))
+                      + tf.reduce_sum(wv * tf.reduce_sum(tf.square(f - m), axes))) / positions
+        return total
 
 
 def _pink_noise(rng: np.random.Generator, n: int, h: int, w: int, c: int) -> np.ndarray:
@@ -152,8 +281,10 @@ def resolve(model, kind: str) -> str:
     return "bn" if has_batch_norm(model) else "image"
 
 
-def make_probes(model, kind: str, count: int, input_range: tuple[float, float], seed: int
-                ) -> np.ndarray:
+def make_probes(model, kind: str, count: int, input_range: tuple[float, float], seed: int,
+                progress: bool = False) -> np.ndarray:
+    """`progress`: a progress bar while BatchNorm-matched probes are optimised (minutes on a
+    224x224 model)."""
     if kind not in KINDS:
         raise UserError(f"--probe={kind}: expected one of {', '.join(KINDS)}")
     if count < 1:
@@ -163,4 +294,4 @@ def make_probes(model, kind: str, count: int, input_range: tuple[float, float], 
         return random_probes(model, count, input_range, seed)
     if kind == "image":
         return image_probes(model, count, input_range, seed)
-    return bn_matched_probes(model, count, input_range, seed)
+    return bn_matched_probes(model, count, input_range, seed, progress=progress)
