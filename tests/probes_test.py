@@ -78,6 +78,26 @@ class ProbesTest(absltest.TestCase):
         self.assertLess(max(after), 0.5 * before, (before, after))
         self.assertLess(abs(after[0] - after[1]), 0.1 * after[0], after)
 
+    def test_bn_probes_stay_finite_where_activations_overflow(self):
+        import keras
+
+        # Statistics no input can reach without overflowing float32 on the way.
+        inputs = keras.Input((6, 6, 1))
+        h = keras.layers.Conv2D(2, 3, padding="same")(inputs)
+        h = keras.layers.BatchNormalization()(h)
+        h = keras.layers.Conv2D(2, 3, padding="same")(h)
+        h = keras.layers.BatchNormalization()(h)
+        model = keras.Model(inputs, keras.layers.GlobalAveragePooling2D()(h))
+        for layer in model.layers:
+            if isinstance(layer, keras.layers.Conv2D):
+                layer.set_weights([np.full((3, 3, layer.input.shape[-1], 2), 3e18, np.float32),
+                                   np.zeros(2, np.float32)])
+            if isinstance(layer, keras.layers.BatchNormalization):
+                layer.set_weights([np.ones(2), np.zeros(2), np.full(2, 1e30), np.ones(2)])
+        x = probes.bn_matched_probes(model, 8, (0.0, 1.0), 0, steps=5)
+        self.assertTrue(np.all(np.isfinite(x)))
+        np.testing.assert_array_equal(x, probes.random_probes(model, 8, (0.0, 1.0), 0))
+
     def test_image_probes_keep_real_accuracy_where_noise_does_not(self):
         accuracy = {}
         for kind in ("random", "image"):

@@ -116,21 +116,33 @@ def bn_matched_probes(model, count: int, input_range: tuple[float, float], seed:
         return tape.gradient(value, xb)
 
     starts = range(0, count, batch)
-    values = []
+    values, best, best_value, best_step = [], x0, np.inf, 0
     for _ in tqdm(range(steps), desc="probes", unit="step", disable=not progress, leave=False):
+        current = x.numpy()
         if batch >= count:
             values.append(float(whole_step()))
-            continue
-        parts = [(len(x0[s:s + batch]), batch_moments(x[s:s + batch])) for s in starts]
-        means, variances = _pooled(parts)
-        values.append(loss.value(means, variances))
-        weights_m, weights_v = loss.weights(means, variances, count)
-        means = [tf.constant(m, tf.float32) for m in means]
-        grad = tf.concat([batch_gradient(x[s:s + batch], means, weights_m, weights_v)
-                          for s in starts], 0)
-        opt.apply_gradients([(grad, x)])
+        else:
+            parts = [(len(x0[s:s + batch]), batch_moments(x[s:s + batch])) for s in starts]
+            means, variances = _pooled(parts)
+            values.append(loss.value(means, variances))
+        if not np.isfinite(values[-1]):
+            # Some models' activations overflow as the probes move (a near-dead channel,
+            # its stored variance ~0, amplified layer after layer): keep the best probes.
+            logging.warning("bn probes: the statistics loss became %s after %d steps; "
+                            "keeping the probes of step %d (loss %.4g)", values[-1],
+                            len(values) - 1, best_step, best_value)
+            x.assign(best)
+            break
+        if values[-1] < best_value:
+            best, best_value, best_step = current, values[-1], len(values) - 1
+        if batch < count:
+            weights_m, weights_v = loss.weights(means, variances, count)
+            means = [tf.constant(m, tf.float32) for m in means]
+            grad = tf.concat([batch_gradient(x[s:s + batch], means, weights_m, weights_v)
+                              for s in starts], 0)
+            opt.apply_gradients([(grad, x)])
     logging.info("bn probes: statistics loss %.4f -> %.4f over %d steps, batches of %d",
-                 values[0], values[-1], steps, batch)
+                 values[0], values[-1], len(values), batch)
     return x.numpy().astype(np.float32)
 
 
