@@ -179,6 +179,8 @@ class PruneCliRunTest(absltest.TestCase):
         self.assertEqual(sorted(os.listdir(work)), sorted(
             [f"pruned.{t}.tflite" for t in tags] + [f"r.{t}.json" for t in tags]))
         self.assertIn("pruned.riscv64-rvv-vlen128.tflite", os.listdir(work))
+        # The memory plan is said before any work.
+        self.assertRegex(proc.stderr, r"memory: about [0-9.]+ GB planned for model")
         # The comparison table names every target, the modelled ones as such.
         table = proc.stdout[proc.stdout.rindex("latency model"):]
         for name in names:

@@ -8,6 +8,7 @@ activation thresholds; conversion; flatbuffer rewrite; a fidelity check in the i
 from __future__ import annotations
 
 import dataclasses
+import sys
 import time
 
 import numpy as np
@@ -286,6 +287,9 @@ def _check_memory(model, layers, config: PruneConfig) -> None:
         need += probes_lib.bn_bytes(model, config.probe_count)
     have = statistics.available_bytes()
     logging.info("memory: about %.1f GB planned, %.1f GB available", need / 1e9, have / 1e9)
+    if not config.quiet:
+        print(f"memory: about {need / 1e9:.1f} GB planned for model '{model.name}' "
+              f"({have / 1e9:.1f} GB available)", file=sys.stderr)
     if need > have:
         raise UserError(
             f"model '{model.name}' needs about {need / 1e9:.1f} GB to compress with "
