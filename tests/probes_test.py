@@ -78,6 +78,16 @@ class ProbesTest(absltest.TestCase):
         self.assertLess(max(after), 0.5 * before, (before, after))
         self.assertLess(abs(after[0] - after[1]), 0.1 * after[0], after)
 
+    def test_bn_learning_rate_falls_with_the_pixel_count(self):
+        import keras
+
+        demo = io.load_keras_model(str(io.DEMO_MODEL))
+        self.assertEqual(probes.bn_learning_rate(demo), 0.1)
+        big = keras.Sequential([keras.Input((224, 224, 3)), keras.layers.Conv2D(2, 3),
+                                keras.layers.BatchNormalization()])
+        # Where a 100-step descent at 0.1 left a trained model's statistics far off.
+        self.assertLess(probes.bn_learning_rate(big), 0.012)
+
     def test_bn_probes_stay_finite_where_activations_overflow(self):
         import keras
 

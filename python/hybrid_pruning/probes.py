@@ -68,8 +68,20 @@ def _bn_steps(model, count: int, steps: int) -> int:
     return int(min(steps, max(_BN_MIN_STEPS, affordable)))
 
 
+# Adam moves every input value by about the learning rate a step: fine on the demos' 16x16 and
+# 64x64 images, noise on a 224x224 one (a trained MobileNetV2's statistics loss: 149 -> 77 in
+# 100 steps at 0.1, -> 6.6 at 0.01; docs/design_history.md, "Probes at 224"). So the rate
+# falls with the pixel count above 64x64.
+_BN_LEARNING_RATE, _BN_FULL_RATE_VALUES = 0.1, 64 * 64
+
+
+def bn_learning_rate(model) -> float:
+    pixels = int(np.prod(_input_shape(model)[:-1]))
+    return _BN_LEARNING_RATE * min(1.0, _BN_FULL_RATE_VALUES / max(pixels, 1))
+
+
 def bn_matched_probes(model, count: int, input_range: tuple[float, float], seed: int,
-                      steps: int = 100, learning_rate: float = 0.1,
+                      steps: int = 100, learning_rate: float | None = None,
                       batch_bytes: int = BN_BATCH_BYTES, progress: bool = False
                       ) -> np.ndarray:
     """Starts from random_probes and descends on the BatchNorm statistics mismatch of the
@@ -91,7 +103,7 @@ def bn_matched_probes(model, count: int, input_range: tuple[float, float], seed:
     batch = bn_batch(tap, count, batch_bytes)
     steps = _bn_steps(model, count, steps)
     x = tf.Variable(x0)
-    opt = keras.optimizers.Adam(learning_rate)
+    opt = keras.optimizers.Adam(learning_rate or bn_learning_rate(model))
 
     def features(xb):
         feats = tap(xb, training=False)
