@@ -69,8 +69,7 @@ def _bn_steps(model, count: int, steps: int) -> int:
 
 
 # Adam moves every input value by about the learning rate a step: fine on the demos' 16x16 and
-# 64x64 images, noise on a 224x224 one (a trained MobileNetV2's statistics loss: 149 -> 77 in
-# 100 steps at 0.1, -> 6.6 at 0.01; docs/design_history.md, "Probes at 224"). So the rate
+# 64x64 images, noise on a 224x224 one (docs/design_history.md, "Probes at 224"). So the rate
 # falls with the pixel count above 64x64.
 _BN_LEARNING_RATE, _BN_FULL_RATE_VALUES = 0.1, 64 * 64
 
