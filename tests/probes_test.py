@@ -2,7 +2,8 @@
 image-like ones where it does not, and on a trained model without BatchNorm (committed,
 loaded from disk) image-like probes keep far more of its real accuracy than uniform noise;
 BatchNorm-matched probes are optimised in mini-batches where all of them would not fit in
-memory at once, with the whole set's statistics."""
+memory at once, with the whole set's statistics, and on big images each probe's per-channel
+level and contrast move at a rate of their own."""
 
 from __future__ import annotations
 
@@ -87,6 +88,35 @@ class ProbesTest(absltest.TestCase):
                                 keras.layers.BatchNormalization()])
         # Where a 100-step descent at 0.1 left a trained model's statistics far off.
         self.assertLess(probes.bn_learning_rate(big), 0.012)
+
+    def test_bn_probes_reach_a_recorded_level_and_contrast_through_their_own_rate(self):
+        import keras
+
+        self.assertEqual(probes.bn_affine_rate(probes.bn_learning_rate(
+            io.load_keras_model(str(io.DEMO_MODEL)))), 0.0)
+        # 128x128: the pixels' rate is a quarter of the full one. The BatchNorms record
+        # inputs darker and flatter than the uniform start (level 0.1 to 0.4).
+        keras.utils.set_random_seed(0)
+        inputs = keras.Input((128, 128, 3))
+        h = keras.layers.Conv2D(8, 3, padding="same")(inputs)
+        h = keras.layers.ReLU()(keras.layers.BatchNormalization()(h))
+        h = keras.layers.BatchNormalization()(keras.layers.Conv2D(8, 3, padding="same")(h))
+        model = keras.Model(inputs, keras.layers.GlobalAveragePooling2D()(h))
+        self.assertAlmostEqual(probes.bn_affine_rate(probes.bn_learning_rate(model)), 0.075)
+        real = 0.1 + 0.3 * probes.random_probes(model, 64, (0.0, 1.0), 5)
+        for bn in [l for l in model.layers if isinstance(l, keras.layers.BatchNormalization)]:
+            f = keras.Model(inputs, bn.input).predict(real, verbose=0)
+            gamma, beta, _, _ = bn.get_weights()
+            bn.set_weights([gamma, beta, f.mean((0, 1, 2)), f.var((0, 1, 2))])
+        with_affine = probes.bn_matched_probes(model, 32, (0.0, 1.0), 0, steps=30)
+        rate = probes.bn_affine_rate
+        try:
+            probes.bn_affine_rate = lambda pixel_rate: 0.0
+            pixels_only = probes.bn_matched_probes(model, 32, (0.0, 1.0), 0, steps=30)
+        finally:
+            probes.bn_affine_rate = rate
+        mismatch = [_statistics_mismatch(model, x) for x in (with_affine, pixels_only)]
+        self.assertLess(mismatch[0], 0.7 * mismatch[1], mismatch)
 
     def test_bn_probes_stay_finite_where_activations_overflow(self):
         import keras

@@ -79,6 +79,16 @@ def bn_learning_rate(model) -> float:
     return _BN_LEARNING_RATE * min(1.0, _BN_FULL_RATE_VALUES / max(pixels, 1))
 
 
+def bn_affine_rate(pixel_rate: float) -> float:
+    """The Adam rate of each probe's per-channel contrast and level. The first BatchNorm
+    records the inputs' level and contrast; per-pixel steps at the full rate shift them
+    well enough, but at a 224x224 image's low rate they barely move them and the deeper
+    layers' gradients drown them (docs/design_history.md, "Probes at 224"). So what the
+    pixels give up of the full rate, these two numbers a channel take: nothing on the
+    demos' images, nearly all of it at 224x224."""
+    return max(_BN_LEARNING_RATE - pixel_rate, 0.0)
+
+
 def bn_matched_probes(model, count: int, input_range: tuple[float, float], seed: int,
                       steps: int = 100, learning_rate: float | None = None,
                       batch_bytes: int = BN_BATCH_BYTES, progress: bool = False
@@ -101,19 +111,30 @@ def bn_matched_probes(model, count: int, input_range: tuple[float, float], seed:
     loss = _StatisticsLoss(bns)
     batch = bn_batch(tap, count, batch_bytes)
     steps = _bn_steps(model, count, steps)
-    x = tf.Variable(x0)
-    opt = keras.optimizers.Adam(learning_rate or bn_learning_rate(model))
+    # Each probe is a * z + b: pixels z, and per probe and channel a contrast a and a level b
+    # (bn_affine_rate).
+    z = tf.Variable(x0)
+    shape = (count,) + (1,) * (x0.ndim - 2) + (x0.shape[-1],)
+    contrast, level = tf.Variable(np.ones(shape, np.float32)), tf.Variable(np.zeros(shape, np.float32))
+    pixel_rate = learning_rate or bn_learning_rate(model)
+    pixel_opt = keras.optimizers.Adam(pixel_rate)
+    affine_opt = keras.optimizers.Adam(bn_affine_rate(pixel_rate))
+    image_axes = list(range(1, x0.ndim - 1))
 
     def features(xb):
         feats = tap(xb, training=False)
         return list(feats) if isinstance(feats, (list, tuple)) else [feats]
 
     @tf.function
-    def whole_step():
+    def probes_now():
+        return contrast * z + level
+
+    @tf.function
+    def whole_gradient(xs):
         with tf.GradientTape() as tape:
-            value = loss.of([tf.nn.moments(f, loss.axes(f)) for f in features(x)])
-        opt.apply_gradients(zip(tape.gradient(value, [x]), [x]))
-        return value
+            tape.watch(xs)
+            value = loss.of([tf.nn.moments(f, loss.axes(f)) for f in features(xs)])
+        return value, tape.gradient(value, xs)
 
     @tf.function
     def batch_moments(xb):
@@ -126,12 +147,19 @@ def bn_matched_probes(model, count: int, input_range: tuple[float, float], seed:
             value = loss.partial(features(xb), means, weights_m, weights_v)
         return tape.gradient(value, xb)
 
+    @tf.function
+    def apply(grad):
+        pixel_opt.apply_gradients([(contrast * grad, z)])
+        affine_opt.apply_gradients([(tf.reduce_sum(grad * z, image_axes, keepdims=True), contrast),
+                                    (tf.reduce_sum(grad, image_axes, keepdims=True), level)])
+
     starts = range(0, count, batch)
     values, best, best_value, best_step = [], x0, np.inf, 0
     for _ in tqdm(range(steps), desc="probes", unit="step", disable=not progress, leave=False):
-        current = x.numpy()
+        x = probes_now()
         if batch >= count:
-            values.append(float(whole_step()))
+            value, grad = whole_gradient(x)
+            values.append(float(value))
         else:
             parts = [(len(x0[s:s + batch]), batch_moments(x[s:s + batch])) for s in starts]
             means, variances = _pooled(parts)
@@ -142,19 +170,18 @@ def bn_matched_probes(model, count: int, input_range: tuple[float, float], seed:
             logging.warning("bn probes: the statistics loss became %s after %d steps; "
                             "keeping the probes of step %d (loss %.4g)", values[-1],
                             len(values) - 1, best_step, best_value)
-            x.assign(best)
-            break
+            return best
         if values[-1] < best_value:
-            best, best_value, best_step = current, values[-1], len(values) - 1
+            best, best_value, best_step = x.numpy(), values[-1], len(values) - 1
         if batch < count:
             weights_m, weights_v = loss.weights(means, variances, count)
             means = [tf.constant(m, tf.float32) for m in means]
             grad = tf.concat([batch_gradient(x[s:s + batch], means, weights_m, weights_v)
                               for s in starts], 0)
-            opt.apply_gradients([(grad, x)])
+        apply(grad)
     logging.info("bn probes: statistics loss %.4f -> %.4f over %d steps, batches of %d",
                  values[0], values[-1], len(values), batch)
-    return x.numpy().astype(np.float32)
+    return probes_now().numpy().astype(np.float32)
 
 
 def _pooled(parts: list) -> tuple[list, list]:
