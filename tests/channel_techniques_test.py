@@ -78,6 +78,52 @@ class ConstantChannelsTest(absltest.TestCase):
         self.assertAlmostEqual(measured, plans[0].relative_error, delta=0.05 * measured + 1e-4)
 
 
+def _bn_model_with_dead_channels():
+    """conv1 -> BatchNorm -> ReLU -> conv2: on the probes channels 1 and 2 of conv1 are the
+    constant -6, zero after the ReLU. The BatchNorm records that real inputs leave channel 1
+    there too (its shift puts it 6 deviations below 0) but spread channel 2 around 0: the
+    probes missed channel 2's level."""
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((10, 10, 3))
+    x = keras.layers.Conv2D(4, 3, padding="same", name="conv1")(inputs)
+    x = keras.layers.BatchNormalization(name="bn")(x)
+    x = keras.layers.ReLU()(x)
+    x = keras.layers.Conv2D(5, 3, name="conv2")(x)
+    model = keras.Model(inputs, keras.layers.Dense(3, name="head")(
+        keras.layers.GlobalAveragePooling2D()(x)))
+    w, b = model.get_layer("conv1").get_weights()
+    w[..., 1:3], b[1:3] = 0.0, -6.0
+    model.get_layer("conv1").set_weights([w, b])
+    pre = keras.Model(inputs, model.get_layer("conv1").output).predict(_probes(), verbose=0)
+    mean, var = pre.mean((0, 1, 2)), pre.var((0, 1, 2))
+    mean[1:3], var[1:3] = (-6.0, 0.0), 1.0
+    beta = np.array([0.0, -6.0, 0.0, 0.0])
+    model.get_layer("bn").set_weights([np.ones(4), beta, mean, var])
+    return model
+
+
+class UnderExercisedChannelsTest(absltest.TestCase):
+
+    def test_channel_the_batch_norm_records_as_varying_stays(self):
+        model = _bn_model_with_dead_channels()
+        x = _probes()
+        for technique in (constant_channels.fold_constant_channels,
+                          channel_merging.merge_channels):
+            _, plans, _ = technique(model, x, error_budget=1e-3)
+            self.assertLen(plans, 1, technique.__name__)
+            self.assertIn(1, plans[0].removed, technique.__name__)
+            self.assertNotIn(2, plans[0].removed, technique.__name__)
+
+    def test_probes_that_match_the_batch_norm_are_trusted(self):
+        model = _bn_model_with_dead_channels()
+        layers, _ = graph.prunable_layers(model)
+        values = graph.layer_inputs(model, layers, _probes())[1].reshape(-1, 4)
+        missed = channel_reduction.under_exercised(model.get_layer("conv2"), values)
+        np.testing.assert_array_equal(missed, [False, False, True, False])
+        # A layer that does not read a BatchNorm through an activation: nothing to compare.
+        self.assertIsNone(channel_reduction.under_exercised(model.get_layer("head"), values))
+
+
 class ChannelMergingTest(absltest.TestCase):
 
     def test_affine_copy_merges_with_zero_error(self):

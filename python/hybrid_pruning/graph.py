@@ -541,3 +541,26 @@ def following_batch_norm(layer):
     axis = bn.get_config()["axis"]
     axis = axis if isinstance(axis, int) else axis[0]
     return bn if axis in (-1, len(bn.input.shape) - 1) else None
+
+
+# Layers that act on each value alone and hold no state at inference: the statistics a
+# BatchNormalization recorded can be carried through them.
+_POINTWISE = {"ReLU", "Activation", "LeakyReLU", "ELU", "Dropout", "SpatialDropout2D",
+              "GaussianNoise", "GaussianDropout", "AlphaDropout"}
+
+
+def batch_norm_before(layer):
+    """(bn, [layers from bn to `layer`, in order]) where `layer` reads a channel-last
+    BatchNormalization through pointwise layers only (an activation), else None."""
+    chain = []
+    source = _producer(layer.input) if len(getattr(layer, "_inbound_nodes", [])) == 1 else None
+    while source is not None and class_name(source) in _POINTWISE and _is_channelwise(source):
+        chain.append(source)
+        source = _producer(source.input)
+    if source is None or class_name(source) != "BatchNormalization":
+        return None
+    axis = source.get_config()["axis"]
+    axis = axis if isinstance(axis, int) else axis[0]
+    if axis not in (-1, len(source.input.shape) - 1):
+        return None
+    return source, chain[::-1]

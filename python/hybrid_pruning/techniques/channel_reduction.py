@@ -86,6 +86,40 @@ class ConsumerStats:
         return float(np.sqrt(max(np.sum((e @ wr) * wr), 0.0) / self.energy))
 
 
+_GAUSSIAN_SAMPLES = 4096
+# A Gaussian is not the real channel's shape: on probes that match the BatchNorm statistics
+# closely the real / probe variance ratio still reaches a few; probes that miss a channel's
+# level leave it hundreds of times short. Up to this ratio the probes are trusted.
+_UNDER_EXERCISED = 10.0
+
+
+def under_exercised(consumer, values: np.ndarray) -> np.ndarray | None:
+    """Per channel, whether it varies over _UNDER_EXERCISED times more on real inputs than
+    on the probes, for a consumer that reads a BatchNormalization through an activation
+    (else None). The BatchNorm recorded the real mean and variance of its input; a Gaussian
+    with those moments, carried through the activation, stands in for the real channel.
+    Probes that miss a channel's real level (a first layer's, on a narrow domain) leave it
+    constant after the activation while it carries the real inputs' signal: the probes
+    cannot judge such a channel, so it stays. `values`: [M, channels] of the consumer's
+    input on the probes."""
+    found = graph.batch_norm_before(consumer)
+    if found is None:
+        return None
+    bn, chain = found
+    w = {graph.variable_name(v): np.asarray(v.numpy(), np.float64) for v in bn.weights}
+    scale, shift = graph.batch_norm_fold(bn)
+    if len(scale) != values.shape[1]:
+        return None
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((_GAUSSIAN_SAMPLES, len(scale))) * np.sqrt(w["moving_variance"])
+    x = (scale * (x + w["moving_mean"]) + shift).astype(np.float32)
+    for layer in chain:
+        x = np.asarray(layer(x))
+    real = x.astype(np.float64).var(0)
+    probe = values.astype(np.float64).var(0)
+    return real > _UNDER_EXERCISED * probe + 1e-12 * max(float(real.max()), 1e-30)
+
+
 def channel_moments(x: np.ndarray, channels: int) -> tuple[np.ndarray, np.ndarray]:
     """Mean [C] and covariance [C, C] of the channels over probes and positions (`x`: any
     array whose last axis, after reshaping to `channels` columns, is the channel)."""
@@ -96,10 +130,12 @@ def channel_moments(x: np.ndarray, channels: int) -> tuple[np.ndarray, np.ndarra
 
 
 def select(stats: list[ConsumerStats], proposals: list[list[Candidate]], budget: float,
-           max_fraction: float = 0.9) -> tuple[list[int], float]:
+           max_fraction: float = 0.9, kept: np.ndarray | None = None
+           ) -> tuple[list[int], float]:
     """The longest prefix of the cheapest-first valid channels whose removal keeps every
     consumer's relative output error within `budget`. proposals[k][j] is consumer k's
-    replacement for channel j; a channel costs what it costs its worst consumer."""
+    replacement for channel j; a channel costs what it costs its worst consumer. Channels
+    where `kept` is true are never removed."""
     for st, cands in zip(stats, proposals):
         for cand in cands:
             cand.cost = st.error([cand]) ** 2
@@ -111,6 +147,8 @@ def select(stats: list[ConsumerStats], proposals: list[list[Candidate]], budget:
         j = int(j)
         if len(order) >= limit:
             break
+        if kept is not None and kept[j]:
+            continue
         # A merge source must stay, and a removed channel cannot serve as a source.
         srcs = {cands[j].source for cands in proposals} - {None}
         if j in sources or srcs & removed:
@@ -232,15 +270,18 @@ def reduce_channels(model, probes: np.ndarray, budget: float, propose, max_fract
     plans = []
     for group in usable:
         channels = group.channels
-        stats, proposals = [], []
+        stats, proposals, kept = [], [], np.zeros(channels, bool)
         for consumer, _ in group.consumers:
             sample = next(samples)
             st = ConsumerStats(by_name[consumer.name], sample)
             st.configure(channels)
+            values = sample.channel_values(channels, spatial=st.spatial)
+            missed = under_exercised(consumer, values)
+            if missed is not None:
+                kept |= missed
             stats.append(st)
-            proposals.append(propose(sample.channel_values(channels, spatial=st.spatial),
-                                     channels))
-        chosen, err = select(stats, proposals, budget, max_fraction)
+            proposals.append(propose(values, channels))
+        chosen, err = select(stats, proposals, budget, max_fraction, kept)
         if chosen:
             replacements = {c.name: [cands[j] for j in chosen]
                             for (c, _), cands in zip(group.consumers, proposals)}
