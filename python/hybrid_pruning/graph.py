@@ -537,10 +537,13 @@ def following_batch_norm(layer):
     nxt = _next_layers(layer)
     if len(nxt) != 1 or class_name(nxt[0]) != "BatchNormalization":
         return None
-    bn = nxt[0]
+    return nxt[0] if _on_channel_axis(nxt[0]) else None
+
+
+def _on_channel_axis(bn) -> bool:
     axis = bn.get_config()["axis"]
     axis = axis if isinstance(axis, int) else axis[0]
-    return bn if axis in (-1, len(bn.input.shape) - 1) else None
+    return axis in (-1, len(bn.input.shape) - 1)
 
 
 # Layers that act on each value alone and hold no state at inference: the statistics a
@@ -557,10 +560,7 @@ def batch_norm_before(layer):
     while source is not None and class_name(source) in _POINTWISE and _is_channelwise(source):
         chain.append(source)
         source = _producer(source.input)
-    if source is None or class_name(source) != "BatchNormalization":
-        return None
-    axis = source.get_config()["axis"]
-    axis = axis if isinstance(axis, int) else axis[0]
-    if axis not in (-1, len(source.input.shape) - 1):
+    if source is None or class_name(source) != "BatchNormalization" or \
+            not _on_channel_axis(source):
         return None
     return source, chain[::-1]

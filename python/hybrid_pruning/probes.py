@@ -1,7 +1,8 @@
 """Data-free probe inputs: statistics come from the model, never from a dataset.
 
 "bn": inputs optimised so that every BatchNormalization layer sees batch statistics equal to
-its stored running mean and variance (the idea of ZeroQ, Cai et al., CVPR 2020).
+its stored running mean and variance (the idea of ZeroQ, Cai et al., CVPR 2020); on big
+images each probe's per-channel contrast and level are optimised beside its pixels.
 "image": synthetic images with natural-image statistics, for models without BatchNorm:
 half 1/f-spectrum noise (natural images have an amplitude spectrum close to 1/f), half
 dead-leaves images (occluding disks with power-law sizes, whose statistics match natural
@@ -115,7 +116,8 @@ def bn_matched_probes(model, count: int, input_range: tuple[float, float], seed:
     # (bn_affine_rate).
     z = tf.Variable(x0)
     shape = (count,) + (1,) * (x0.ndim - 2) + (x0.shape[-1],)
-    contrast, level = tf.Variable(np.ones(shape, np.float32)), tf.Variable(np.zeros(shape, np.float32))
+    contrast = tf.Variable(np.ones(shape, np.float32))
+    level = tf.Variable(np.zeros(shape, np.float32))
     pixel_rate = learning_rate or bn_learning_rate(model)
     pixel_opt = keras.optimizers.Adam(pixel_rate)
     affine_opt = keras.optimizers.Adam(bn_affine_rate(pixel_rate))
@@ -150,8 +152,8 @@ def bn_matched_probes(model, count: int, input_range: tuple[float, float], seed:
     @tf.function
     def apply(grad):
         pixel_opt.apply_gradients([(contrast * grad, z)])
-        affine_opt.apply_gradients([(tf.reduce_sum(grad * z, image_axes, keepdims=True), contrast),
-                                    (tf.reduce_sum(grad, image_axes, keepdims=True), level)])
+        per_image = lambda g: tf.reduce_sum(g, image_axes, keepdims=True)  # noqa: E731
+        affine_opt.apply_gradients([(per_image(grad * z), contrast), (per_image(grad), level)])
 
     starts = range(0, count, batch)
     values, best, best_value, best_step = [], x0, np.inf, 0
