@@ -8,7 +8,7 @@ import keras
 import numpy as np
 from absl.testing import absltest
 
-from hybrid_pruning import graph
+from hybrid_pruning import graph, pipeline, report
 from hybrid_pruning.techniques import (activation_pruning, channel_merging, channel_reduction,
                                        constant_channels)
 
@@ -113,6 +113,15 @@ class UnderExercisedChannelsTest(absltest.TestCase):
             self.assertLen(plans, 1, technique.__name__)
             self.assertIn(1, plans[0].removed, technique.__name__)
             self.assertNotIn(2, plans[0].removed, technique.__name__)
+            self.assertEqual(plans[0].unjudged, 1)
+
+    def test_the_report_names_the_channels_kept_unjudged(self):
+        # The BatchNorm-matched probes cannot move channel 2 either (its kernel is zero).
+        result = pipeline.compress(_bn_model_with_dead_channels(), pipeline.PruneConfig(
+            quiet=True, objective="budgets", probe_count=32))
+        self.assertEqual(result.report["channels_kept_unjudged"], {"conv1": 1})
+        self.assertIn("channels of conv1 kept: 1 that the probes leave far flatter",
+                      report.summary(result.report))
 
     def test_probes_that_match_the_batch_norm_are_trusted(self):
         model = _bn_model_with_dead_channels()

@@ -97,6 +97,7 @@ class Prepared:
     inputs: list  # statistics.collect: each layer's sampled inputs on the probes
     removed: dict[str, dict[str, int]]  # producer -> technique -> channels removed
     refused: dict[str, str]  # channel groups left alone, and why
+    unjudged: dict[str, int]  # producer -> channels kept: the probes miss their BatchNorm
     tables: list | None  # budget.tabulate under the latency objective, else None
     refit: object | None  # weight_pruning.SequentialRefit, or None
 
@@ -111,6 +112,7 @@ class Outcome:
     activations: list  # one activation_pruning result per layer
     removed: dict[str, dict[str, int]]
     refused: dict[str, str]
+    unjudged: dict[str, int]
     search: dict | None  # the search's summary (budget.choose / allocate), None: budgets
     tflite: bytes
     records: list  # tflite_rewrite records: where each layer runs
@@ -462,13 +464,17 @@ def _prepare(model, probes: np.ndarray, reference: list, config: PruneConfig, sc
     config = _scaled(config, scale)
     removed: dict[str, dict[str, int]] = {}
     refused: dict[str, str] = {}
+    unjudged: dict[str, int] = {}
     for technique, fn, technique_budget in (
             ("constant", constant_channels.fold_constant_channels, config.constant_error_budget),
             ("merged", channel_merging.merge_channels, config.merge_error_budget)):
         model, plans, refused = fn(model, probes, technique_budget)
         for plan in plans:
             for producer in plan.group.producers:
-                removed.setdefault(producer.name, {})[technique] = len(plan.removed)
+                if plan.removed:
+                    removed.setdefault(producer.name, {})[technique] = len(plan.removed)
+                if plan.unjudged:
+                    unjudged[producer.name] = max(unjudged.get(producer.name, 0), plan.unjudged)
     layers, _ = graph.prunable_layers(model)
     inputs = statistics.collect(model, layers, probes, config.seed)
     tables = None
@@ -483,7 +489,7 @@ def _prepare(model, probes: np.ndarray, reference: list, config: PruneConfig, sc
             input_scaled=_input_scaled(config), input_groups=config.dtype == "int8")
     refit = weight_pruning.SequentialRefit(model, layers, probes, config.seed) \
         if tables is not None and config.sequential_refit else None
-    return Prepared(model, layers, inputs, removed, refused, tables, refit)
+    return Prepared(model, layers, inputs, removed, refused, unjudged, tables, refit)
 
 
 def _finish(prepared: Prepared, probes: np.ndarray, reference: list, config: PruneConfig,
@@ -541,4 +547,4 @@ def _finish(prepared: Prepared, probes: np.ndarray, reference: list, config: Pru
     fid = fidelity.compare(reference, runtime.predict_all(
         tflite, probes, config.num_threads, batch_size=statistics.predict_batch(model)))
     return Outcome(model, layers, weights, activations, prepared.removed, prepared.refused,
-                   search, tflite, records, fid, (prepared.tables, snapshot, prepared.refit))
+                   prepared.unjudged, search, tflite, records, fid, (prepared.tables, snapshot, prepared.refit))

@@ -109,6 +109,10 @@ def summary(report: dict) -> str:
         lines.append(f"not pruned: {name}: {reason}")
     for name, reason in report.get("channel_removal_refused", {}).items():
         lines.append(f"channels of {name} kept: {reason}")
+    for name, count in report.get("channels_kept_unjudged", {}).items():
+        lines.append(f"channels of {name} kept: {count} that the probes leave far flatter than "
+                     "its BatchNorm records (the probes miss real inputs there; check the model "
+                     "with evaluate --data)")
     lines.append(f"time: {report['seconds']:.1f} s")
     line = headline(report)
     if line:  # last, where the eye lands: what the user came for
@@ -237,6 +241,7 @@ def build(config, outcome: Outcome, before: dict, macs_before: dict, skipped: di
         "builtin_layers": builtin,
         "skipped_layers": skipped,
         "channel_removal_refused": outcome.refused,
+        "channels_kept_unjudged": outcome.unjudged,
         "totals": {
             "parameters_before": params_before,
             "nonzero_parameters": nonzero,

@@ -35,6 +35,7 @@ class GroupPlan:
     replacements: dict[str, list[Candidate]]  # per consumer: what stands in for them
     channels_before: int
     relative_error: float  # the worst consumer's
+    unjudged: int = 0  # channels kept because the probes miss their BatchNorm's record
 
 
 class ConsumerStats:
@@ -254,7 +255,8 @@ def reduce_channels(model, probes: np.ndarray, budget: float, propose, max_fract
                     ) -> tuple[object, list[GroupPlan], dict[str, str]]:
     """Runs one technique: `propose(values, channels)` lists, per channel, a replacement from
     the values [M, channels] of a consumer's input; the cheapest channels are removed while
-    every consumer's relative output error stays within `budget`."""
+    every consumer's relative output error stays within `budget`. A plan per group that
+    loses channels or keeps some unjudged (under_exercised)."""
     groups, refused = graph.channel_groups(model)
     if not groups or budget <= 0:
         return model, [], refused
@@ -282,8 +284,9 @@ def reduce_channels(model, probes: np.ndarray, budget: float, propose, max_fract
             stats.append(st)
             proposals.append(propose(values, channels))
         chosen, err = select(stats, proposals, budget, max_fraction, kept)
-        if chosen:
+        if chosen or kept.any():
             replacements = {c.name: [cands[j] for j in chosen]
                             for (c, _), cands in zip(group.consumers, proposals)}
-            plans.append(GroupPlan(group, chosen, replacements, channels, err))
-    return (rebuild(model, plans) if plans else model), plans, refused
+            plans.append(GroupPlan(group, chosen, replacements, channels, err, int(kept.sum())))
+    removing = [plan for plan in plans if plan.removed]
+    return (rebuild(model, removing) if removing else model), plans, refused
