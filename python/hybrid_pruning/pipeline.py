@@ -547,4 +547,5 @@ def _finish(prepared: Prepared, probes: np.ndarray, reference: list, config: Pru
     fid = fidelity.compare(reference, runtime.predict_all(
         tflite, probes, config.num_threads, batch_size=statistics.predict_batch(model)))
     return Outcome(model, layers, weights, activations, prepared.removed, prepared.refused,
-                   prepared.unjudged, search, tflite, records, fid, (prepared.tables, snapshot, prepared.refit))
+                   prepared.unjudged, search, tflite, records, fid,
+                   (prepared.tables, snapshot, prepared.refit))
