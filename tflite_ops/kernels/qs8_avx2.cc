@@ -6,6 +6,8 @@
 // single rounding's shift is made from the logical one.
 #include <immintrin.h>
 
+#include <algorithm>
+
 #include "tflite_ops/kernels/geometry.h"
 #include "tflite_ops/kernels/qs8_transpose_x86.h"
 #include "tflite_ops/kernels/sparse_conv.h"
@@ -27,6 +29,31 @@ __attribute__((always_inline)) inline void RequantizeChannel(__m256i* acc, int32
                                                            int32_t shift,
                                                            const Qs8Requantization& q) {
   const __m256i m = _mm256_set1_epi64x(multiplier);
+  const bool double_rounding = q.rounding == Rounding::kDouble;
+  const int total = double_rounding ? 31 - std::min(shift, 0) : 31 - shift;
+  if (total >= 32 && total <= 54 &&
+      (!double_rounding || q.min >= q.output_zero_point)) {
+    // One floor((p + k) / 2^total), zero point in k (the VNNI kernel's identities): both
+    // lanes' high halves are floor(x / 2^32), then one 32-bit shift.
+    const int64_t k = (double_rounding ? (int64_t{1} << 30) : 0) + (int64_t{1} << (total - 1)) +
+                      static_cast<int64_t>(q.output_zero_point) * (int64_t{1} << total);
+    const __m256i round = _mm256_set1_epi64x(k);
+    const __m128i count = _mm_cvtsi32_si128(total - 32);
+#pragma GCC unroll 8
+    for (int v = 0; v < kVectors; ++v) {
+      const __m256i even = _mm256_add_epi64(_mm256_mul_epi32(acc[v], m), round);
+      const __m256i odd =
+          _mm256_add_epi64(_mm256_mul_epi32(_mm256_srli_epi64(acc[v], 32), m), round);
+      acc[v] = _mm256_sra_epi32(_mm256_blend_epi32(_mm256_srli_epi64(even, 32), odd, 0xAA), count);
+    }
+    if (q.min != -128 || q.max != 127) {
+      const __m256i lo = _mm256_set1_epi32(q.min), hi = _mm256_set1_epi32(q.max);
+#pragma GCC unroll 8
+      for (int v = 0; v < kVectors; ++v)
+        acc[v] = _mm256_min_epi32(_mm256_max_epi32(acc[v], lo), hi);
+    }
+    return;
+  }
   if (q.rounding == Rounding::kSingle) {
     const int total = 31 - shift;
     const __m256i round = _mm256_set1_epi64x(int64_t{1} << (total - 1));

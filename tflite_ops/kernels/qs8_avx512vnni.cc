@@ -31,42 +31,62 @@ namespace {
 // [h + 2^(r-1) < 2^(r-1)]. This holds while h + 2^(r-1) fits in 32 bits; the plan sends
 // layers whose accumulators could reach that to the reference (qs8_conv_plan.cc).
 // qs8_reference.cc keeps TFLite's literal form; the kernel tests hold the two to each other.
+//
+// Where the result is one floor in 64 bits, floor((a * multiplier + k) / 2^t) with a = acc
+// (or acc shifted left, wrapping, for multipliers above 1), the zero point goes into k too
+// and each lane takes two integer products, two adds, two shifts and a blend. That is the
+// single rounding; the double rounding without a right shift; and the double rounding
+// where every negative h clamps to the fused activation's minimum (min >= the zero point,
+// as after a ReLU): floor(floor(x / m) / n) = floor(x / mn) makes it
+// floor((p + 2^30 + 2^(30+r)) / 2^(31+r)) for h >= 0, and for h < 0 both that and the exact
+// form are <= the zero point.
 template <int kVectors>
 __attribute__((always_inline)) inline void RequantizeChannel(__m512i* acc, int32_t multiplier,
                                                            int32_t shift,
                                                            const Qs8Requantization& q) {
   const __m512i m = _mm512_set1_epi64(multiplier);
-  if (q.rounding == Rounding::kSingle) {
-    // (p + 2^(t-1)) >> t, t = 31 - shift in [1, 62]: the even lanes' result is in the low
-    // half after the shift, the odd lanes' is moved into the high half by one shift too.
-    const int total = 31 - shift;
-    const __m512i round = _mm512_set1_epi64(int64_t{1} << (total - 1));
-    const __m128i count = _mm_cvtsi32_si128(total);
-    const bool left = total <= 32;
-    const __m128i odd_count = _mm_cvtsi32_si128(left ? 32 - total : total - 32);
+  const bool double_rounding = q.rounding == Rounding::kDouble;
+  if (!double_rounding || shift >= 0 || q.min >= q.output_zero_point) {
+    const int left = double_rounding && shift > 0 ? shift : 0;
+    const int total = !double_rounding ? 31 - shift : 31 + (shift < 0 ? -shift : 0);
+    int64_t k = !double_rounding ? int64_t{1} << (total - 1)
+                                 : (int64_t{1} << 30) + (shift < 0 ? int64_t{1} << (total - 1) : 0);
+    // |p| < 2^62: the zero point fits beside it below 2^63 while total <= 54.
+    const bool folded = total <= 54;
+    if (folded) k += static_cast<int64_t>(q.output_zero_point) * (int64_t{1} << total);
+    const __m512i round = _mm512_set1_epi64(k);
+    const __m128i left_count = _mm_cvtsi32_si128(left);
+    // total >= 32: both lanes' high halves are floor(x / 2^32), then one 32-bit shift (a
+    // little faster than two 64-bit ones). Else even lanes by a 64-bit shift right, odd
+    // lanes' result moved into their high half by a shift left.
+    const bool high = total >= 32;
+    const __m128i count = _mm_cvtsi32_si128(high ? total - 32 : total);
+    const __m128i odd_count = _mm_cvtsi32_si128(32 - total);
 #pragma GCC unroll 8
     for (int v = 0; v < kVectors; ++v) {
-      const __m512i even = _mm512_add_epi64(_mm512_mul_epi32(acc[v], m), round);
-      const __m512i odd =
-          _mm512_add_epi64(_mm512_mul_epi32(_mm512_srli_epi64(acc[v], 32), m), round);
-      acc[v] = _mm512_mask_blend_epi32(
-          0xAAAA, _mm512_sra_epi64(even, count),
-          left ? _mm512_sll_epi64(odd, odd_count) : _mm512_sra_epi64(odd, odd_count));
-    }
-  } else if (shift >= 0) {
-    // A left shift of acc (wrapping, as TFLite's int32 multiply by 2^shift), then h.
-    const __m128i count = _mm_cvtsi32_si128(shift);
-    const __m512i round = _mm512_set1_epi64(int64_t{1} << 30);
-#pragma GCC unroll 8
-    for (int v = 0; v < kVectors; ++v) {
-      const __m512i a = _mm512_sll_epi32(acc[v], count);
+      const __m512i a = left > 0 ? _mm512_sll_epi32(acc[v], left_count) : acc[v];
       const __m512i even = _mm512_add_epi64(_mm512_mul_epi32(a, m), round);
-      const __m512i odd =
-          _mm512_add_epi64(_mm512_mul_epi32(_mm512_srli_epi64(a, 32), m), round);
-      acc[v] = _mm512_mask_blend_epi32(0xAAAA, _mm512_srli_epi64(even, 31),
-                                       _mm512_add_epi64(odd, odd));
+      const __m512i odd = _mm512_add_epi64(_mm512_mul_epi32(_mm512_srli_epi64(a, 32), m), round);
+      acc[v] = high ? _mm512_sra_epi32(
+                          _mm512_mask_blend_epi32(0xAAAA, _mm512_srli_epi64(even, 32), odd), count)
+                    : _mm512_mask_blend_epi32(0xAAAA, _mm512_sra_epi64(even, count),
+                                              _mm512_sll_epi64(odd, odd_count));
     }
-  } else {
+    if (!folded) {
+      const __m512i zero_point = _mm512_set1_epi32(q.output_zero_point);
+#pragma GCC unroll 8
+      for (int v = 0; v < kVectors; ++v) acc[v] = _mm512_add_epi32(acc[v], zero_point);
+    }
+    if (q.min != -128 || q.max != 127) {
+      const __m512i lo = _mm512_set1_epi32(q.min), hi = _mm512_set1_epi32(q.max);
+#pragma GCC unroll 8
+      for (int v = 0; v < kVectors; ++v)
+        acc[v] = _mm512_min_epi32(_mm512_max_epi32(acc[v], lo), hi);
+    }
+    return;
+  }
+  {
+    // The double rounding with a right shift r, negative results not clamped away.
     const int r = -shift;  // > 0
     const __m512i round = _mm512_set1_epi64((int64_t{1} << 30) + (int64_t{1} << (30 + r)));
     const __m512i half = _mm512_set1_epi32(1 << (r - 1));

@@ -92,9 +92,12 @@ Layer RandomLayer(std::mt19937* rng, int block_size = 0) {
   l.requantization.rounding = uniform(0, 1) ? Rounding::kSingle : Rounding::kDouble;
   l.multiplier.resize(s.out_c);
   l.shift.resize(s.out_c);
+  // Some layers with tiny multipliers (shifts past 23: the kernels' one-floor form cannot
+  // hold the zero point beside the product there).
+  const double lowest = uniform(0, 5) == 0 ? -21.0 : -12.0;
   for (int c = 0; c < s.out_c; ++c) {
     const double real = std::exp(small ? std::uniform_real_distribution<double>(-2.0, 2.0)(*rng)
-                                       : std::uniform_real_distribution<double>(-12.0, 0.0)(*rng));
+                                       : std::uniform_real_distribution<double>(lowest, 0.0)(*rng));
     QuantizeMultiplier(real, l.requantization.rounding, &l.multiplier[c], &l.shift[c]);
   }
   l.requantization.multiplier = l.multiplier.data();
