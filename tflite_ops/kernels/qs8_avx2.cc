@@ -125,6 +125,7 @@ void Qs8SpmmAvx2(const Qs8SpmmFilter& f, const uint32_t* x, int8_t* y) {
   const Qs8Requantization& q = *f.requantization;
   const __m256i even_bytes = _mm256_set1_epi32(0x00FF00FF);
   for (int c = 0; c < f.num_channels; ++c) {
+    if (f.row_begin[c] == f.row_end[c]) continue;  // a constant the plan wrote
     __m256i acc[kVectors];
 #pragma GCC unroll 8
     for (int v = 0; v < kVectors; ++v) acc[v] = _mm256_set1_epi32(f.bias[c]);
@@ -158,6 +159,7 @@ void Qs8SpmmAvx2Block(const Qs8SpmmFilter& f, const uint32_t* x, int8_t* y) {
   const Qs8Requantization& q = *f.requantization;
   const __m256i even_bytes = _mm256_set1_epi32(0x00FF00FF);
   for (int b = 0; b < f.num_channels / kRows; ++b) {
+    if (f.row_begin[b] == f.row_end[b]) continue;  // constants the plan wrote
     __m256i acc[kRows][kVectors];
 #pragma GCC unroll 4
     for (int r = 0; r < kRows; ++r)

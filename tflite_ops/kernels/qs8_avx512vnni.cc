@@ -163,6 +163,7 @@ void Qs8SpmmVnni(const Qs8SpmmFilter& f, const uint32_t* x, int8_t* y) {
   constexpr int kTile = 16 * kVectors;
   const Qs8Requantization& q = *f.requantization;
   for (int c = 0; c < f.num_channels; ++c) {
+    if (f.row_begin[c] == f.row_end[c]) continue;  // a constant the plan wrote
     // Unrolled so that the accumulators stay in registers (a loop over them was not).
     __m512i acc[kVectors];
 #pragma GCC unroll 8
@@ -188,6 +189,7 @@ void Qs8SpmmVnniBlock(const Qs8SpmmFilter& f, const uint32_t* x, int8_t* y) {
   static_assert(kRows == 4, "the block loop is written for 4 rows");
   const Qs8Requantization& q = *f.requantization;
   for (int b = 0; b < f.num_channels / kRows; ++b) {
+    if (f.row_begin[b] == f.row_end[b]) continue;  // constants the plan wrote
     __m512i acc[kRows][kVectors];
 #pragma GCC unroll 4
     for (int r = 0; r < kRows; ++r)

@@ -188,6 +188,18 @@ std::string Qs8ConvPlan::Build(const ConvShape& shape, const Qs8SparseFilter& fi
   tile_out_stride_ = static_cast<size_t>(channels) * tile_ + kQs8TransposeSlack;
   tile_out_.assign(static_cast<size_t>(max_workers_) * tile_out_stride_, 0);
   BuildRows(filter, rows, channels);
+  // Rows without nonzeros give every position the same result: written here once into each
+  // worker's results, which the microkernels leave alone there (on a sparse layer of few
+  // input channels, many of its channels' requantizations).
+  for (int b = 0; b < channels / rows; ++b) {
+    if (row_begin_[b] != row_end_[b]) continue;
+    for (int c = b * rows; c < (b + 1) * rows; ++c) {
+      const int8_t value = Requantize(bias_corrected_[c], c, spmm_requantization_);
+      for (int w = 0; w < max_workers_; ++w)
+        std::memset(tile_out_.data() + w * tile_out_stride_ + static_cast<size_t>(c) * tile_,
+                    value, tile_);
+    }
+  }
   return "";
 }
 

@@ -18,6 +18,7 @@ void Qs8SpmmNeon(const Qs8SpmmFilter& f, const uint32_t* x, int8_t* y) {
   constexpr int kTile = 4 * kGroups;
   const Qs8Requantization& q = *f.requantization;
   for (int c = 0; c < f.num_channels; ++c) {
+    if (f.row_begin[c] == f.row_end[c]) continue;  // a constant the plan wrote
     int32x4_t lo[kGroups], hi[kGroups];
     for (int g = 0; g < kGroups; ++g) lo[g] = hi[g] = vdupq_n_s32(0);
     for (int32_t j = f.row_begin[c]; j < f.row_end[c]; ++j) {

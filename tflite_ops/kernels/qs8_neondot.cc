@@ -16,6 +16,7 @@ void Qs8SpmmNeonDot(const Qs8SpmmFilter& f, const uint32_t* x, int8_t* y) {
   constexpr int kTile = 4 * kVectors;
   const Qs8Requantization& q = *f.requantization;
   for (int c = 0; c < f.num_channels; ++c) {
+    if (f.row_begin[c] == f.row_end[c]) continue;  // a constant the plan wrote
     int32x4_t acc[kVectors];
     for (int v = 0; v < kVectors; ++v) acc[v] = vdupq_n_s32(f.bias[c]);
     for (int32_t j = f.row_begin[c]; j < f.row_end[c]; ++j) {
@@ -39,6 +40,7 @@ void Qs8SpmmNeonDotBlock(const Qs8SpmmFilter& f, const uint32_t* x, int8_t* y) {
   static_assert(kVectors % 2 == 0, "results are stored 8 at a time");
   const Qs8Requantization& q = *f.requantization;
   for (int b = 0; b < f.num_channels / kRows; ++b) {
+    if (f.row_begin[b] == f.row_end[b]) continue;  // constants the plan wrote
     int32x4_t acc[kRows][kVectors];
     for (int r = 0; r < kRows; ++r)
       for (int v = 0; v < kVectors; ++v) acc[r][v] = vdupq_n_s32(f.bias[b * kRows + r]);

@@ -116,6 +116,7 @@ void Qs8SpmmReference(const Qs8SpmmFilter& f, const uint32_t* x, int8_t* y, int 
   const int rows = f.block_rows;
   for (int c = 0; c < f.num_channels; ++c) {
     const int b = c / rows, r = c % rows;
+    if (f.row_begin[b] == f.row_end[b]) continue;  // a constant the plan wrote
     for (int i = 0; i < tile; ++i) {
       int32_t acc = f.bias[c];
       for (int32_t j = f.row_begin[b]; j < f.row_end[b]; ++j) {

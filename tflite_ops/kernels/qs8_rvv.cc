@@ -39,6 +39,7 @@ void Qs8SpmmRvv(const Qs8SpmmFilter& f, const uint32_t* x, int8_t* y) {
   const size_t vl = __riscv_vsetvlmax_e32m4();
   const Qs8Requantization& q = *f.requantization;
   for (int c = 0; c < f.num_channels; ++c) {
+    if (f.row_begin[c] == f.row_end[c]) continue;  // a constant the plan wrote
     vint32m4_t acc = __riscv_vmv_v_x_i32m4(f.bias[c], vl);
     for (int32_t j = f.row_begin[c]; j < f.row_end[c]; ++j) {
       const vint32m4_t in = __riscv_vle32_v_i32m4(

@@ -24,6 +24,7 @@ void Qs8SpmmPacked(const Qs8SpmmFilter& f, const uint32_t* x, int8_t* y) {
   constexpr uint64_t kBothHalves = 0x0000000100000001ull;
   const Qs8Requantization& q = *f.requantization;
   for (int c = 0; c < f.num_channels; ++c) {
+    if (f.row_begin[c] == f.row_end[c]) continue;  // a constant the plan wrote
     uint64_t acc[kRegs];
     for (int r = 0; r < kRegs; ++r) acc[r] = static_cast<uint32_t>(f.bias[c]) * kBothHalves;
     for (int32_t j = f.row_begin[c]; j < f.row_end[c]; ++j) {

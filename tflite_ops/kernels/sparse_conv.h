@@ -230,7 +230,8 @@ struct Qs8SpmmFilter {
 // in row b = c / block_rows, r = c % block_rows:
 //   y[c * tile + i] = Requantize(bias[c] + sum over row b's nonzeros j of
 //                                dot4(values[j * block_rows + r], x[offset[j] + i]))
-// Reads x only at offsets + [0, tile).
+// Reads x only at offsets + [0, tile). Rows without nonzeros are not written: their results
+// are constants (the requantized bias), which the plan writes into y once.
 using Qs8SpmmMicrokernelFn = void (*)(const Qs8SpmmFilter& filter, const uint32_t* x, int8_t* y);
 
 struct Qs8Tiling {
