@@ -142,6 +142,15 @@ class ModelledInt8Test(absltest.TestCase):
         self.assertFalse(p.int8_block_tiles)
         self.assertAlmostEqual(p.ours(_3X3, 0.7, 4) / p.ours(_3X3, 0.7, 1), 1.0, 6)
 
+    def test_builtin_int8_pays_per_output(self):
+        # XNNPACK requantizes every output: per MAC, a layer of few input channels costs it
+        # more than one of many (conv_bench_int8.md: 1x1 112x112 32->64 against 28x28 256).
+        few = targets.ConvShape(112, 112, 32, 64, 1, 1, (1, 1), (1, 1), "SAME")
+        many = targets.ConvShape(28, 28, 256, 256, 1, 1, (1, 1), (1, 1), "SAME")
+        p = targets.ModelledProfile("x86_64-avx512", dtype="int8")
+        per_mac = [p.builtin(s) / (s.in_h * s.in_w * s.in_c * s.out_c) for s in (few, many)]
+        self.assertGreater(per_mac[0], 1.5 * per_mac[1])
+
     def test_rvv_int8_tile_follows_vlen(self):
         short = targets.ModelledProfile("riscv64-rvv", vlen=128, dtype="int8")
         long = targets.ModelledProfile("riscv64-rvv", vlen=512, dtype="int8")

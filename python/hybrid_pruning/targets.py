@@ -405,6 +405,9 @@ class Int8Kernel:
     # weight word (AVX2's sign extension into pairs).
     block_shared_ops: int = 1
     block_weight_ops: int = 0
+    # XNNPACK's dense int8 conv per output vector besides its MACs: its float requantization
+    # and store (convert, multiply, clamp, convert back, zero point, narrow, store).
+    dense_requantize: float = 8.0
 
 
 def int8_tiles(target: str, vlen: int | None = None, blocks: bool = False) -> tuple[int, ...]:
@@ -441,21 +444,25 @@ def int8_block_rows() -> int:
 # measurements (benchmarks/results/conv_bench_int8.md, "modelled ratio"). A tap's input
 # vector starts at any word, so a load of B bytes crosses a 64-byte line with probability
 # (B - 4) / 64 and then takes two load slots (RVV's measured vle32 costs include that).
-# AVX-512's requantization is about 16 instructions, counted as 10 FMA slots: its adds,
-# shifts and blends issue two per cycle on Zen 4 where a zmm FMA issues one (fitted, as
-# the efficiency, to conv_bench_int8.md). Its block kernel reaches about 0.8 of its vpdpbusd
+# AVX-512's requantization (after a ReLU: one 64-bit floor, qs8_avx512vnni.cc) is about 11
+# instructions with its narrowing store, counted as 5 FMA slots: its adds, shifts and
+# blends issue two per cycle on Zen 4 where a zmm FMA issues one (fitted, as the efficiency,
+# to conv_bench_int8.md); AVX2's about 12. Rows left without a nonzero skip it. XNNPACK's
+# dense conv also pays its float requantization per output vector (dense_requantize):
+# without it the model had XNNPACK far faster than conv_bench_int8.md measures on 1x1
+# layers of few input channels, where that is much of its time. Its block kernel reaches about 0.8 of its vpdpbusd
 # bound (fitted likewise). AVX2's block kernel does the rows kernel's ALU work less only its
 # split, yet measures faster than that (conv_bench_int8.md's avx2 column, 4 x 4 blocks
 # against groups): the rows kernel loads each input vector once per channel and almost half
 # of those loads cross two cache lines, which costs more than the load slot counted here; its
 # efficiency above 1 is that difference, fitted.
 INT8_KERNELS = {
-    "x86_64-avx2": Int8Kernel("avx2", 7, 16, 32.0, 0.72, 32, 1.2, block_shared_ops=3,
+    "x86_64-avx2": Int8Kernel("avx2", 7, 12, 32.0, 0.72, 32, 1.2, block_shared_ops=3,
                               block_weight_ops=3),
-    "x86_64-avx512": Int8Kernel("avx512vnni", 2, 10, 64.0, 0.9, 64, 0.8, True),
+    "x86_64-avx512": Int8Kernel("avx512vnni", 2, 5, 64.0, 0.97, 64, 0.8, True),
     "arm64-neon": Int8Kernel("neondot", 2, 12, 32.0, 0.8, 16),
     "riscv64-rvv": Int8Kernel("", 12, 14, 16.0, 0.6),
-    "generic": Int8Kernel("", 0, 0, 1.0, 0.33),
+    "generic": Int8Kernel("", 0, 0, 1.0, 0.33, dense_requantize=0.0),
 }
 
 
@@ -504,8 +511,9 @@ class ModelledProfile:
         out, _ = self._positions(shape)
         macs = out * shape.kh * shape.kw * shape.in_c * shape.out_c
         if self.dtype == "int8":
-            cycles = macs / self.int8.dense_macs_per_cycle / self.int8.dense_efficiency \
-                + c.overhead
+            k = self.int8
+            cycles = macs / k.dense_macs_per_cycle / k.dense_efficiency \
+                + out * shape.out_c / c.lanes * k.dense_requantize * c.fma + c.overhead
         else:
             cycles = macs * c.fma / c.lanes / c.dense_efficiency + c.overhead
         return cycles / (c.ghz * 1e9)
@@ -557,7 +565,10 @@ class ModelledProfile:
         per_nonzero = max(bound, instructions / c.issue) / (
             k.block_efficiency if block_kernel else 1.0)
         tiles = math.ceil(computed / tile)
-        epilogue = blocks * block * vecs * k.requantize * c.fma
+        # Rows left without a nonzero are constants the plan writes once: no requantization.
+        # Their share, were the pruned blocks spread at random: sparsity ** (blocks per row).
+        empty = sparsity ** (shape.kh * shape.kw * groups)
+        epilogue = blocks * block * vecs * k.requantize * c.fma * (1.0 - empty)
         # Packing moves a word per 4 input channels, the byte transpose 16 bytes per vector
         # op where the float transpose moves one float per lane.
         packing = (shape.in_h * shape.in_w * groups + out * shape.out_c / 4) * c.transpose
