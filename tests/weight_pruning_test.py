@@ -218,5 +218,69 @@ class SequentialRefitTest(absltest.TestCase):
         candidate(other, None)
         self.assertFalse(np.allclose(fifth, layers[4].kernel))
 
+    def test_stepwise_equals_a_pass_from_the_input(self):
+        """statistics.Stepwise, one layer after another on a residual model with a separable
+        conv, gives each layer the input a tap model from the input gives, also after the
+        layers before it changed; SequentialRefit re-fits the same weights with it as with
+        taps."""
+        keras.utils.set_random_seed(3)
+        inputs = keras.Input((12, 12, 3))
+        x = keras.layers.Conv2D(8, 3, padding="same", use_bias=False)(inputs)
+        x = keras.layers.BatchNormalization()(x)
+        x = keras.layers.ReLU()(x)
+        y = keras.layers.Conv2D(8, 3, padding="same", activation="relu")(x)
+        y = keras.layers.SeparableConv2D(8, 3, padding="same")(y)
+        x = keras.layers.Add()([keras.layers.Conv2D(8, 1)(x), y])  # the shortcut conv
+        x = keras.layers.Conv2D(6, 1, strides=2)(x)
+        x = keras.layers.GlobalAveragePooling2D()(x)
+        model = keras.Model(inputs, keras.layers.Dense(4)(x))
+        path = self.create_tempdir().full_path + "/residual.keras"
+        model.save(path)
+        model = graph.normalize(keras.models.load_model(path), None)
+        layers, _ = graph.prunable_layers(model)
+        probes = np.random.default_rng(0).uniform(0, 1, (40, 12, 12, 3)).astype(np.float32)
+        planned = statistics.Stepwise.planned_bytes(model, layers, len(probes))
+        self.assertGreater(planned, 0)
+        self.assertEqual(statistics.planned_bytes(model, layers, len(probes), stepwise=True)
+                         - statistics.planned_bytes(model, layers, len(probes)), planned)
+        stepped = weight_pruning.SequentialRefit(model, layers, probes)
+        saved = statistics.STEPWISE_BYTES
+        statistics.STEPWISE_BYTES = 0  # a tap from the input per layer instead
+        try:
+            tapped = weight_pruning.SequentialRefit(model, layers, probes)
+        finally:
+            statistics.STEPWISE_BYTES = saved
+        self.assertIsNotNone(stepped.stepwise)
+        self.assertIsNone(tapped.stepwise)
+        for a, b in zip(stepped.reference, tapped.reference):
+            np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+
+        def check():
+            stepped.stepwise.restart()
+            for k, pl in enumerate(layers):
+                expected = statistics.tap_model(model, [pl]).predict(probes, verbose=0)
+                np.testing.assert_allclose(stepped.stepwise.inputs(k), expected, rtol=1e-5,
+                                           atol=1e-5, err_msg=pl.name)
+                held = sum(v.nbytes for v in stepped.stepwise.values.values() if v is not probes)
+                self.assertLessEqual(held, planned, pl.name)
+            with self.assertRaisesRegex(ValueError, "restart"):
+                stepped.stepwise.inputs(0)
+
+        check()
+        for pl in layers:  # prune every layer: the next pass must see it
+            pl.set_folded(np.where(np.abs(pl.folded_kernel) < 0.1, 0, pl.folded_kernel))
+        check()
+        pruned = model.get_weights(), [pl.shift.copy() for pl in layers]
+        results = []
+        for refit in (stepped, tapped):
+            model.set_weights(pruned[0])
+            for pl, shift in zip(layers, pruned[1]):
+                pl.shift = shift.copy()
+            refit.apply()
+            results.append(model.get_weights())
+        for a, b, c in zip(*results, pruned[0]):
+            np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+        self.assertFalse(all(np.array_equal(a, c) for a, c in zip(results[0], pruned[0])))
+
 if __name__ == "__main__":
     absltest.main()

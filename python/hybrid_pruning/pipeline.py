@@ -284,7 +284,11 @@ def _copy(model):
 def _check_memory(model, layers, config: PruneConfig) -> None:
     """Refuses, before any work, a run that would not fit in memory (the kernel's OOM killer
     would end it without a word)."""
-    need = statistics.planned_bytes(model, layers, config.probe_count)
+    global_budget = any(v is not None for v in (config.target_macs, config.min_agreement,
+                                                config.max_kl))
+    need = statistics.planned_bytes(
+        model, layers, config.probe_count,
+        stepwise=config.objective == "latency" and config.sequential_refit and not global_budget)
     if probes_lib.resolve(model, config.probe) == "bn":
         need += probes_lib.bn_bytes(model, config.probe_count)
     have = statistics.available_bytes()

@@ -117,10 +117,13 @@ def tap_model(model, layers: list[graph.PrunableLayer]):
 
 
 def collect(model, layers: list[graph.PrunableLayer], probes: np.ndarray, seed: int = 0,
-            batch_bytes: int = BATCH_BYTES, tap=None) -> list[LayerSample]:
+            batch_bytes: int = BATCH_BYTES, tap=None,
+            values: list[np.ndarray] | None = None) -> list[LayerSample]:
     """A sample of every layer's input patches on the probes, one batch at a time. The same
-    seed and layer shapes draw the same positions, whatever the weights."""
-    tap = tap if tap is not None else tap_model(model, layers)
+    seed and layer shapes draw the same positions, whatever the weights. `values`: the
+    layers' inputs on every probe, computed already (Stepwise), instead of a forward pass."""
+    if values is None:
+        tap = tap if tap is not None else tap_model(model, layers)
     per_probe = sum(int(np.prod(pl.layer.input.shape[1:])) * 4 for pl in layers)
     batch = int(max(1, min(len(probes), batch_bytes // max(per_probe, 1))))
     rng = np.random.default_rng(seed)
@@ -131,8 +134,11 @@ def collect(model, layers: list[graph.PrunableLayer], probes: np.ndarray, seed: 
     sizes = np.zeros(len(layers))
     for start in range(0, len(probes), batch):
         chunk = probes[start:start + batch]
-        outs = tap.predict_on_batch(chunk)
-        outs = outs if isinstance(outs, (list, tuple)) else [outs]
+        if values is None:
+            outs = tap.predict_on_batch(chunk)
+            outs = outs if isinstance(outs, (list, tuple)) else [outs]
+        else:
+            outs = [v[start:start + batch] for v in values]
         for k, (pl, out) in enumerate(zip(layers, outs)):
             x = np.asarray(out, np.float32)
             if pl.separable:
@@ -146,6 +152,157 @@ def collect(model, layers: list[graph.PrunableLayer], probes: np.ndarray, seed: 
             for p, z, s in zip(parts, zeros, sizes)]
 
 
+# The most Stepwise may hold (every probe's live tensors); beyond it SequentialRefit runs a
+# tap model from the input for each layer instead, and the memory plan counts what it holds.
+STEPWISE_BYTES = 4 << 30
+
+
+class Stepwise:
+    """The probes' forward pass advanced one prunable layer at a time: a layer's input costs
+    the nodes it needs that have not run yet, and only tensors that nodes still to run read
+    are held (for every probe). A tap model costs every node from the input, and
+    SequentialRefit, which changes each layer before it reads the next one's input, paid
+    that per layer: quadratic in depth. Nodes run eagerly, in inference mode, a batch of
+    probes at a time."""
+
+    def __init__(self, model, layers: list[graph.PrunableLayer], probes: np.ndarray):
+        plan = _stepwise_plan(model, layers)
+        if plan is None:
+            raise ValueError(f"model '{model.name}': no stepwise pass (Stepwise.planned_bytes)")
+        self.layers, self.probes = layers, probes
+        self.nodes, self.needs, self.readers = plan
+        self.input = graph.flatten(model.inputs)[0]
+        self.batch = predict_batch(model)
+        self.restart()
+
+    @staticmethod
+    def planned_bytes(model, layers: list[graph.PrunableLayer], probe_count: int) -> int:
+        """What a Stepwise of these probes holds at most; 0 where it cannot run (nested
+        models, shared layers, layers not in a graph order) or would exceed STEPWISE_BYTES."""
+        plan = _stepwise_plan(model, layers)
+        if plan is None:
+            return 0
+        need = _stepwise_peak(layers, *plan) * probe_count
+        return need if need <= STEPWISE_BYTES else 0
+
+    def restart(self) -> None:
+        """Back to the probes (weights changed upstream)."""
+        self.values = {id(self.input): self.probes}
+        self.pending = dict(self.readers)
+        self.ran: set[int] = set()
+        self.last = -1  # the last layer whose input was given
+
+    def inputs(self, k: int) -> np.ndarray:
+        """Layer k's input on every probe, with the weights every layer has now. Layers
+        before k must not change until the next restart(); layer k may."""
+        if k <= self.last:
+            raise ValueError(f"layer {self.layers[k].name}: its input was passed; restart()")
+        for i in self.needs[k]:
+            if i not in self.ran:
+                self._run(i)
+        self.last = k
+        return self.values[id(self.layers[k].layer.input)]
+
+    def sample(self, k: int, seed: int = 0) -> LayerSample:
+        """collect() of layer k alone, from inputs(k): the same rows for the same inputs."""
+        return collect(None, [self.layers[k]], self.probes, seed, values=[self.inputs(k)])[0]
+
+    def _run(self, i: int) -> None:
+        import tensorflow as tf
+
+        node = self.nodes[i]
+        args, kwargs = graph._node_call(node)
+        layer, n = graph._node_layer(node), len(self.probes)
+        outputs = graph.flatten(node.outputs)
+        results: list = [None] * len(outputs)
+        for start in range(0, n, self.batch):
+            mapped = tf.nest.map_structure(
+                lambda x: self.values[id(x)][start:start + self.batch]
+                if graph._is_keras_tensor(x) else x, (args, kwargs))
+            for j, o in enumerate(graph.flatten(layer(*mapped[0], **mapped[1]))):
+                o = np.asarray(o)
+                if results[j] is None:
+                    results[j] = np.empty((n, *o.shape[1:]), o.dtype)
+                results[j][start:start + len(o)] = o
+        self.ran.add(i)
+        for t, r in zip(outputs, results):
+            self.values[id(t)] = r
+        for x in _tensors((args, kwargs)):
+            self.pending[id(x)] -= 1
+            if self.pending[id(x)] == 0 and not self._requested(x):
+                del self.values[id(x)]
+
+    def _requested(self, x) -> bool:
+        """Whether `x` is the input of a layer not given yet (it is kept for inputs())."""
+        return any(id(pl.layer.input) == id(x) for pl in self.layers[self.last + 1:])
+
+
+def _tensors(structure) -> list:
+    return [x for x in graph.flatten(structure) if graph._is_keras_tensor(x)]
+
+
+def _stepwise_plan(model, layers: list[graph.PrunableLayer]):
+    """(nodes in graph order; per layer, the nodes its input needs, in that order; {tensor id:
+    reads by those nodes}) for Stepwise, or None where it cannot run: nested models, shared
+    layers, or a layer that needs a later one of `layers` (not in a graph order)."""
+    nodes = graph.model_nodes(model)
+    if len(graph.flatten(model.inputs)) != 1 or any(
+            graph._is_model(graph._node_layer(n)) for n in nodes) or any(
+            len(pl.layer._inbound_nodes) != 1 for pl in layers):
+        return None
+    index = {id(n): i for i, n in enumerate(nodes)}
+    owner = {id(graph._node_layer(n)): i for i, n in enumerate(nodes)}
+    later = {owner.get(id(pl.layer)): k for k, pl in enumerate(layers)}
+    needs = []
+    for k, pl in enumerate(layers):
+        seen, stack = set(), [pl.layer.input]
+        while stack:
+            history = getattr(stack.pop(), "_keras_history", None)
+            if history is None or history[0] is None:
+                continue
+            i = index.get(id(history[0]._inbound_nodes[history[1]]))
+            if i is None or i in seen:
+                continue
+            if later.get(i, -1) >= k:
+                return None
+            seen.add(i)
+            stack.extend(_tensors(graph._node_call(nodes[i])))
+        # An InputLayer's node has no arguments: its output is the probes.
+        needs.append(sorted(i for i in seen if any(graph._node_call(nodes[i]))))
+    readers: dict[int, int] = {}
+    for i in set().union(*needs):
+        for x in _tensors(graph._node_call(nodes[i])):
+            readers[id(x)] = readers.get(id(x), 0) + 1
+    return nodes, needs, readers
+
+
+def _tensor_bytes(t) -> int:
+    return int(np.prod([int(d) for d in t.shape[1:] if d is not None])) * 4
+
+
+def _stepwise_peak(layers: list[graph.PrunableLayer], nodes, needs, readers) -> int:
+    """The most bytes per probe a Stepwise holds when asked for every layer's input in turn:
+    the tensors still to be read and a node's outputs."""
+    live: dict[int, int] = {}
+    pending = dict(readers)
+    ran: set[int] = set()
+    peak = 0
+    for k, need in enumerate(needs):
+        requested = {id(pl.layer.input) for pl in layers[k:]}
+        for i in need:
+            if i in ran:
+                continue
+            ran.add(i)
+            for t in graph.flatten(nodes[i].outputs):
+                live[id(t)] = _tensor_bytes(t)
+            peak = max(peak, sum(live.values()))
+            for x in _tensors(graph._node_call(nodes[i])):
+                pending[id(x)] -= 1
+                if pending[id(x)] == 0 and id(x) not in requested:
+                    live.pop(id(x), None)
+    return peak
+
+
 def predict_batch(model) -> int:
     """A batch size for whole-model forward passes that keeps their activations within
     BATCH_BYTES."""
@@ -155,11 +312,12 @@ def predict_batch(model) -> int:
 _RUNTIME_BYTES = 2 << 30  # TensorFlow, Keras and the interpreter themselves
 
 
-def planned_bytes(model, layers: list[graph.PrunableLayer], probe_count: int) -> int:
+def planned_bytes(model, layers: list[graph.PrunableLayer], probe_count: int,
+                  stepwise: bool = False) -> int:
     """What compressing `model` will hold at its peak: the model several times over
     (original, working copy, converted), probes with the outputs of the original, the
-    Keras model and the .tflite, every layer's patch sample, one forward batch, and the
-    largest layer's moment matrices."""
+    Keras model and the .tflite, every layer's patch sample, one forward batch, the
+    largest layer's moment matrices and, with `stepwise` (a SequentialRefit), its pass."""
     params = sum(int(np.prod(w.shape)) for w in model.weights) * 4
     inputs = int(np.prod(model.inputs[0].shape[1:])) * 4
     outputs = sum(int(np.prod(t.shape[1:])) for t in graph.flatten(model.outputs)) * 4
@@ -172,7 +330,8 @@ def planned_bytes(model, layers: list[graph.PrunableLayer], probe_count: int) ->
     moments = 3 * widest * min(widest, row_limit(widest)) * 8 + row_limit(widest) * widest * 8
     batch = predict_batch(model) * activation_bytes_per_probe(model) * 3
     return int(_RUNTIME_BYTES + 5 * params + probe_count * (2 * inputs + 4 * outputs)
-               + samples + moments + batch)
+               + samples + moments + batch
+               + (Stepwise.planned_bytes(model, layers, probe_count) if stepwise else 0))
 
 
 def available_bytes() -> int:

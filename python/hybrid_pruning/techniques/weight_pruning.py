@@ -226,10 +226,13 @@ class SequentialRefit:
     def __init__(self, model, layers: list[PrunableLayer], probes: np.ndarray, seed: int = 0):
         """Takes the reference (unpruned) inputs and weights: call before pruning."""
         self.model, self.layers, self.probes, self.seed = model, layers, probes, seed
-        # One tap per layer, built once: a new Keras model would be traced again every call.
-        self.taps = [statistics.tap_model(model, [pl]) for pl in layers]
-        self.reference = [statistics.collect(model, [pl], probes, seed, tap=tap)[0].rows
-                          for pl, tap in zip(layers, self.taps)]
+        # One forward pass in steps where memory allows (statistics.Stepwise), else one tap
+        # per layer, built once: a new Keras model would be traced again every call.
+        self.stepwise = statistics.Stepwise(model, layers, probes) \
+            if statistics.Stepwise.planned_bytes(model, layers, len(probes)) else None
+        self.taps = None if self.stepwise else [statistics.tap_model(model, [pl])
+                                                for pl in layers]
+        self.reference = [self._inputs(k).rows for k in range(len(layers))]
         self.weights = [pl.folded_kernel.astype(np.float64).reshape(-1, pl.kernel.shape[-1])
                         for pl in layers]
         self.bias = [pl.folded_bias.astype(np.float64) for pl in layers]
@@ -241,8 +244,10 @@ class SequentialRefit:
         k's kernel before the re-fit (the search's level); with it, a layer whose own and
         upstream levels were re-fitted before takes that result (its re-fit depends on
         nothing else), so a search step that changes one layer re-fits from there on."""
-        for k, (pl, tap, xo, wo, bo) in enumerate(zip(self.layers, self.taps, self.reference,
-                                                      self.weights, self.bias)):
+        if self.stepwise:
+            self.stepwise.restart()
+        for k, (pl, xo, wo, bo) in enumerate(zip(self.layers, self.reference, self.weights,
+                                                 self.bias)):
             key = None if levels is None else tuple(levels[:k + 1])
             if key in self._done:
                 pl.set_folded(*self._done[key])
@@ -251,7 +256,7 @@ class SequentialRefit:
             keep = current != 0
             if keep.all():
                 continue
-            xp = statistics.collect(self.model, [pl], self.probes, self.seed, tap=tap)[0].rows
+            xp = self._inputs(k).rows
             xp, xo64 = xp.astype(np.float64), xo.astype(np.float64)
             mp, mo = xp.mean(0), xo64.mean(0)
             centre = pl.can_shift_bias
@@ -267,6 +272,13 @@ class SequentialRefit:
                     self._bytes = 0
                 self._done[key] = result
                 self._bytes += result[0].nbytes
+
+    def _inputs(self, k: int) -> statistics.LayerSample:
+        """Layer k's input sample with the weights the layers before it have now."""
+        if self.stepwise:
+            return self.stepwise.sample(k, self.seed)
+        return statistics.collect(self.model, [self.layers[k]], self.probes, self.seed,
+                                  tap=self.taps[k])[0]
 
 
 def prune_layer(layer: PrunableLayer, x, error_budget: float,
