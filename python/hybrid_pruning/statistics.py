@@ -158,21 +158,20 @@ STEPWISE_BYTES = 4 << 30
 
 
 class Stepwise:
-    """The probes' forward pass advanced one prunable layer at a time: a layer's input costs
-    the nodes it needs that have not run yet, and only tensors that nodes still to run read
-    are held (for every probe). A tap model costs every node from the input, and
-    SequentialRefit, which changes each layer before it reads the next one's input, paid
-    that per layer: quadratic in depth. Nodes run eagerly, in inference mode, a batch of
-    probes at a time."""
+    """The probes' forward pass advanced one prunable layer at a time, for SequentialRefit
+    (which changes each layer before it reads the next one's input): a tap model costs every
+    node from the input per layer, quadratic in depth. Segment j runs the nodes layer j's
+    input needs that no earlier layer's input needed, as one traced function on batches of
+    probes; only tensors that later segments read or layers ask for are held, for every
+    probe."""
 
     def __init__(self, model, layers: list[graph.PrunableLayer], probes: np.ndarray):
         plan = _stepwise_plan(model, layers)
         if plan is None:
             raise ValueError(f"model '{model.name}': no stepwise pass (Stepwise.planned_bytes)")
-        self.layers, self.probes = layers, probes
-        self.nodes, self.needs, self.readers = plan
+        self.layers, self.probes, self.plan = layers, probes, plan
         self.input = graph.flatten(model.inputs)[0]
-        self.batch = predict_batch(model)
+        self.functions = [_segment_function(plan.nodes, seg) for seg in plan.segments]
         self.restart()
 
     @staticmethod
@@ -182,14 +181,13 @@ class Stepwise:
         plan = _stepwise_plan(model, layers)
         if plan is None:
             return 0
-        need = _stepwise_peak(layers, *plan) * probe_count
+        need = plan.peak * probe_count
         return need if need <= STEPWISE_BYTES else 0
 
     def restart(self) -> None:
         """Back to the probes (weights changed upstream)."""
         self.values = {id(self.input): self.probes}
-        self.pending = dict(self.readers)
-        self.ran: set[int] = set()
+        self.done = -1  # segments run
         self.last = -1  # the last layer whose input was given
 
     def inputs(self, k: int) -> np.ndarray:
@@ -197,9 +195,19 @@ class Stepwise:
         before k must not change until the next restart(); layer k may."""
         if k <= self.last:
             raise ValueError(f"layer {self.layers[k].name}: its input was passed; restart()")
-        for i in self.needs[k]:
-            if i not in self.ran:
-                self._run(i)
+        n = len(self.probes)
+        for j in range(self.done + 1, k + 1):
+            seg = self.plan.segments[j]
+            for key in [key for key in self.values if self.plan.until.get(key, -1) < j]:
+                del self.values[key]
+            if not seg.nodes:
+                continue
+            parts = [self.functions[j](*(self.values[id(t)][s:s + seg.batch]
+                                         for t in seg.reads))
+                     for s in range(0, n, seg.batch)]
+            for m, t in enumerate(seg.writes):
+                self.values[id(t)] = np.concatenate([np.asarray(p[m]) for p in parts])
+        self.done = max(self.done, k)
         self.last = k
         return self.values[id(self.layers[k].layer.input)]
 
@@ -207,44 +215,34 @@ class Stepwise:
         """collect() of layer k alone, from inputs(k): the same rows for the same inputs."""
         return collect(None, [self.layers[k]], self.probes, seed, values=[self.inputs(k)])[0]
 
-    def _run(self, i: int) -> None:
-        import tensorflow as tf
 
-        node = self.nodes[i]
-        args, kwargs = graph._node_call(node)
-        layer, n = graph._node_layer(node), len(self.probes)
-        outputs = graph.flatten(node.outputs)
-        results: list = [None] * len(outputs)
-        for start in range(0, n, self.batch):
-            mapped = tf.nest.map_structure(
-                lambda x: self.values[id(x)][start:start + self.batch]
-                if graph._is_keras_tensor(x) else x, (args, kwargs))
-            for j, o in enumerate(graph.flatten(layer(*mapped[0], **mapped[1]))):
-                o = np.asarray(o)
-                if results[j] is None:
-                    results[j] = np.empty((n, *o.shape[1:]), o.dtype)
-                results[j][start:start + len(o)] = o
-        self.ran.add(i)
-        for t, r in zip(outputs, results):
-            self.values[id(t)] = r
-        for x in _tensors((args, kwargs)):
-            self.pending[id(x)] -= 1
-            if self.pending[id(x)] == 0 and not self._requested(x):
-                del self.values[id(x)]
+@dataclasses.dataclass
+class _Segment:
+    nodes: list[int]  # in graph order
+    reads: list  # tensors made before it
+    writes: list  # tensors it makes that later segments read or a layer asks for
+    batch: int  # probes per call
 
-    def _requested(self, x) -> bool:
-        """Whether `x` is the input of a layer not given yet (it is kept for inputs())."""
-        return any(id(pl.layer.input) == id(x) for pl in self.layers[self.last + 1:])
+
+@dataclasses.dataclass
+class _Plan:
+    nodes: list
+    segments: list[_Segment]
+    until: dict[int, int]  # tensor id -> the last segment that reads it (or layer asking)
+    peak: int  # bytes per probe held at most
 
 
 def _tensors(structure) -> list:
     return [x for x in graph.flatten(structure) if graph._is_keras_tensor(x)]
 
 
-def _stepwise_plan(model, layers: list[graph.PrunableLayer]):
-    """(nodes in graph order; per layer, the nodes its input needs, in that order; {tensor id:
-    reads by those nodes}) for Stepwise, or None where it cannot run: nested models, shared
-    layers, or a layer that needs a later one of `layers` (not in a graph order)."""
+def _tensor_bytes(t) -> int:
+    return int(np.prod([int(d) for d in t.shape[1:] if d is not None])) * 4
+
+
+def _stepwise_plan(model, layers: list[graph.PrunableLayer]) -> _Plan | None:
+    """Stepwise's segments, or None where it cannot run: nested models, shared layers, or a
+    layer whose input needs a later one of `layers` (they are not in a graph order)."""
     nodes = graph.model_nodes(model)
     if len(graph.flatten(model.inputs)) != 1 or any(
             graph._is_model(graph._node_layer(n)) for n in nodes) or any(
@@ -253,54 +251,71 @@ def _stepwise_plan(model, layers: list[graph.PrunableLayer]):
     index = {id(n): i for i, n in enumerate(nodes)}
     owner = {id(graph._node_layer(n)): i for i, n in enumerate(nodes)}
     later = {owner.get(id(pl.layer)): k for k, pl in enumerate(layers)}
-    needs = []
+    segment_of: dict[int, int] = {}
+    groups: list[list[int]] = []
     for k, pl in enumerate(layers):
-        seen, stack = set(), [pl.layer.input]
+        group, stack = [], [pl.layer.input]
         while stack:
             history = getattr(stack.pop(), "_keras_history", None)
             if history is None or history[0] is None:
                 continue
             i = index.get(id(history[0]._inbound_nodes[history[1]]))
-            if i is None or i in seen:
+            if i is None or i in segment_of:
                 continue
             if later.get(i, -1) >= k:
                 return None
-            seen.add(i)
-            stack.extend(_tensors(graph._node_call(nodes[i])))
-        # An InputLayer's node has no arguments: its output is the probes.
-        needs.append(sorted(i for i in seen if any(graph._node_call(nodes[i]))))
-    readers: dict[int, int] = {}
-    for i in set().union(*needs):
-        for x in _tensors(graph._node_call(nodes[i])):
-            readers[id(x)] = readers.get(id(x), 0) + 1
-    return nodes, needs, readers
-
-
-def _tensor_bytes(t) -> int:
-    return int(np.prod([int(d) for d in t.shape[1:] if d is not None])) * 4
-
-
-def _stepwise_peak(layers: list[graph.PrunableLayer], nodes, needs, readers) -> int:
-    """The most bytes per probe a Stepwise holds when asked for every layer's input in turn:
-    the tensors still to be read and a node's outputs."""
-    live: dict[int, int] = {}
-    pending = dict(readers)
-    ran: set[int] = set()
-    peak = 0
-    for k, need in enumerate(needs):
-        requested = {id(pl.layer.input) for pl in layers[k:]}
-        for i in need:
-            if i in ran:
-                continue
-            ran.add(i)
-            for t in graph.flatten(nodes[i].outputs):
-                live[id(t)] = _tensor_bytes(t)
-            peak = max(peak, sum(live.values()))
+            segment_of[i] = k
+            args, kwargs = graph._node_call(nodes[i])
+            if args or kwargs:  # not an InputLayer: its output is the probes
+                group.append(i)
+            stack.extend(_tensors((args, kwargs)))
+        groups.append(sorted(group))
+    made = {id(t): k for k, group in enumerate(groups) for i in group
+            for t in graph.flatten(nodes[i].outputs)}
+    until: dict[int, int] = {}
+    for k, group in enumerate(groups):
+        for i in group:
             for x in _tensors(graph._node_call(nodes[i])):
-                pending[id(x)] -= 1
-                if pending[id(x)] == 0 and id(x) not in requested:
-                    live.pop(id(x), None)
-    return peak
+                if made.get(id(x), -1) < k:  # read across segments
+                    until[id(x)] = max(until.get(id(x), -1), k)
+        x = layers[k].layer.input
+        until[id(x)] = max(until.get(id(x), -1), k)
+    segments, live, peak = [], {}, 0
+    for k, group in enumerate(groups):
+        reads = {id(x): x for i in group for x in _tensors(graph._node_call(nodes[i]))
+                 if made.get(id(x), -1) < k}
+        writes = [t for i in group for t in graph.flatten(nodes[i].outputs) if id(t) in until]
+        inner = sum(_tensor_bytes(t) for i in group for t in graph.flatten(nodes[i].outputs))
+        inner += sum(_tensor_bytes(x) for x in reads.values())
+        batch = int(max(1, min(32, BATCH_BYTES // max(3 * inner, 1))))
+        segments.append(_Segment(group, list(reads.values()), writes, batch))
+        live = {key: b for key, b in live.items() if until[key] >= k}
+        live.update({id(t): _tensor_bytes(t) for t in writes})
+        peak = max(peak, sum(live.values()))
+    return _Plan(nodes, segments, until, peak)
+
+
+def _segment_function(nodes: list, segment: _Segment):
+    """One traced function for a segment's nodes (graph mode: fused as predict() is)."""
+    import tensorflow as tf
+
+    if not segment.nodes:
+        return None
+    specs = [tf.TensorSpec((None, *x.shape[1:]), x.dtype) for x in segment.reads]
+
+    @tf.function(input_signature=specs)
+    def run(*xs):
+        env = {id(t): x for t, x in zip(segment.reads, xs)}
+        for i in segment.nodes:
+            args, kwargs = graph._node_call(nodes[i])
+            mapped = tf.nest.map_structure(
+                lambda x: env[id(x)] if graph._is_keras_tensor(x) else x, (args, kwargs))
+            outputs = graph.flatten(graph._node_layer(nodes[i])(*mapped[0], **mapped[1]))
+            for t, o in zip(graph.flatten(nodes[i].outputs), outputs):
+                env[id(t)] = o
+        return [env[id(t)] for t in segment.writes]
+
+    return run
 
 
 def predict_batch(model) -> int:
