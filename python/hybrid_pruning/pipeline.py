@@ -196,8 +196,7 @@ def compress_targets(model, config: PruneConfig) -> dict[str, PruneResult]:
     # The model to beat: the original as the stock converter writes it in the same dtype.
     original_tflite = convert.to_tflite(original, config.dtype, probes)
     dense_size = len(original_tflite)
-    global_budget = any(v is not None for v in (config.target_macs, config.min_agreement,
-                                                config.max_kl))
+    global_budget = _global_budget(config)
     scales = BACKOFF if config.auto_backoff and not global_budget else BACKOFF[:1]
     if config.objective == "latency" and not global_budget:
         try:
@@ -284,11 +283,10 @@ def _copy(model):
 def _check_memory(model, layers, config: PruneConfig) -> None:
     """Refuses, before any work, a run that would not fit in memory (the kernel's OOM killer
     would end it without a word)."""
-    global_budget = any(v is not None for v in (config.target_macs, config.min_agreement,
-                                                config.max_kl))
     need = statistics.planned_bytes(
         model, layers, config.probe_count,
-        stepwise=config.objective == "latency" and config.sequential_refit and not global_budget)
+        stepwise=config.objective == "latency" and config.sequential_refit
+        and not _global_budget(config))
     if probes_lib.resolve(model, config.probe) == "bn":
         need += probes_lib.bn_bytes(model, config.probe_count)
     have = statistics.available_bytes()
@@ -445,6 +443,12 @@ def _unprune(outcome: Outcome, names: list[str], probes: np.ndarray, reference: 
     return True
 
 
+def _global_budget(config: PruneConfig) -> bool:
+    """Whether one budget for the whole network replaces the objective (budget.allocate)."""
+    return any(v is not None for v in (config.target_macs, config.min_agreement,
+                                       config.max_kl))
+
+
 def _scaled(config: PruneConfig, scale: float) -> PruneConfig:
     return dataclasses.replace(
         config, weight_error_budget=config.weight_error_budget * scale,
@@ -501,8 +505,7 @@ def _finish(prepared: Prepared, probes: np.ndarray, reference: list, config: Pru
     """Prunes the prepared model for one target (its profile; None: per-layer budgets or a
     global budget), writes it and measures its fidelity on the probes."""
     model, layers, inputs = prepared.model, prepared.layers, prepared.inputs
-    global_budget = any(v is not None for v in (config.target_macs, config.min_agreement,
-                                                config.max_kl))
+    global_budget = _global_budget(config)
 
     reconverter = []  # made at the first check: a search that checks nothing converts nothing
     int8_probes = _calibration(config, probes)

@@ -107,7 +107,7 @@ def activation_bytes_per_probe(model) -> int:
     total = 0
     for layer in model.layers:
         for t in graph.flatten(layer.output):
-            total += int(np.prod([int(d) for d in t.shape[1:] if d is not None])) * 4
+            total += _tensor_bytes(t)
     return total
 
 
@@ -237,6 +237,7 @@ def _tensors(structure) -> list:
 
 
 def _tensor_bytes(t) -> int:
+    """float32 bytes of one probe's share of a Keras tensor."""
     return int(np.prod([int(d) for d in t.shape[1:] if d is not None])) * 4
 
 
