@@ -221,8 +221,8 @@ class SequentialRefitTest(absltest.TestCase):
     def test_stepwise_equals_a_pass_from_the_input(self):
         """statistics.Stepwise, one layer after another on a residual model with a separable
         conv, gives each layer the input a tap model from the input gives, also after the
-        layers before it changed; SequentialRefit re-fits the same weights with it as with
-        taps."""
+        layers before it changed, and the model's outputs with the layer it stands at changed;
+        SequentialRefit re-fits the same weights with it as with taps."""
         keras.utils.set_random_seed(3)
         inputs = keras.Input((12, 12, 3))
         x = keras.layers.Conv2D(8, 3, padding="same", use_bias=False)(inputs)
@@ -267,6 +267,16 @@ class SequentialRefitTest(absltest.TestCase):
                 stepped.stepwise.inputs(0)
 
         check()
+        # outputs(): the model's outputs with the layer the pass stands at changed.
+        stepped.stepwise.restart()
+        for k, pl in enumerate(layers):
+            stepped.stepwise.inputs(k)
+            saved = pl.layer.get_weights()
+            pl.set_kernel(pl.kernel * np.random.default_rng(k).uniform(0, 2, pl.kernel.shape))
+            np.testing.assert_allclose(stepped.stepwise.outputs()[0],
+                                       model.predict(probes, verbose=0), rtol=1e-4,
+                                       atol=1e-5, err_msg=pl.name)
+            pl.layer.set_weights(saved)
         for pl in layers:  # prune every layer: the next pass must see it
             pl.set_folded(np.where(np.abs(pl.folded_kernel) < 0.1, 0, pl.folded_kernel))
         check()

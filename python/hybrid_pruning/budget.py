@@ -109,7 +109,16 @@ def _damage(reference: list, out) -> float:
     return total
 
 
-def _sensitivity(model, pl: graph.PrunableLayer, pruner, probes, reference, seed: int) -> float:
+def _predictor(model, probes, stepwise=None):
+    """The model's outputs on the probes with the weights it has now: from the input, or
+    from where `stepwise` (statistics.Stepwise) stands."""
+    if stepwise is not None:
+        return stepwise.outputs
+    return lambda: model.predict(probes, batch_size=statistics.predict_batch(model), verbose=0)
+
+
+def _sensitivity(model, pl: graph.PrunableLayer, pruner, probes, reference, seed: int,
+                 stepwise=None) -> float:
     """Output damage (KL on probes) per unit of relative error^2 at this layer's output, from
     random weight noise: the fallback where pruning's own damage is too small to fit."""
     st = pruner.stats
@@ -118,7 +127,7 @@ def _sensitivity(model, pl: graph.PrunableLayer, pruner, probes, reference, seed
     noise = np.random.default_rng(seed).normal(0, sigma, pruner.w2.shape)
     with _restored(pl):
         pl.set_folded((pruner.w2 + noise).reshape(pruner.shape).astype(np.float32))
-        out = model.predict(probes, batch_size=statistics.predict_batch(model), verbose=0)
+        out = _predictor(model, probes, stepwise)()
     return max(_damage(reference, out), 1e-12) / _SENSITIVITY_NOISE ** 2
 
 
@@ -137,13 +146,14 @@ def _restored(pl: graph.PrunableLayer):
 
 
 def damage_alone(model, pl: graph.PrunableLayer, pruner, kernel: np.ndarray, err: float,
-                 probes, reference) -> float:
+                 probes, reference, stepwise=None) -> float:
     """The output damage on the probes with only this layer at this level (kernel, error:
-    one of its table's weight levels); the layer is put back after."""
+    one of its table's weight levels); the layer is put back after. `stepwise`: a
+    statistics.Stepwise standing at this layer's input."""
     r = pruner.result(kernel, err)
     with _restored(pl):
         pl.set_folded(r.kernel, r.bias_delta)
-        out = model.predict(probes, batch_size=statistics.predict_batch(model), verbose=0)
+        out = _predictor(model, probes, stepwise)()
     return _damage(reference, out)
 
 
@@ -154,7 +164,7 @@ _MIN_FITTED_DAMAGE = 1e-5
 
 
 def _calibrate(model, pl: graph.PrunableLayer, pruner, weights: list, probes, reference,
-               seed: int) -> tuple[float, float]:
+               seed: int, stepwise=None) -> tuple[float, float]:
     """(a, p) of damage = a * error^p for this layer: the KL on probes measured with the
     layer pruned alone at up to three of its levels. Weight noise of the same size predicts
     it poorly: pruning's damage grows faster than error^2, by a different amount per layer
@@ -167,11 +177,11 @@ def _calibrate(model, pl: graph.PrunableLayer, pruner, weights: list, probes, re
         if errors[i] <= 0:
             continue
         damage = damage_alone(model, pl, pruner, weights[i][0], float(errors[i]), probes,
-                              reference)
+                              reference, stepwise)
         if damage > _MIN_FITTED_DAMAGE:
             points.append((np.log(errors[i]), np.log(damage)))
     if not points:
-        return _sensitivity(model, pl, pruner, probes, reference, seed), 2.0
+        return _sensitivity(model, pl, pruner, probes, reference, seed, stepwise), 2.0
     x, y = np.array(points).T
     p = float(np.clip(np.polyfit(x, y, 1)[0], 1.0, 5.0)) if len(points) > 1 else 2.0
     return float(np.exp(np.mean(y - p * x))), p
@@ -189,7 +199,12 @@ def tabulate(model, layers: list[graph.PrunableLayer], inputs: list[np.ndarray],
     `input_scaled`: weight magnitudes in output units, `input_groups`: blocks along input
     channels (weight_pruning.LayerPruner)."""
     tables = []
+    # Damage is measured with one layer changed at a time, in order: from that layer on.
+    stepwise = statistics.Stepwise(model, layers, probes) \
+        if statistics.Stepwise.planned_bytes(model, layers, len(probes)) else None
     for seed, (pl, x) in enumerate(zip(layers, inputs)):
+        if stepwise is not None:
+            stepwise.inputs(seed)
         pruner = weight_pruning.LayerPruner(pl, x, block_size if pl.kind == "conv2d" else 1,
                                             input_scaled=input_scaled,
                                             input_groups=input_groups)
@@ -205,9 +220,11 @@ def tabulate(model, layers: list[graph.PrunableLayer], inputs: list[np.ndarray],
         else:
             acts = [(None, 0.0, 0.0)]
         if len(weights) > 1:
-            sens, exponent = _calibrate(model, pl, pruner, weights, probes, reference, seed)
+            sens, exponent = _calibrate(model, pl, pruner, weights, probes, reference, seed,
+                                        stepwise)
         elif len(acts) > 1:
-            sens, exponent = _sensitivity(model, pl, pruner, probes, reference, seed), 2.0
+            sens, exponent = _sensitivity(model, pl, pruner, probes, reference, seed,
+                                          stepwise), 2.0
         else:
             sens, exponent = 1.0, 2.0
         tables.append(LayerTable(pl, pruner, pl.macs, sens, weights, acts, exponent=exponent))

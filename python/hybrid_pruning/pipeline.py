@@ -285,8 +285,7 @@ def _check_memory(model, layers, config: PruneConfig) -> None:
     would end it without a word)."""
     need = statistics.planned_bytes(
         model, layers, config.probe_count,
-        stepwise=config.objective == "latency" and config.sequential_refit
-        and not _global_budget(config))
+        stepwise=config.objective == "latency" or _global_budget(config))  # budget.tabulate
     if probes_lib.resolve(model, config.probe) == "bn":
         need += probes_lib.bn_bytes(model, config.probe_count)
     have = statistics.available_bytes()

@@ -163,7 +163,8 @@ class Stepwise:
     node from the input per layer, quadratic in depth. Segment j runs the nodes layer j's
     input needs that no earlier layer's input needed, as one traced function on batches of
     probes; only tensors that later segments read or layers ask for are held, for every
-    probe."""
+    probe. outputs() runs the rest to the model's outputs without moving the pass: the
+    damage of a change to the layer it stands at costs the nodes from there on."""
 
     def __init__(self, model, layers: list[graph.PrunableLayer], probes: np.ndarray):
         plan = _stepwise_plan(model, layers)
@@ -181,7 +182,7 @@ class Stepwise:
         plan = _stepwise_plan(model, layers)
         if plan is None:
             return 0
-        need = plan.peak * probe_count
+        need = 2 * plan.peak * probe_count
         return need if need <= STEPWISE_BYTES else 0
 
     def restart(self) -> None:
@@ -195,21 +196,31 @@ class Stepwise:
         before k must not change until the next restart(); layer k may."""
         if k <= self.last:
             raise ValueError(f"layer {self.layers[k].name}: its input was passed; restart()")
-        n = len(self.probes)
-        for j in range(self.done + 1, k + 1):
-            seg = self.plan.segments[j]
-            for key in [key for key in self.values if self.plan.until.get(key, -1) < j]:
-                del self.values[key]
-            if not seg.nodes:
-                continue
-            parts = [self.functions[j](*(self.values[id(t)][s:s + seg.batch]
-                                         for t in seg.reads))
-                     for s in range(0, n, seg.batch)]
-            for m, t in enumerate(seg.writes):
-                self.values[id(t)] = np.concatenate([np.asarray(p[m]) for p in parts])
+        self._advance(self.values, range(self.done + 1, k + 1))
         self.done = max(self.done, k)
         self.last = k
         return self.values[id(self.layers[k].layer.input)]
+
+    def outputs(self) -> list[np.ndarray]:
+        """The model's outputs on every probe, from where the pass stands: the nodes not run
+        yet, with the weights their layers have now. The pass stays where it is (after
+        inputs(k), layer k may be changed and outputs() asked again)."""
+        values = dict(self.values)
+        self._advance(values, range(self.done + 1, len(self.plan.segments)))
+        return [values[id(t)] for t in self.plan.segments[-1].targets]
+
+    def _advance(self, values: dict, segments) -> None:
+        n = len(self.probes)
+        for j in segments:
+            seg = self.plan.segments[j]
+            for key in [key for key in values if self.plan.until.get(key, -1) < j]:
+                del values[key]
+            if not seg.nodes:
+                continue
+            parts = [self.functions[j](*(values[id(t)][s:s + seg.batch] for t in seg.reads))
+                     for s in range(0, n, seg.batch)]
+            for m, t in enumerate(seg.writes):
+                values[id(t)] = np.concatenate([np.asarray(p[m]) for p in parts])
 
     def sample(self, k: int, seed: int = 0) -> LayerSample:
         """collect() of layer k alone, from inputs(k): the same rows for the same inputs."""
@@ -222,6 +233,7 @@ class _Segment:
     reads: list  # tensors made before it
     writes: list  # tensors it makes that later segments read or a layer asks for
     batch: int  # probes per call
+    targets: list  # what it is for: a layer's input, or the model's outputs
 
 
 @dataclasses.dataclass
@@ -229,7 +241,7 @@ class _Plan:
     nodes: list
     segments: list[_Segment]
     until: dict[int, int]  # tensor id -> the last segment that reads it (or layer asking)
-    peak: int  # bytes per probe held at most
+    peak: int  # bytes per probe held at most by inputs(); outputs() may hold as much again
 
 
 def _tensors(structure) -> list:
@@ -254,8 +266,10 @@ def _stepwise_plan(model, layers: list[graph.PrunableLayer]) -> _Plan | None:
     later = {owner.get(id(pl.layer)): k for k, pl in enumerate(layers)}
     segment_of: dict[int, int] = {}
     groups: list[list[int]] = []
-    for k, pl in enumerate(layers):
-        group, stack = [], [pl.layer.input]
+    # One group per layer's input, and a last one for what the model's outputs need.
+    wanted = [[pl.layer.input] for pl in layers] + [graph.flatten(model.outputs)]
+    for k, targets in enumerate(wanted):
+        group, stack = [], list(targets)
         while stack:
             history = getattr(stack.pop(), "_keras_history", None)
             if history is None or history[0] is None:
@@ -279,8 +293,8 @@ def _stepwise_plan(model, layers: list[graph.PrunableLayer]) -> _Plan | None:
             for x in _tensors(graph._node_call(nodes[i])):
                 if made.get(id(x), -1) < k:  # read across segments
                     until[id(x)] = max(until.get(id(x), -1), k)
-        x = layers[k].layer.input
-        until[id(x)] = max(until.get(id(x), -1), k)
+        for x in wanted[k]:
+            until[id(x)] = max(until.get(id(x), -1), k)
     segments, live, peak = [], {}, 0
     for k, group in enumerate(groups):
         reads = {id(x): x for i in group for x in _tensors(graph._node_call(nodes[i]))
@@ -289,7 +303,7 @@ def _stepwise_plan(model, layers: list[graph.PrunableLayer]) -> _Plan | None:
         inner = sum(_tensor_bytes(t) for i in group for t in graph.flatten(nodes[i].outputs))
         inner += sum(_tensor_bytes(x) for x in reads.values())
         batch = int(max(1, min(32, BATCH_BYTES // max(3 * inner, 1))))
-        segments.append(_Segment(group, list(reads.values()), writes, batch))
+        segments.append(_Segment(group, list(reads.values()), writes, batch, wanted[k]))
         live = {key: b for key, b in live.items() if until[key] >= k}
         live.update({id(t): _tensor_bytes(t) for t in writes})
         peak = max(peak, sum(live.values()))
