@@ -152,8 +152,8 @@ def collect(model, layers: list[graph.PrunableLayer], probes: np.ndarray, seed: 
             for p, z, s in zip(parts, zeros, sizes)]
 
 
-# The most Stepwise may hold (every probe's live tensors); beyond it SequentialRefit runs a
-# tap model from the input for each layer instead, and the memory plan counts what it holds.
+# The most Stepwise may hold (every probe's live tensors); beyond it SequentialRefit and the
+# damage calibration run from the input for each layer instead. The memory plan counts it.
 STEPWISE_BYTES = 4 << 30
 
 
