@@ -191,17 +191,21 @@ def tabulate(model, layers: list[graph.PrunableLayer], inputs: list[np.ndarray],
              probes: np.ndarray, reference: list, block_size: int = 1, progress=None,
              max_sparsity: float = 0.99, block_sizes: tuple[int, ...] | None = None,
              latency: bool = False, activations: bool = True,
-             input_scaled: bool = True, input_groups: bool = False) -> list[LayerTable]:
+             input_scaled: bool = True, input_groups: bool = False,
+             stepwise=None) -> list[LayerTable]:
     """Every layer's candidate levels with their re-fitted errors, and its damage model: the
     target-independent half of the search (choose() prices it for one target). `latency`:
     Dense layers stay dense (their builtin kernel gains nothing from zeros); `activations`:
     offer activation thresholds on convs (where some target's kernel skips zeros);
     `input_scaled`: weight magnitudes in output units, `input_groups`: blocks along input
-    channels (weight_pruning.LayerPruner)."""
+    channels (weight_pruning.LayerPruner); `stepwise`: a statistics.Stepwise of the unpruned
+    model to reuse (else one is made where memory allows)."""
     tables = []
     # Damage is measured with one layer changed at a time, in order: from that layer on.
-    stepwise = statistics.Stepwise(model, layers, probes) \
-        if statistics.Stepwise.planned_bytes(model, layers, len(probes)) else None
+    if stepwise is None:
+        stepwise = statistics.Stepwise.within_budget(model, layers, probes)
+    else:
+        stepwise.restart()
     for seed, (pl, x) in enumerate(zip(layers, inputs)):
         if stepwise is not None:
             stepwise.inputs(seed)

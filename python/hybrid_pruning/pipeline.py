@@ -485,6 +485,9 @@ def _prepare(model, probes: np.ndarray, reference: list, config: PruneConfig, sc
     layers, _ = graph.prunable_layers(model)
     inputs = statistics.collect(model, layers, probes, config.seed)
     tables = None
+    # One stepwise pass (its segments traced once) for the damage calibration and the re-fit.
+    stepwise = statistics.Stepwise.within_budget(model, layers, probes) \
+        if profiles[0] is not None else None
     if profiles[0] is not None:
         tables = budget.tabulate(
             model, layers, inputs, probes, reference, config.block_size, bar,
@@ -493,8 +496,9 @@ def _prepare(model, probes: np.ndarray, reference: list, config: PruneConfig, sc
             # profile prices them per layer, unless the user fixed a block size.
             block_sizes=(1, 4) if config.block_size == 1 else None, latency=True,
             activations=config.dtype == "float32" and any(p.activation_pays for p in profiles),
-            input_scaled=_input_scaled(config), input_groups=config.dtype == "int8")
-    refit = weight_pruning.SequentialRefit(model, layers, probes, config.seed) \
+            input_scaled=_input_scaled(config), input_groups=config.dtype == "int8",
+            stepwise=stepwise)
+    refit = weight_pruning.SequentialRefit(model, layers, probes, config.seed, stepwise) \
         if tables is not None and config.sequential_refit else None
     return Prepared(model, layers, inputs, removed, refused, unjudged, tables, refit)
 

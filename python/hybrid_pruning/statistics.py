@@ -166,24 +166,26 @@ class Stepwise:
     probe. outputs() runs the rest to the model's outputs without moving the pass: the
     damage of a change to the layer it stands at costs the nodes from there on."""
 
-    def __init__(self, model, layers: list[graph.PrunableLayer], probes: np.ndarray):
-        plan = _stepwise_plan(model, layers)
-        if plan is None:
-            raise ValueError(f"model '{model.name}': no stepwise pass (Stepwise.planned_bytes)")
+    def __init__(self, model, plan: "_Plan", layers: list[graph.PrunableLayer],
+                 probes: np.ndarray):
+        """Use within_budget()."""
         self.layers, self.probes, self.plan = layers, probes, plan
         self.input = graph.flatten(model.inputs)[0]
         self.functions = [_segment_function(plan.nodes, seg) for seg in plan.segments]
         self.restart()
 
+    @classmethod
+    def within_budget(cls, model, layers: list[graph.PrunableLayer], probes: np.ndarray
+                      ) -> "Stepwise | None":
+        """A Stepwise of these probes, or None where planned_bytes() is 0."""
+        plan = _stepwise_plan(model, layers)
+        return cls(model, plan, layers, probes) if _planned(plan, len(probes)) else None
+
     @staticmethod
     def planned_bytes(model, layers: list[graph.PrunableLayer], probe_count: int) -> int:
         """What a Stepwise of these probes holds at most; 0 where it cannot run (nested
         models, shared layers, layers not in a graph order) or would exceed STEPWISE_BYTES."""
-        plan = _stepwise_plan(model, layers)
-        if plan is None:
-            return 0
-        need = 2 * plan.peak * probe_count
-        return need if need <= STEPWISE_BYTES else 0
+        return _planned(_stepwise_plan(model, layers), probe_count)
 
     def restart(self) -> None:
         """Back to the probes (weights changed upstream)."""
@@ -242,6 +244,11 @@ class _Plan:
     segments: list[_Segment]
     until: dict[int, int]  # tensor id -> the last segment that reads it (or layer asking)
     peak: int  # bytes per probe held at most by inputs(); outputs() may hold as much again
+
+
+def _planned(plan: _Plan | None, probe_count: int) -> int:
+    need = 0 if plan is None else 2 * plan.peak * probe_count
+    return need if need <= STEPWISE_BYTES else 0
 
 
 def _tensors(structure) -> list:

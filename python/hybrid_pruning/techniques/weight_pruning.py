@@ -223,13 +223,16 @@ class SequentialRefit:
     the unpruned inputs, so errors compound with depth; this undoes most of that (measured in
     benchmarks/results/codesign.md). Sparsity patterns are kept as they are."""
 
-    def __init__(self, model, layers: list[PrunableLayer], probes: np.ndarray, seed: int = 0):
-        """Takes the reference (unpruned) inputs and weights: call before pruning."""
+    def __init__(self, model, layers: list[PrunableLayer], probes: np.ndarray, seed: int = 0,
+                 stepwise=None):
+        """Takes the reference (unpruned) inputs and weights: call before pruning.
+        `stepwise`: a statistics.Stepwise of these layers and probes to reuse."""
         self.model, self.layers, self.probes, self.seed = model, layers, probes, seed
         # One forward pass in steps where memory allows (statistics.Stepwise), else one tap
         # per layer, built once: a new Keras model would be traced again every call.
-        self.stepwise = statistics.Stepwise(model, layers, probes) \
-            if statistics.Stepwise.planned_bytes(model, layers, len(probes)) else None
+        self.stepwise = stepwise or statistics.Stepwise.within_budget(model, layers, probes)
+        if self.stepwise:
+            self.stepwise.restart()
         self.taps = None if self.stepwise else [statistics.tap_model(model, [pl])
                                                 for pl in layers]
         self.reference = [self._inputs(k).rows for k in range(len(layers))]
